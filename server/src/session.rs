@@ -1,0 +1,390 @@
+//! One WebSocket connection: a single task that reads frames, writes replies and queued
+//! deliveries, pings on the heartbeat, and closes with a documented code when it must.
+//!
+//! Everything other parts of the server send to this connection goes through its bounded
+//! queue (see [`crate::hub::Hub::connect`]); the session drains it. Direct replies to the
+//! client's own frames are written in place, so a client that floods us waits on its own
+//! TCP window instead of growing a buffer.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use switchboard_protocol::{
+    Channel, ClientFrame, CloseCode, ErrorCode, PROTOCOL_VERSION, RequestId, Sender, ServerFrame,
+    SessionId, codec,
+};
+use tokio::time::{Instant, MissedTickBehavior, interval_at, timeout};
+
+use crate::AppState;
+use crate::hub::{ClientHandle, SubscribeOutcome, encode};
+use crate::methods::RequestCtx;
+
+/// How long a closing connection may take to complete the close handshake.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Why the loop ended: with a close code to send, or because the peer is gone.
+enum End {
+    Close(CloseCode),
+    Gone,
+}
+
+struct Session {
+    socket: WebSocket,
+    state: AppState,
+    client: ClientHandle,
+    session_id: SessionId,
+    subscriptions: HashSet<Channel>,
+    bucket: TokenBucket,
+}
+
+/// Serves one upgraded connection until it ends, then cleans up after it.
+pub(crate) async fn run(socket: WebSocket, state: AppState) {
+    let (client, mut queue) = state.hub.connect(None, state.config.queue_capacity);
+    state
+        .hub
+        .metrics()
+        .connections_total
+        .fetch_add(1, Ordering::Relaxed);
+    let limits = state.config.limits();
+    let mut s = Session {
+        socket,
+        session_id: SessionId(format!("s-{}", client.id)),
+        bucket: TokenBucket::new(limits.rate_per_sec, limits.rate_burst),
+        state,
+        client,
+        subscriptions: HashSet::new(),
+    };
+    tracing::debug!(client = %s.client.id, "connected");
+
+    let end = s.serve(&mut queue).await;
+    if let End::Close(code) = end {
+        tracing::debug!(client = %s.client.id, %code, "closing");
+        let frame = CloseFrame {
+            code: code.0,
+            reason: code.reason().into(),
+        };
+        // The closing handshake: send our close, then wait briefly for the peer's, so the
+        // close frame is not lost to a reset of a socket with unread data.
+        let _ = timeout(CLOSE_GRACE, async {
+            if s.socket.send(Message::Close(Some(frame))).await.is_ok() {
+                while let Some(Ok(msg)) = s.socket.recv().await {
+                    if matches!(msg, Message::Close(_)) {
+                        break;
+                    }
+                }
+            }
+        })
+        .await;
+    }
+    let subs = std::mem::take(&mut s.subscriptions);
+    s.state.hub.disconnect(&s.client, subs);
+    tracing::debug!(client = %s.client.id, "disconnected");
+}
+
+impl Session {
+    async fn serve(&mut self, queue: &mut tokio::sync::mpsc::Receiver<Utf8Bytes>) -> End {
+        if let Err(end) = self.send_frame(&self.welcome()).await {
+            return end;
+        }
+        let config = self.state.config.clone();
+        let mut heartbeat = interval_at(Instant::now() + config.heartbeat, config.heartbeat);
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut last_heard = Instant::now();
+        let kill = self.client.kill.clone();
+        loop {
+            let step = tokio::select! {
+                biased;
+                code = kill.fired() => Err(End::Close(code)),
+                Some(text) = queue.recv() => self.send(Message::Text(text)).await,
+                msg = self.socket.recv() => {
+                    last_heard = Instant::now();
+                    self.on_message(msg).await
+                }
+                _ = heartbeat.tick() => {
+                    if last_heard.elapsed() >= config.idle_timeout {
+                        Err(End::Close(CloseCode::HEARTBEAT_TIMEOUT))
+                    } else {
+                        self.send(Message::Ping(Default::default())).await
+                    }
+                }
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    fn welcome(&self) -> ServerFrame {
+        ServerFrame::Welcome {
+            client_id: self.client.id.clone(),
+            session_id: self.session_id.clone(),
+            resumed: false,
+            protocol: PROTOCOL_VERSION,
+            user_id: self.client.user_id.clone(),
+            heartbeat_ms: self.state.config.heartbeat.as_millis() as u64,
+            limits: self.state.config.limits(),
+        }
+    }
+
+    async fn on_message(&mut self, msg: Option<Result<Message, axum::Error>>) -> Result<(), End> {
+        match msg {
+            None => Err(End::Gone),
+            Some(Err(e)) => Err(read_error(e)),
+            Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await,
+            Some(Ok(Message::Binary(_))) => {
+                self.send_error(
+                    None,
+                    ErrorCode::BadFrame,
+                    "binary messages are not supported; send JSON text",
+                )
+                .await
+            }
+            // tungstenite answers pings itself; both count as signs of life.
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
+            Some(Ok(Message::Close(_))) => Err(End::Gone),
+        }
+    }
+
+    async fn on_text(&mut self, text: &str) -> Result<(), End> {
+        let limits = self.state.config.limits();
+        for decoded in codec::decode_client(text, &limits) {
+            self.state
+                .hub
+                .metrics()
+                .frames_in
+                .fetch_add(1, Ordering::Relaxed);
+            let id = match &decoded {
+                Ok(frame) => frame.id().cloned(),
+                Err(e) => e.id.clone(),
+            };
+            if !self.bucket.take() {
+                if self.bucket.strikes >= limits.rate_burst {
+                    return Err(End::Close(CloseCode::RATE_LIMITED));
+                }
+                let msg = format!("over {} frames per second", limits.rate_per_sec);
+                self.send_error(id, ErrorCode::RateLimited, &msg).await?;
+                continue;
+            }
+            match decoded {
+                Ok(frame) => self.on_frame(frame).await?,
+                Err(e) => {
+                    self.state
+                        .hub
+                        .metrics()
+                        .errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.send_frame(&e.into_frame()).await?
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_frame(&mut self, frame: ClientFrame) -> Result<(), End> {
+        let hub = self.state.hub.clone();
+        match frame {
+            ClientFrame::Hello { token, .. } => {
+                if token.is_some() {
+                    // Authentication arrives with the auth work; until then a token cannot
+                    // be checked, so it is refused rather than silently ignored.
+                    return self
+                        .send_error(
+                            None,
+                            ErrorCode::Unauthorized,
+                            "this server does not accept tokens yet",
+                        )
+                        .await;
+                }
+                self.send_frame(&self.welcome()).await
+            }
+            ClientFrame::Ping { id } => self.send_frame(&ServerFrame::Pong { id }).await,
+            ClientFrame::Subscribe {
+                channel, presence, ..
+            } => {
+                let max = self.state.config.max_subscriptions as usize;
+                if self.subscriptions.len() >= max && !self.subscriptions.contains(&channel) {
+                    let msg = format!("at most {max} subscriptions per connection");
+                    return self
+                        .send_error(None, ErrorCode::TooManySubscriptions, &msg)
+                        .await;
+                }
+                match hub.subscribe(&self.client, &channel, presence) {
+                    SubscribeOutcome::Subscribed(reply) => {
+                        self.subscriptions.insert(channel);
+                        self.send_frame(&reply).await
+                    }
+                    SubscribeOutcome::AlreadySubscribed => {
+                        let msg = format!("already subscribed to {channel}");
+                        self.send_error(None, ErrorCode::AlreadySubscribed, &msg)
+                            .await
+                    }
+                }
+            }
+            ClientFrame::Unsubscribe { channel } => {
+                if self.subscriptions.remove(&channel) {
+                    hub.unsubscribe(&self.client, &channel);
+                    self.send_frame(&ServerFrame::Unsubscribed { channel })
+                        .await
+                } else {
+                    let msg = format!("not subscribed to {channel}");
+                    self.send_error(None, ErrorCode::NotSubscribed, &msg).await
+                }
+            }
+            ClientFrame::Publish {
+                id,
+                channel,
+                data,
+                ephemeral,
+            } => {
+                let offset = hub.publish(&channel, Some(self.sender()), data, ephemeral);
+                match id {
+                    Some(id) => self.send_frame(&ServerFrame::Ack { id, offset }).await,
+                    None => Ok(()),
+                }
+            }
+            ClientFrame::Request { id, method, params } => {
+                let ctx = RequestCtx {
+                    hub,
+                    client_id: self.client.id.clone(),
+                    user_id: self.client.user_id.clone(),
+                };
+                let Some(call) = self.state.methods.call(&method, ctx, params) else {
+                    let msg = format!("no method {method:?}");
+                    return self
+                        .send_error(Some(id), ErrorCode::UnknownMethod, &msg)
+                        .await;
+                };
+                // Handlers may take a while: run them beside the session and send the answer
+                // through the queue, so reading goes on meanwhile.
+                let outbox = self.client.outbox.clone();
+                let metrics_hub = self.state.hub.clone();
+                tokio::spawn(async move {
+                    let frame = match call.await {
+                        Ok(result) => ServerFrame::Response { id, result },
+                        Err(e) => {
+                            metrics_hub.metrics().errors.fetch_add(1, Ordering::Relaxed);
+                            ServerFrame::error(Some(id), e.code(), e.to_string())
+                        }
+                    };
+                    // Waits for room in the queue: an answer is never dropped.
+                    let _ = outbox.send(encode(&frame)).await;
+                });
+                Ok(())
+            }
+            ClientFrame::Direct { to, data } => {
+                if hub.direct(&to, self.sender(), data) {
+                    Ok(())
+                } else {
+                    let msg = format!("client {to} is not connected");
+                    self.send_error(None, ErrorCode::TargetGone, &msg).await
+                }
+            }
+        }
+    }
+
+    fn sender(&self) -> Sender {
+        Sender {
+            client_id: self.client.id.clone(),
+            user_id: self.client.user_id.clone(),
+        }
+    }
+
+    async fn send_error(
+        &mut self,
+        id: Option<RequestId>,
+        code: ErrorCode,
+        message: &str,
+    ) -> Result<(), End> {
+        self.state
+            .hub
+            .metrics()
+            .errors
+            .fetch_add(1, Ordering::Relaxed);
+        self.send_frame(&ServerFrame::error(id, code, message))
+            .await
+    }
+
+    async fn send_frame(&mut self, frame: &ServerFrame) -> Result<(), End> {
+        self.send(Message::Text(encode(frame))).await
+    }
+
+    /// Writes one message, giving up on a peer that does not read within the write timeout.
+    async fn send(&mut self, msg: Message) -> Result<(), End> {
+        let counts = matches!(msg, Message::Text(_));
+        match timeout(self.state.config.write_timeout, self.socket.send(msg)).await {
+            Ok(Ok(())) => {
+                if counts {
+                    self.state
+                        .hub
+                        .metrics()
+                        .frames_out
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(())
+            }
+            Ok(Err(_)) => Err(End::Gone),
+            Err(_elapsed) => {
+                self.state
+                    .hub
+                    .metrics()
+                    .slow_consumers
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(End::Close(CloseCode::SLOW_CONSUMER))
+            }
+        }
+    }
+}
+
+/// A read error ends the connection; a too-big message says so with 1009.
+fn read_error(e: axum::Error) -> End {
+    match e.into_inner().downcast::<tungstenite::Error>() {
+        Ok(e) if matches!(*e, tungstenite::Error::Capacity(_)) => End::Close(CloseCode::TOO_BIG),
+        Ok(e) if matches!(*e, tungstenite::Error::Utf8(_)) => {
+            End::Close(CloseCode::INVALID_PAYLOAD)
+        }
+        Ok(e) if matches!(*e, tungstenite::Error::Protocol(_)) => {
+            End::Close(CloseCode::PROTOCOL_ERROR)
+        }
+        _ => End::Gone,
+    }
+}
+
+/// Per-connection rate limit: `rate` frames per second sustained, `burst` at once.
+struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+    /// Frames refused since the last accepted one: a client that keeps sending into a
+    /// refusal is closed with 4109.
+    strikes: u32,
+}
+
+impl TokenBucket {
+    fn new(rate: u32, burst: u32) -> Self {
+        Self {
+            rate: f64::from(rate),
+            burst: f64::from(burst.max(1)),
+            tokens: f64::from(burst.max(1)),
+            last: Instant::now(),
+            strikes: 0,
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let elapsed: Duration = now - self.last;
+        self.last = now;
+        self.tokens = (self.tokens + elapsed.as_secs_f64() * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.strikes = 0;
+            true
+        } else {
+            self.strikes += 1;
+            false
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Frames a client sends to the server.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::types::{Channel, ClientId, ClientInfo, RequestId, SessionId, StreamPosition};
+
+/// A frame from client to server. Serialized as a JSON object tagged by `"type"`.
+///
+/// Rooms are channels with presence: joining a room is a `subscribe` that carries
+/// `presence` info, leaving is an `unsubscribe`. There is no separate room frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// Identify the client, (re)authenticate, or resume a session. Optional: the server
+    /// sends `welcome` on connect anyway; a `hello` is answered with a fresh `welcome`.
+    /// Sending it again with a new token refreshes an expiring token.
+    Hello {
+        /// A JWT, instead of (or replacing) the `?token=` query parameter.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+        /// Client library name and version.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<ClientInfo>,
+        /// The session id from an earlier `welcome`, to resume it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<SessionId>,
+    },
+    /// Application-level heartbeat, answered by `pong` with the same id. Browsers cannot see
+    /// WebSocket pings, so this is how a client measures round-trip time and liveness.
+    Ping {
+        /// Echoed in the `pong`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+    },
+    /// Subscribe to a channel (and join its presence set when `presence` is given).
+    Subscribe {
+        /// The channel.
+        channel: Channel,
+        /// Recover the messages after this position (after a reconnect).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<StreamPosition>,
+        /// Join the channel's presence set with this member info (e.g. `{"name":"Ada"}`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        presence: Option<Value>,
+    },
+    /// Leave a channel (and its presence set).
+    Unsubscribe {
+        /// The channel.
+        channel: Channel,
+    },
+    /// Publish data to every subscriber of a channel.
+    Publish {
+        /// When present, the server answers with `ack` (or `error`) carrying this id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// The channel.
+        channel: Channel,
+        /// Any JSON value.
+        data: Value,
+        /// Ephemeral messages (typing indicators, cursors) are delivered to current
+        /// subscribers only: never stored, never recovered, and dropped first under load.
+        #[serde(default, skip_serializing_if = "is_false")]
+        ephemeral: bool,
+    },
+    /// Call a server method; answered by `response` or `error` with the same id.
+    Request {
+        /// Correlation id.
+        id: RequestId,
+        /// Method name, e.g. `"presence"` or `"time"`.
+        method: String,
+        /// Method parameters.
+        #[serde(default, skip_serializing_if = "Value::is_null")]
+        params: Value,
+    },
+    /// Send data to one connection (WebRTC offer/answer/candidate relay).
+    Direct {
+        /// The receiving connection.
+        to: ClientId,
+        /// Any JSON value.
+        data: Value,
+    },
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl ClientFrame {
+    /// The frame's `type` tag.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Hello { .. } => "hello",
+            Self::Ping { .. } => "ping",
+            Self::Subscribe { .. } => "subscribe",
+            Self::Unsubscribe { .. } => "unsubscribe",
+            Self::Publish { .. } => "publish",
+            Self::Request { .. } => "request",
+            Self::Direct { .. } => "direct",
+        }
+    }
+
+    /// The correlation id the server echoes in an `error` about this frame, if any.
+    pub fn id(&self) -> Option<&RequestId> {
+        match self {
+            Self::Ping { id } | Self::Publish { id, .. } => id.as_ref(),
+            Self::Request { id, .. } => Some(id),
+            _ => None,
+        }
+    }
+
+    /// The channel this frame names, if any.
+    pub fn channel(&self) -> Option<&Channel> {
+        match self {
+            Self::Subscribe { channel, .. }
+            | Self::Unsubscribe { channel }
+            | Self::Publish { channel, .. } => Some(channel),
+            _ => None,
+        }
+    }
+}

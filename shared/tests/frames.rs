@@ -1,0 +1,403 @@
+//! The wire format, pinned: one exact JSON string per frame kind (so any wire change shows up
+//! in a diff), round trips, batches, and malformed input answered with the right code.
+
+use serde_json::json;
+use switchboard_protocol::codec::{self, FrameError};
+use switchboard_protocol::{
+    ClientFrame, ClientInfo, ErrorCode, Limits, Member, PresenceAction, Sender, ServerFrame,
+    StreamPosition,
+};
+
+fn pos(offset: u64) -> StreamPosition {
+    StreamPosition {
+        offset,
+        epoch: "e1".into(),
+    }
+}
+
+/// Every client frame kind with its exact wire form.
+fn client_cases() -> Vec<(ClientFrame, &'static str)> {
+    vec![
+        (
+            ClientFrame::Hello {
+                token: Some("jwt".into()),
+                client: Some(ClientInfo {
+                    name: "switchboard-web".into(),
+                    version: "0.1.0".into(),
+                }),
+                resume: Some("s1".into()),
+            },
+            r#"{"type":"hello","token":"jwt","client":{"name":"switchboard-web","version":"0.1.0"},"resume":"s1"}"#,
+        ),
+        (
+            ClientFrame::Hello {
+                token: None,
+                client: None,
+                resume: None,
+            },
+            r#"{"type":"hello"}"#,
+        ),
+        (
+            ClientFrame::Ping {
+                id: Some("7".into()),
+            },
+            r#"{"type":"ping","id":"7"}"#,
+        ),
+        (ClientFrame::Ping { id: None }, r#"{"type":"ping"}"#),
+        (
+            ClientFrame::Subscribe {
+                channel: "room:lobby".into(),
+                since: Some(pos(41)),
+                presence: Some(json!({"name":"Ada"})),
+            },
+            r#"{"type":"subscribe","channel":"room:lobby","since":{"offset":41,"epoch":"e1"},"presence":{"name":"Ada"}}"#,
+        ),
+        (
+            ClientFrame::Subscribe {
+                channel: "news".into(),
+                since: None,
+                presence: None,
+            },
+            r#"{"type":"subscribe","channel":"news"}"#,
+        ),
+        (
+            ClientFrame::Unsubscribe {
+                channel: "news".into(),
+            },
+            r#"{"type":"unsubscribe","channel":"news"}"#,
+        ),
+        (
+            ClientFrame::Publish {
+                id: Some("m1".into()),
+                channel: "room:lobby".into(),
+                data: json!({"text":"hi"}),
+                ephemeral: false,
+            },
+            r#"{"type":"publish","id":"m1","channel":"room:lobby","data":{"text":"hi"}}"#,
+        ),
+        (
+            ClientFrame::Publish {
+                id: None,
+                channel: "room:lobby".into(),
+                data: json!({"typing":true}),
+                ephemeral: true,
+            },
+            r#"{"type":"publish","channel":"room:lobby","data":{"typing":true},"ephemeral":true}"#,
+        ),
+        (
+            ClientFrame::Request {
+                id: "r1".into(),
+                method: "presence".into(),
+                params: json!({"channel":"room:lobby"}),
+            },
+            r#"{"type":"request","id":"r1","method":"presence","params":{"channel":"room:lobby"}}"#,
+        ),
+        (
+            ClientFrame::Request {
+                id: "r2".into(),
+                method: "time".into(),
+                params: serde_json::Value::Null,
+            },
+            r#"{"type":"request","id":"r2","method":"time"}"#,
+        ),
+        (
+            ClientFrame::Direct {
+                to: "c2".into(),
+                data: json!({"sdp":"offer"}),
+            },
+            r#"{"type":"direct","to":"c2","data":{"sdp":"offer"}}"#,
+        ),
+    ]
+}
+
+/// Every server frame kind with its exact wire form.
+fn server_cases() -> Vec<(ServerFrame, &'static str)> {
+    let ada = Member {
+        user_id: "u1".into(),
+        info: json!({"name":"Ada"}),
+        connections: 1,
+    };
+    vec![
+        (
+            ServerFrame::Welcome {
+                client_id: "c1".into(),
+                session_id: "s1".into(),
+                resumed: false,
+                protocol: 1,
+                user_id: Some("u1".into()),
+                heartbeat_ms: 25000,
+                limits: Limits::default(),
+            },
+            r#"{"type":"welcome","client_id":"c1","session_id":"s1","protocol":1,"user_id":"u1","heartbeat_ms":25000,"limits":{"max_frame_bytes":65536,"max_batch":100,"max_subscriptions":100,"rate_per_sec":50,"rate_burst":100}}"#,
+        ),
+        (
+            ServerFrame::Pong {
+                id: Some("7".into()),
+            },
+            r#"{"type":"pong","id":"7"}"#,
+        ),
+        (
+            ServerFrame::Subscribed {
+                channel: "room:lobby".into(),
+                position: pos(42),
+                recovered: true,
+                presence: Some(vec![ada.clone()]),
+            },
+            r#"{"type":"subscribed","channel":"room:lobby","position":{"offset":42,"epoch":"e1"},"recovered":true,"presence":[{"user_id":"u1","info":{"name":"Ada"},"connections":1}]}"#,
+        ),
+        (
+            ServerFrame::Unsubscribed {
+                channel: "news".into(),
+            },
+            r#"{"type":"unsubscribed","channel":"news"}"#,
+        ),
+        (
+            ServerFrame::Message {
+                channel: "room:lobby".into(),
+                offset: Some(43),
+                epoch: Some("e1".into()),
+                from: Some(Sender {
+                    client_id: "c1".into(),
+                    user_id: Some("u1".into()),
+                }),
+                data: json!({"text":"hi"}),
+                ts: 1_700_000_000_000,
+                ephemeral: false,
+            },
+            r#"{"type":"message","channel":"room:lobby","offset":43,"epoch":"e1","from":{"client_id":"c1","user_id":"u1"},"data":{"text":"hi"},"ts":1700000000000}"#,
+        ),
+        (
+            ServerFrame::Message {
+                channel: "room:lobby".into(),
+                offset: None,
+                epoch: None,
+                from: Some(Sender {
+                    client_id: "c1".into(),
+                    user_id: None,
+                }),
+                data: json!({"typing":true}),
+                ts: 1_700_000_000_000,
+                ephemeral: true,
+            },
+            r#"{"type":"message","channel":"room:lobby","from":{"client_id":"c1"},"data":{"typing":true},"ts":1700000000000,"ephemeral":true}"#,
+        ),
+        (
+            ServerFrame::Presence {
+                channel: "room:lobby".into(),
+                action: PresenceAction::Join,
+                member: ada,
+                count: 1,
+            },
+            r#"{"type":"presence","channel":"room:lobby","action":"join","member":{"user_id":"u1","info":{"name":"Ada"},"connections":1},"count":1}"#,
+        ),
+        (
+            ServerFrame::Ack {
+                id: "m1".into(),
+                offset: Some(43),
+            },
+            r#"{"type":"ack","id":"m1","offset":43}"#,
+        ),
+        (
+            ServerFrame::Response {
+                id: "r2".into(),
+                result: json!({"now_ms":1700000000000u64}),
+            },
+            r#"{"type":"response","id":"r2","result":{"now_ms":1700000000000}}"#,
+        ),
+        (
+            ServerFrame::error(
+                Some("r3".into()),
+                ErrorCode::UnknownMethod,
+                "no method \"x\"",
+            ),
+            r#"{"type":"error","id":"r3","code":"unknown_method","message":"no method \"x\""}"#,
+        ),
+        (
+            ServerFrame::Direct {
+                from: Sender {
+                    client_id: "c1".into(),
+                    user_id: None,
+                },
+                data: json!({"sdp":"answer"}),
+            },
+            r#"{"type":"direct","from":{"client_id":"c1"},"data":{"sdp":"answer"}}"#,
+        ),
+    ]
+}
+
+#[test]
+fn client_frames_are_pinned_and_round_trip() {
+    let mut seen = std::collections::BTreeSet::new();
+    for (frame, wire) in client_cases() {
+        assert_eq!(codec::encode(&frame), wire, "encoding {}", frame.kind());
+        let back = codec::decode_client(wire, &Limits::default());
+        assert_eq!(back, vec![Ok(frame.clone())], "decoding {wire}");
+        seen.insert(frame.kind());
+    }
+    let all: std::collections::BTreeSet<_> = ClientFrame::KINDS.into_iter().collect();
+    assert_eq!(seen, all, "every client frame kind has a pinned case");
+}
+
+#[test]
+fn server_frames_are_pinned_and_round_trip() {
+    let mut seen = std::collections::BTreeSet::new();
+    for (frame, wire) in server_cases() {
+        assert_eq!(codec::encode(&frame), wire, "encoding {}", frame.kind());
+        assert_eq!(
+            codec::decode_server(wire),
+            vec![Ok(frame.clone())],
+            "decoding {wire}"
+        );
+        seen.insert(frame.kind());
+    }
+    let all: std::collections::BTreeSet<_> = ServerFrame::KINDS.into_iter().collect();
+    assert_eq!(seen, all, "every server frame kind has a pinned case");
+}
+
+#[test]
+fn batches_decode_in_order_both_ways() {
+    let client: Vec<_> = client_cases().into_iter().map(|(f, _)| f).collect();
+    let text = codec::encode_batch(&client);
+    assert!(text.starts_with('['));
+    let back: Vec<_> = codec::decode_client(&text, &Limits::default())
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(back, client);
+
+    let server: Vec<_> = server_cases().into_iter().map(|(f, _)| f).collect();
+    let back: Vec<_> = codec::decode_server(&codec::encode_batch(&server))
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(back, server);
+
+    // a batch of one is sent as a plain object
+    assert_eq!(
+        codec::encode_batch(&[ClientFrame::Ping { id: None }]),
+        r#"{"type":"ping"}"#
+    );
+}
+
+fn err(text: &str) -> FrameError {
+    let mut out = codec::decode_client(text, &Limits::default());
+    assert_eq!(out.len(), 1, "{text}");
+    out.pop().unwrap().expect_err(text)
+}
+
+#[test]
+fn malformed_frames_get_the_right_code() {
+    let cases = [
+        ("not json", ErrorCode::BadFrame),
+        ("", ErrorCode::BadFrame),
+        ("42", ErrorCode::BadFrame),
+        (r#""ping""#, ErrorCode::BadFrame),
+        (r#"{"channel":"x"}"#, ErrorCode::BadFrame),
+        (r#"{"type":7}"#, ErrorCode::BadFrame),
+        (r#"{"type":"teleport"}"#, ErrorCode::UnknownType),
+        (
+            r#"{"type":"welcome","client_id":"c"}"#,
+            ErrorCode::UnknownType,
+        ),
+        (r#"{"type":"subscribe"}"#, ErrorCode::BadFrame),
+        (r#"{"type":"subscribe","channel":5}"#, ErrorCode::BadFrame),
+        (r#"{"type":"publish","channel":"a"}"#, ErrorCode::BadFrame),
+        (r#"{"type":"request","method":"time"}"#, ErrorCode::BadFrame),
+        (
+            r#"{"type":"subscribe","channel":""}"#,
+            ErrorCode::InvalidChannel,
+        ),
+        (
+            r#"{"type":"subscribe","channel":"a b"}"#,
+            ErrorCode::InvalidChannel,
+        ),
+        (
+            r#"{"type":"unsubscribe","channel":"é"}"#,
+            ErrorCode::InvalidChannel,
+        ),
+        ("[1,", ErrorCode::BadFrame),
+    ];
+    for (text, code) in cases {
+        let e = err(text);
+        assert_eq!(e.code, code, "{text}: {e}");
+        assert!(!e.message.is_empty());
+    }
+    let long = format!(r#"{{"type":"subscribe","channel":"{}"}}"#, "a".repeat(129));
+    assert_eq!(err(&long).code, ErrorCode::InvalidChannel);
+    let ok = format!(r#"{{"type":"subscribe","channel":"{}"}}"#, "a".repeat(128));
+    assert!(codec::decode_client(&ok, &Limits::default())[0].is_ok());
+}
+
+#[test]
+fn errors_carry_the_frame_id_when_there_is_one() {
+    let e = err(r#"{"type":"publish","id":"m9","channel":"bad name","data":1}"#);
+    assert_eq!(
+        (e.id.as_ref().map(|i| i.as_str()), e.code),
+        (Some("m9"), ErrorCode::InvalidChannel)
+    );
+    let e = err(r#"{"type":"request","id":"r9","params":{}}"#);
+    assert_eq!(
+        (e.id.as_ref().map(|i| i.as_str()), e.code),
+        (Some("r9"), ErrorCode::BadFrame)
+    );
+    let e = err(r#"{"type":"nope","id":"x"}"#);
+    assert_eq!(e.id.as_ref().map(|i| i.as_str()), Some("x"));
+    assert_eq!(
+        e.into_frame(),
+        ServerFrame::error(
+            Some("x".into()),
+            ErrorCode::UnknownType,
+            "unknown frame type \"nope\"; expected one of hello, ping, subscribe, unsubscribe, publish, request, direct"
+        )
+    );
+}
+
+#[test]
+fn a_bad_frame_in_a_batch_spoils_only_itself() {
+    let out = codec::decode_client(
+        r#"[{"type":"ping","id":"1"},{"type":"bogus"},{"type":"ping","id":"2"}]"#,
+        &Limits::default(),
+    );
+    assert_eq!(out.len(), 3);
+    assert_eq!(
+        out[0],
+        Ok(ClientFrame::Ping {
+            id: Some("1".into())
+        })
+    );
+    assert_eq!(out[1].as_ref().unwrap_err().code, ErrorCode::UnknownType);
+    assert_eq!(
+        out[2],
+        Ok(ClientFrame::Ping {
+            id: Some("2".into())
+        })
+    );
+}
+
+#[test]
+fn oversized_batches_are_refused_whole() {
+    let limits = Limits {
+        max_batch: 2,
+        ..Limits::default()
+    };
+    let out = codec::decode_client(
+        r#"[{"type":"ping"},{"type":"ping"},{"type":"ping"}]"#,
+        &limits,
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].as_ref().unwrap_err().code, ErrorCode::BatchTooLarge);
+    assert!(codec::decode_client("[]", &limits).is_empty());
+}
+
+#[test]
+fn unknown_fields_are_ignored_for_forward_compatibility() {
+    assert_eq!(
+        codec::decode_client(
+            r#"{"type":"ping","id":"1","priority":"high"}"#,
+            &Limits::default()
+        ),
+        vec![Ok(ClientFrame::Ping {
+            id: Some("1".into())
+        })]
+    );
+}
