@@ -25,7 +25,7 @@ pub enum ErrorCode {
     Unauthorized,
     /// The token does not allow this action on this channel.
     Forbidden,
-    /// `unsubscribe` (or an ephemeral publish) on a channel the client is not subscribed to.
+    /// `unsubscribe` on a channel the client is not subscribed to.
     NotSubscribed,
     /// `subscribe` on a channel the client is already subscribed to.
     AlreadySubscribed,

@@ -27,8 +27,10 @@ pub enum ServerFrame {
         /// The authenticated user, absent for anonymous connections.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         user_id: Option<String>,
-        /// The server pings at this interval (milliseconds); a client that hears nothing for
-        /// about twice as long should consider the link dead and reconnect.
+        /// The server sends WebSocket pings at this interval (milliseconds) and closes a
+        /// connection it has not heard from for its idle timeout. Browsers cannot see those
+        /// pings, so a browser client sends its own `ping` about this often and treats a
+        /// missing `pong` (or silence for twice the interval) as a dead link.
         heartbeat_ms: u64,
         /// The limits this connection is held to.
         limits: Limits,

@@ -1,0 +1,124 @@
+// End-to-end: the real server binary serves the release bundle; Debian's Chromium (driven by
+// playwright-core, never a downloaded browser) opens it and must show "connected".
+// Run through scripts/test.sh, which sets SWITCHBOARD_SERVER and SWITCHBOARD_DIST.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+
+const SERVER = process.env.SWITCHBOARD_SERVER ?? '../target/debug/switchboard-server';
+const DIST = process.env.SWITCHBOARD_DIST ?? '../dist';
+const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+
+/** Starts the server on `addr` and resolves with its process and base URL. */
+function startServer(addr = '127.0.0.1:0') {
+  return new Promise((resolve, reject) => {
+    const proc = spawn(SERVER, ['--addr', addr, '--dist', DIST], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+      env: { ...process.env, RUST_LOG: 'warn' },
+    });
+    let out = '';
+    const timer = setTimeout(() => reject(new Error(`server did not start: ${out}`)), 10_000);
+    proc.stdout.on('data', (chunk) => {
+      out += chunk;
+      const m = out.match(/listening on (http:\/\/[0-9.:]+)/);
+      if (m) {
+        clearTimeout(timer);
+        resolve({ proc, url: m[1] });
+      }
+    });
+    proc.on('exit', (code) => reject(new Error(`server exited with ${code}: ${out}`)));
+  });
+}
+
+function stopServer(server) {
+  return new Promise((resolve) => {
+    if (server.proc.exitCode !== null) return resolve();
+    server.proc.on('exit', resolve);
+    server.proc.kill('SIGTERM');
+  });
+}
+
+let browser;
+let server;
+
+before(async () => {
+  server = await startServer();
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: [
+      '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+      '--disable-dev-shm-usage', `--user-data-dir=${mkdtempSync(join(tmpdir(), 'sb-chromium-'))}`,
+    ],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  if (server) await stopServer(server);
+});
+
+/** A fresh page that fails the test on any uncaught page error. */
+async function openApp(url) {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(e));
+  await page.goto(url);
+  return { page, context, errors };
+}
+
+test('the page served by the real server connects and shows its client id and RTT', async () => {
+  const { page, context, errors } = await openApp(server.url);
+  await page.locator('#status', { hasText: 'connected' }).waitFor({ timeout: 15_000 });
+  const id = (await page.locator('#client-id').textContent()).trim();
+  assert.match(id, /^c[0-9a-f]+-/);
+  await page.locator('#rtt', { hasText: 'ms' }).waitFor({ timeout: 10_000 });
+  const rtt = parseFloat(await page.locator('#rtt').textContent());
+  assert.ok(rtt >= 0 && rtt < 5000, `rtt ${rtt}`);
+  assert.equal((await page.locator('#last-error').textContent()).trim(), 'none');
+  await page.screenshot({ path: 'test-results/connected.png' });
+  assert.deepEqual(errors, []);
+  await context.close();
+});
+
+test('two tabs get two different client ids', async () => {
+  const a = await openApp(server.url);
+  const b = await openApp(server.url);
+  for (const { page } of [a, b]) {
+    await page.locator('#status', { hasText: 'connected' }).waitFor({ timeout: 15_000 });
+  }
+  const ida = await a.page.locator('#client-id').textContent();
+  const idb = await b.page.locator('#client-id').textContent();
+  assert.notEqual(ida, idb);
+  await a.context.close();
+  await b.context.close();
+});
+
+test('a client-side route deep link still loads the app', async () => {
+  const { page, context, errors } = await openApp(`${server.url}/rooms/lobby`);
+  await page.locator('#status', { hasText: 'connected' }).waitFor({ timeout: 15_000 });
+  assert.deepEqual(errors, []);
+  await context.close();
+});
+
+test('server restart: the page shows reconnecting, then reconnects by itself', async () => {
+  const { page, context, errors } = await openApp(server.url);
+  await page.locator('#status', { hasText: 'connected' }).waitFor({ timeout: 15_000 });
+  const before = await page.locator('#client-id').textContent();
+  const addr = server.url.replace('http://', '');
+  await stopServer(server); // SIGTERM: clients get 1001 (going away) and reconnect
+  await page.locator('#status', { hasText: 'reconnecting' }).waitFor({ timeout: 10_000 });
+  await page.locator('#state-detail', { hasText: /attempt \d+ in/ }).waitFor({ timeout: 10_000 });
+  server = await startServer(addr);
+  await page.locator('#status', { hasText: 'connected' }).waitFor({ timeout: 45_000 });
+  assert.equal((await page.locator('#reconnects').textContent()).trim(), '1');
+  assert.notEqual(await page.locator('#client-id').textContent(), before);
+  assert.deepEqual(errors, []);
+  await context.close();
+});
