@@ -4,9 +4,6 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 
 const SERVER = process.env.SWITCHBOARD_SERVER ?? '../target/debug/switchboard-server';
@@ -53,7 +50,8 @@ before(async () => {
     args: [
       '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
       '--disable-background-networking', '--disable-component-update', '--disable-sync',
-      '--disable-dev-shm-usage', `--user-data-dir=${mkdtempSync(join(tmpdir(), 'sb-chromium-'))}`,
+      // Playwright gives every launch a fresh, empty profile directory of its own.
+      '--disable-dev-shm-usage',
     ],
   });
 });

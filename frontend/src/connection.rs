@@ -9,8 +9,8 @@ use futures::{FutureExt, SinkExt, StreamExt};
 use gloo_net::websocket::{Message, WebSocketError, futures::WebSocket};
 use gloo_timers::future::sleep;
 use leptos::prelude::*;
-use leptos::task::spawn_local;
 use switchboard_protocol::{ClientFrame, CloseCode, Reconnect, ServerFrame, codec};
+use wasm_bindgen_futures::spawn_local;
 
 use crate::backoff::Backoff;
 
@@ -160,13 +160,10 @@ async fn run(url: String, options: ConnectionOptions, set: Setters, stop: onesho
     loop {
         set.state.set(ConnState::Connecting);
         let (ended, opened) = futures::select! {
-            r = session(&url, &options, &set).fuse() => r,
+            r = session(&url, &options, &set, ever_open).fuse() => r,
             _ = stop => (Ended::Stopped, false),
         };
         if opened {
-            if ever_open {
-                set.reconnects.update(|n| *n += 1);
-            }
             ever_open = true;
             attempt = 0;
         }
@@ -195,7 +192,13 @@ async fn run(url: String, options: ConnectionOptions, set: Setters, stop: onesho
 }
 
 /// One socket from open to close. Returns how it ended and whether `welcome` arrived.
-async fn session(url: &str, options: &ConnectionOptions, set: &Setters) -> (Ended, bool) {
+/// `reconnect` says whether an earlier socket was open, so a `welcome` counts a reconnect.
+async fn session(
+    url: &str,
+    options: &ConnectionOptions,
+    set: &Setters,
+    reconnect: bool,
+) -> (Ended, bool) {
     let ws = match WebSocket::open(url) {
         Ok(ws) => ws,
         Err(e) => {
@@ -216,6 +219,9 @@ async fn session(url: &str, options: &ConnectionOptions, set: &Setters) -> (Ende
                     for frame in codec::decode_server(&text) {
                         match frame {
                             Ok(ServerFrame::Welcome { client_id, .. }) => {
+                                if reconnect && !opened {
+                                    set.reconnects.update(|n| *n += 1);
+                                }
                                 opened = true;
                                 set.client_id.set(Some(client_id.0));
                                 set.state.set(ConnState::Open);
