@@ -30,7 +30,8 @@ step "server for the wasm tests"
 server=target/debug/switchboard-server
 cargo build --locked -p switchboard-server
 log=$(mktemp)
-"$server" --addr 127.0.0.1:0 --dist dist >"$log" 2>&1 &
+# The wasm test page is served by wasm-bindgen-test-runner on a random port: allow it.
+"$server" --addr 127.0.0.1:0 --dist dist --allowed-origins "*" >"$log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do grep -q 'listening on' "$log" && break; sleep 0.1; done
 url=$(grep -o 'http://[0-9.:]*' "$log" | head -n1)

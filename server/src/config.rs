@@ -66,9 +66,98 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_DRAIN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
 
+    /// Secret for HS256 JSON Web Tokens. When unset, tokens are refused and every
+    /// connection is anonymous with full access (a development setting).
+    #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<Secret>,
+
+    /// With a JWT secret: let connections without a token in, limited to the anonymous
+    /// channel patterns below. Without it they must authenticate within --auth-timeout.
+    #[arg(long, env = "SWITCHBOARD_ALLOW_ANONYMOUS")]
+    pub allow_anonymous: bool,
+
+    /// Channel patterns anonymous connections may subscribe to (comma-separated; `*` all,
+    /// `room:*` a prefix).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_ANONYMOUS_SUBSCRIBE",
+        value_delimiter = ',',
+        default_value = "*"
+    )]
+    pub anonymous_subscribe: Vec<String>,
+
+    /// Channel patterns anonymous connections may publish on (comma-separated). Defaults to
+    /// none.
+    #[arg(long, env = "SWITCHBOARD_ANONYMOUS_PUBLISH", value_delimiter = ',')]
+    pub anonymous_publish: Vec<String>,
+
+    /// A connection that needs a token and has not sent a valid one within this time is
+    /// closed with 4001.
+    #[arg(long, env = "SWITCHBOARD_AUTH_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub auth_timeout: Duration,
+
+    /// API key for `POST /api/publish` (sent as `Authorization: Bearer <key>`). When unset,
+    /// the endpoint answers 404.
+    #[arg(long, env = "SWITCHBOARD_API_KEY", hide_env_values = true)]
+    pub api_key: Option<Secret>,
+
+    /// Origins allowed to open the WebSocket (comma-separated, e.g.
+    /// `https://app.example.com`; `*` allows any). The server's own origin and the
+    /// `trunk serve` origins (http://127.0.0.1:8080, http://localhost:8080) are always
+    /// allowed; requests without an Origin header (non-browser clients) are allowed.
+    #[arg(long, env = "SWITCHBOARD_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Most simultaneous connections; more are closed with 4113 (server full).
+    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Most simultaneous connections from one IP address; more are closed with 4113.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_CONNECTIONS_PER_IP",
+        default_value_t = 1_000
+    )]
+    pub max_connections_per_ip: usize,
+
+    /// WebSocket read buffer per connection, in bytes. tungstenite's default (128 KiB)
+    /// costs ~134 KiB per idle connection; 4 KiB costs ~6 KiB.
+    #[arg(long, env = "SWITCHBOARD_READ_BUFFER_BYTES", default_value_t = 4096)]
+    pub read_buffer_bytes: usize,
+
+    /// Publish a demo price ticker on channel `ticker:demo` at this interval (e.g. `100ms`).
+    /// Off by default.
+    #[arg(long, env = "SWITCHBOARD_DEMO_TICKER", value_parser = humantime::parse_duration)]
+    pub demo_ticker: Option<Duration>,
+
     /// Log format.
     #[arg(long, env = "SWITCHBOARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
+}
+
+/// A secret option value: printed as `<redacted>` by `Debug`, so logging the config
+/// never leaks it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Secret {
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
 }
 
 /// How logs are written.
@@ -105,6 +194,15 @@ impl Config {
         }
         if self.max_frame_bytes < 1024 {
             return Err("--max-frame-bytes must be at least 1024".into());
+        }
+        if self.max_connections == 0 || self.max_connections_per_ip == 0 {
+            return Err("--max-connections and --max-connections-per-ip must be at least 1".into());
+        }
+        if self.read_buffer_bytes < 256 {
+            return Err("--read-buffer-bytes must be at least 256".into());
+        }
+        if self.demo_ticker.is_some_and(|d| d.is_zero()) {
+            return Err("--demo-ticker must be a non-zero interval".into());
         }
         if self.rate_per_sec == 0 || self.rate_burst == 0 {
             return Err("--rate-per-sec and --rate-burst must be at least 1".into());

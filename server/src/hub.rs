@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -102,6 +103,8 @@ struct Inner {
     epoch: String,
     /// Source of connection ids and channel epochs.
     next_id: AtomicU64,
+    /// Admitted connections per client IP (the per-IP cap) and in total (the global cap).
+    admitted: Mutex<(usize, HashMap<IpAddr, usize>)>,
     metrics: Arc<Metrics>,
 }
 
@@ -136,6 +139,7 @@ impl Hub {
                 channels: Mutex::default(),
                 epoch,
                 next_id: AtomicU64::new(1),
+                admitted: Mutex::default(),
                 metrics,
             }),
         }
@@ -164,6 +168,38 @@ impl Hub {
         };
         lock(&self.inner.clients).insert(id, handle.clone());
         (handle, rx)
+    }
+
+    /// Admits a connection from `ip` if both caps allow it. The returned guard gives the
+    /// place back when dropped.
+    pub fn admit(&self, ip: IpAddr, max_total: usize, max_per_ip: usize) -> Option<Admission> {
+        let mut admitted = lock(&self.inner.admitted);
+        let (total, per_ip) = &mut *admitted;
+        let n = per_ip.entry(ip).or_default();
+        if *total >= max_total || *n >= max_per_ip {
+            if *n == 0 {
+                per_ip.remove(&ip);
+            }
+            return None;
+        }
+        *n += 1;
+        *total += 1;
+        Some(Admission {
+            hub: self.clone(),
+            ip,
+        })
+    }
+
+    /// Records the authenticated user of a connection (after `hello` with a token) and
+    /// returns its updated handle. Only valid before the connection subscribes anywhere,
+    /// since subscriptions hold copies of the handle.
+    pub fn identify(&self, client: &ClientHandle, user_id: Option<String>) -> ClientHandle {
+        let handle = ClientHandle {
+            user_id,
+            ..client.clone()
+        };
+        lock(&self.inner.clients).insert(handle.id.clone(), handle.clone());
+        handle
     }
 
     /// Removes a connection from every channel it was in (announcing presence leaves) and
@@ -401,6 +437,26 @@ impl Hub {
             m.dropped_ephemeral.fetch_add(1, Ordering::Relaxed);
         } else if client.kill.fire(CloseCode::SLOW_CONSUMER) {
             m.slow_consumers.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A connection's place under the connection caps; released on drop.
+pub struct Admission {
+    hub: Hub,
+    ip: IpAddr,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let mut admitted = lock(&self.hub.inner.admitted);
+        let (total, per_ip) = &mut *admitted;
+        *total -= 1;
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
         }
     }
 }

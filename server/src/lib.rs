@@ -7,10 +7,14 @@
 //! - `session` (private): one connection's task: decode, dispatch, reply, heartbeat, close.
 //! - [`hub`]: the registry of connections and channels; fan-out and presence.
 //! - [`methods`]: request/response handlers (`time`, `channels`, `presence`, and yours).
+//! - [`auth`]: JWT verification and channel permissions.
+//! - [`api`]: the HTTP publishing endpoint and the demo ticker.
 //! - [`metrics`]: counters for `/metrics`.
 //!
 //! Start reading at [`run`], then `session.rs`.
 
+pub mod api;
+pub mod auth;
 pub mod config;
 pub mod hub;
 pub mod methods;
@@ -18,18 +22,21 @@ pub mod metrics;
 mod session;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{State, WebSocketUpgrade};
-use axum::http::{StatusCode, header};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
+use serde::Deserialize;
 use switchboard_protocol::{CloseCode, WS_PATH};
 use tokio::net::TcpListener;
 use tokio::time::{Instant, sleep};
 use tower_http::services::{ServeDir, ServeFile};
 
+use auth::Auth;
 pub use config::Config;
 pub use hub::Hub;
 pub use methods::Methods;
@@ -44,6 +51,8 @@ pub struct AppState {
     pub hub: Hub,
     /// Request handlers.
     pub methods: Arc<Methods>,
+    /// Token checking.
+    pub auth: Auth,
 }
 
 impl AppState {
@@ -55,6 +64,7 @@ impl AppState {
     /// State for `config` with your own method table.
     pub fn with_methods(config: Config, methods: Methods) -> Self {
         Self {
+            auth: Auth::from_config(&config),
             config: Arc::new(config),
             hub: Hub::new(Arc::new(Metrics::default())),
             methods: Arc::new(methods),
@@ -69,7 +79,11 @@ pub fn app(state: AppState) -> Router {
     let router = Router::new()
         .route(WS_PATH, get(ws_upgrade))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(metrics));
+        .route("/metrics", get(metrics))
+        .route(
+            "/api/publish",
+            post(api::publish).layer(DefaultBodyLimit::max(state.config.max_frame_bytes as usize)),
+        );
     let router = if index.is_file() {
         // Unknown paths get index.html, so client-side routes survive a reload.
         router.fallback_service(ServeDir::new(&dist).fallback(ServeFile::new(index)))
@@ -89,7 +103,11 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let hub = state.hub.clone();
     let drain = state.config.drain_timeout;
-    let router = app(state);
+    let ticker = state
+        .config
+        .demo_ticker
+        .map(|every| tokio::spawn(api::demo_ticker(hub.clone(), every)));
+    let router = app(state).into_make_service_with_connect_info::<SocketAddr>();
     let close_all = hub.clone();
     axum::serve(listener, router)
         .with_graceful_shutdown(async move {
@@ -98,6 +116,9 @@ pub async fn run(
             close_all.close_all(CloseCode::GOING_AWAY);
         })
         .await?;
+    if let Some(ticker) = ticker {
+        ticker.abort();
+    }
     // Upgraded connections live in their own tasks: wait for them to say goodbye.
     let deadline = Instant::now() + drain;
     while hub.connection_count() > 0 && Instant::now() < deadline {
@@ -108,11 +129,74 @@ pub async fn run(
     Ok(())
 }
 
-async fn ws_upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
-    let max = state.config.max_frame_bytes as usize;
+/// Query parameters of the WebSocket URL.
+#[derive(Deserialize)]
+struct WsQuery {
+    /// A JWT, as an alternative to `hello.token`.
+    token: Option<String>,
+}
+
+/// The upgrade: checks the Origin (403 before upgrading), the connection caps and the
+/// `?token=`; the session reports cap and token failures with close codes, which a
+/// browser can see (it cannot see an HTTP status).
+async fn ws_upgrade(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(query): Query<WsQuery>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if let Err(origin) = check_origin(&state.config, &headers) {
+        tracing::info!(%peer, origin, "refused a WebSocket from a foreign origin");
+        return (
+            StatusCode::FORBIDDEN,
+            format!("origin {origin} is not allowed"),
+        )
+            .into_response();
+    }
+    let config = &state.config;
+    let admission = state.hub.admit(
+        peer.ip(),
+        config.max_connections,
+        config.max_connections_per_ip,
+    );
+    let auth = match &query.token {
+        Some(token) => state.auth.verify(token),
+        None => state.auth.anonymous(),
+    };
+    let max = config.max_frame_bytes as usize;
     ws.max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| session::run(socket, state))
+        .read_buffer_size(config.read_buffer_bytes)
+        .write_buffer_size(config.read_buffer_bytes)
+        .on_upgrade(move |socket| session::run(socket, state, auth, admission))
+}
+
+/// Cross-site WebSocket hijacking guard. Browsers always send `Origin`; it must be the
+/// server's own origin, a `trunk serve` dev origin, or in `--allowed-origins`.
+fn check_origin(config: &Config, headers: &HeaderMap) -> Result<(), String> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(()); // not a browser: wscat, servers, load generators
+    };
+    let origin = origin.to_str().unwrap_or_default();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    let own = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .is_some_and(|rest| !host.is_empty() && rest == host);
+    const DEV: [&str; 2] = ["http://127.0.0.1:8080", "http://localhost:8080"];
+    let listed = config
+        .allowed_origins
+        .iter()
+        .any(|o| o == "*" || o.trim_end_matches('/') == origin);
+    if own || listed || DEV.contains(&origin) {
+        Ok(())
+    } else {
+        Err(origin.to_owned())
+    }
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use switchboard_protocol::{Channel, ClientId, ErrorCode, limits::validate_channel};
 
+use crate::auth::Grants;
 use crate::hub::{Hub, now_ms};
 
 /// What a handler knows about the caller.
@@ -35,6 +36,8 @@ pub struct RequestCtx {
     pub client_id: ClientId,
     /// Its authenticated user, if any.
     pub user_id: Option<String>,
+    /// What it may see and do.
+    pub grants: Grants,
 }
 
 /// Why a handler did not produce a result.
@@ -43,6 +46,9 @@ pub enum MethodError {
     /// The params were wrong: answered with `bad_request`.
     #[error("{0}")]
     BadRequest(String),
+    /// The caller may not do this: answered with `forbidden`.
+    #[error("{0}")]
+    Forbidden(String),
     /// The handler failed: answered with `handler_failed`.
     #[error("{0}")]
     Failed(String),
@@ -53,6 +59,7 @@ impl MethodError {
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::BadRequest(_) => ErrorCode::BadRequest,
+            Self::Forbidden(_) => ErrorCode::Forbidden,
             Self::Failed(_) => ErrorCode::HandlerFailed,
         }
     }
@@ -75,8 +82,10 @@ impl Methods {
 
     /// The built-in methods:
     /// - `time` → `{"now_ms": <server time>}`
-    /// - `channels` → `[{"channel": name, "subscribers": n}, …]`
-    /// - `presence` with `{"channel": name}` → the channel's members
+    /// - `channels` → `[{"channel": name, "subscribers": n}, …]`, only the channels the
+    ///   caller may subscribe to
+    /// - `presence` with `{"channel": name}` → the channel's members (`forbidden` when the
+    ///   caller may not subscribe to it)
     pub fn with_builtins() -> Self {
         Self::new()
             .method("time", |_, _| async { Ok(json!({ "now_ms": now_ms() })) })
@@ -85,6 +94,7 @@ impl Methods {
                     .hub
                     .channels()
                     .into_iter()
+                    .filter(|(c, _)| ctx.grants.may_subscribe(c.as_str()))
                     .map(|(c, n)| json!({ "channel": c, "subscribers": n }))
                     .collect();
                 Ok(Value::Array(list))
@@ -94,6 +104,9 @@ impl Methods {
                     MethodError::BadRequest("expected {\"channel\": \"<name>\"}".into())
                 })?;
                 validate_channel(channel).map_err(MethodError::BadRequest)?;
+                if !ctx.grants.may_subscribe(channel) {
+                    return Err(MethodError::Forbidden(format!("no access to {channel}")));
+                }
                 let members = ctx.hub.presence(&Channel::from(channel));
                 Ok(json!({ "channel": channel, "count": members.len(), "members": members }))
             })

@@ -15,10 +15,11 @@ use switchboard_protocol::{
     Channel, ClientFrame, CloseCode, ErrorCode, PROTOCOL_VERSION, RequestId, Sender, ServerFrame,
     SessionId, codec,
 };
-use tokio::time::{Instant, MissedTickBehavior, interval_at, timeout};
+use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout};
 
 use crate::AppState;
-use crate::hub::{ClientHandle, SubscribeOutcome, encode};
+use crate::auth::{AuthError, Identity};
+use crate::hub::{Admission, ClientHandle, SubscribeOutcome, encode, now_ms};
 use crate::methods::RequestCtx;
 
 /// How long a closing connection may take to complete the close handshake.
@@ -37,11 +38,38 @@ struct Session {
     session_id: SessionId,
     subscriptions: HashSet<Channel>,
     bucket: TokenBucket,
+    /// Who is connected; `None` while a required token has not arrived yet.
+    identity: Option<Identity>,
+    /// When the connection must have (re)authenticated: the token's expiry, or the auth
+    /// timeout while no identity is established.
+    deadline: Option<Instant>,
 }
 
-/// Serves one upgraded connection until it ends, then cleans up after it.
-pub(crate) async fn run(socket: WebSocket, state: AppState) {
-    let (client, mut queue) = state.hub.connect(None, state.config.queue_capacity);
+/// Serves one upgraded connection until it ends, then cleans up after it. `auth` is the
+/// outcome of the `?token=` check; `admission` is its place under the connection caps, or
+/// `None` when the server is full.
+pub(crate) async fn run(
+    mut socket: WebSocket,
+    state: AppState,
+    auth: Result<Identity, AuthError>,
+    admission: Option<Admission>,
+) {
+    let Some(_admission) = admission else {
+        refuse(&mut socket, CloseCode::SERVER_FULL).await;
+        return;
+    };
+    let identity = match auth {
+        Ok(identity) => Some(identity),
+        Err(AuthError::Required) => None,
+        Err(AuthError::Expired) => return refuse(&mut socket, CloseCode::TOKEN_EXPIRED).await,
+        Err(e) => {
+            let error = ServerFrame::error(None, ErrorCode::Unauthorized, e.to_string());
+            let _ = socket.send(Message::Text(encode(&error))).await;
+            return refuse(&mut socket, CloseCode::UNAUTHORIZED).await;
+        }
+    };
+    let user_id = identity.as_ref().and_then(|i| i.user_id.clone());
+    let (client, mut queue) = state.hub.connect(user_id, state.config.queue_capacity);
     state
         .hub
         .metrics()
@@ -52,6 +80,11 @@ pub(crate) async fn run(socket: WebSocket, state: AppState) {
         socket,
         session_id: SessionId(format!("s-{}", client.id)),
         bucket: TokenBucket::new(limits.rate_per_sec, limits.rate_burst),
+        deadline: match &identity {
+            Some(identity) => expiry_deadline(identity),
+            None => Some(Instant::now() + state.config.auth_timeout),
+        },
+        identity,
         state,
         client,
         subscriptions: HashSet::new(),
@@ -61,26 +94,38 @@ pub(crate) async fn run(socket: WebSocket, state: AppState) {
     let end = s.serve(&mut queue).await;
     if let End::Close(code) = end {
         tracing::debug!(client = %s.client.id, %code, "closing");
-        let frame = CloseFrame {
-            code: code.0,
-            reason: code.reason().into(),
-        };
-        // The closing handshake: send our close, then wait briefly for the peer's, so the
-        // close frame is not lost to a reset of a socket with unread data.
-        let _ = timeout(CLOSE_GRACE, async {
-            if s.socket.send(Message::Close(Some(frame))).await.is_ok() {
-                while let Some(Ok(msg)) = s.socket.recv().await {
-                    if matches!(msg, Message::Close(_)) {
-                        break;
-                    }
-                }
-            }
-        })
-        .await;
+        refuse(&mut s.socket, code).await;
     }
     let subs = std::mem::take(&mut s.subscriptions);
     s.state.hub.disconnect(&s.client, subs);
     tracing::debug!(client = %s.client.id, "disconnected");
+}
+
+/// Closes with `code`: sends our close frame, then waits briefly for the peer's, so the
+/// close frame is not lost to a reset of a socket with unread data.
+async fn refuse(socket: &mut WebSocket, code: CloseCode) {
+    let frame = CloseFrame {
+        code: code.0,
+        reason: code.reason().into(),
+    };
+    let _ = timeout(CLOSE_GRACE, async {
+        if socket.send(Message::Close(Some(frame))).await.is_ok() {
+            while let Some(Ok(msg)) = socket.recv().await {
+                if matches!(msg, Message::Close(_)) {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+}
+
+/// When a token-bearing identity must be refreshed.
+fn expiry_deadline(identity: &Identity) -> Option<Instant> {
+    identity.expires_at.map(|exp| {
+        let left_ms = (exp * 1000).saturating_sub(now_ms());
+        Instant::now() + Duration::from_millis(left_ms)
+    })
 }
 
 impl Session {
@@ -101,6 +146,12 @@ impl Session {
                 msg = self.socket.recv() => {
                     last_heard = Instant::now();
                     self.on_message(msg).await
+                }
+                _ = sleep_until(self.deadline.unwrap_or_else(Instant::now)), if self.deadline.is_some() => {
+                    Err(End::Close(match self.identity {
+                        Some(_) => CloseCode::TOKEN_EXPIRED,
+                        None => CloseCode::UNAUTHORIZED,
+                    }))
                 }
                 _ = heartbeat.tick() => {
                     if last_heard.elapsed() >= config.idle_timeout {
@@ -184,25 +235,27 @@ impl Session {
 
     async fn on_frame(&mut self, frame: ClientFrame) -> Result<(), End> {
         let hub = self.state.hub.clone();
+        if self.identity.is_none()
+            && !matches!(frame, ClientFrame::Hello { .. } | ClientFrame::Ping { .. })
+        {
+            let id = frame.id().cloned();
+            let msg = "authenticate first: send hello with a token";
+            return self.send_error(id, ErrorCode::Unauthorized, msg).await;
+        }
         match frame {
-            ClientFrame::Hello { token, .. } => {
-                if token.is_some() {
-                    // Authentication arrives with the auth work; until then a token cannot
-                    // be checked, so it is refused rather than silently ignored.
-                    return self
-                        .send_error(
-                            None,
-                            ErrorCode::Unauthorized,
-                            "this server does not accept tokens yet",
-                        )
-                        .await;
-                }
-                self.send_frame(&self.welcome()).await
-            }
+            ClientFrame::Hello { token: None, .. } => self.send_frame(&self.welcome()).await,
+            ClientFrame::Hello {
+                token: Some(token), ..
+            } => self.on_token(&token).await,
             ClientFrame::Ping { id } => self.send_frame(&ServerFrame::Pong { id }).await,
             ClientFrame::Subscribe {
                 channel, presence, ..
             } => {
+                if !self.grants().may_subscribe(channel.as_str()) {
+                    let msg = format!("no permission to subscribe to {channel}");
+                    return self.send_error(None, ErrorCode::Forbidden, &msg).await;
+                }
+                let presence = presence.map(|info| self.stamp_name(info));
                 let max = self.state.config.max_subscriptions as usize;
                 if self.subscriptions.len() >= max && !self.subscriptions.contains(&channel) {
                     let msg = format!("at most {max} subscriptions per connection");
@@ -238,6 +291,10 @@ impl Session {
                 data,
                 ephemeral,
             } => {
+                if !self.grants().may_publish(channel.as_str()) {
+                    let msg = format!("no permission to publish on {channel}");
+                    return self.send_error(id, ErrorCode::Forbidden, &msg).await;
+                }
                 let offset = hub.publish(&channel, Some(self.sender()), data, ephemeral);
                 match id {
                     Some(id) => self.send_frame(&ServerFrame::Ack { id, offset }).await,
@@ -249,6 +306,7 @@ impl Session {
                     hub,
                     client_id: self.client.id.clone(),
                     user_id: self.client.user_id.clone(),
+                    grants: self.grants().clone(),
                 };
                 let Some(call) = self.state.methods.call(&method, ctx, params) else {
                     let msg = format!("no method {method:?}");
@@ -282,6 +340,54 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// `hello` with a token: authenticate, or refresh the token of the same user.
+    async fn on_token(&mut self, token: &str) -> Result<(), End> {
+        let new = match self.state.auth.verify(token) {
+            Ok(identity) => identity,
+            Err(e) => {
+                return self
+                    .send_error(None, ErrorCode::Unauthorized, &e.to_string())
+                    .await;
+            }
+        };
+        let current = self.identity.as_ref().and_then(|i| i.user_id.as_ref());
+        if current.is_some() && current != new.user_id.as_ref() {
+            let msg = "the token is for a different user; open a new connection";
+            return self.send_error(None, ErrorCode::BadRequest, msg).await;
+        }
+        if current.is_none() && !self.subscriptions.is_empty() {
+            let msg = "authenticate before subscribing: unsubscribe everything or reconnect";
+            return self.send_error(None, ErrorCode::BadRequest, msg).await;
+        }
+        if current.is_none() {
+            self.client = self.state.hub.identify(&self.client, new.user_id.clone());
+        }
+        self.deadline = expiry_deadline(&new);
+        self.identity = Some(new);
+        self.send_frame(&self.welcome()).await
+    }
+
+    fn grants(&self) -> &crate::auth::Grants {
+        &self
+            .identity
+            .as_ref()
+            .expect("frames other than hello and ping need an identity")
+            .grants
+    }
+
+    /// Presence info carries the token's name, so nobody appears under another's name.
+    fn stamp_name(&self, info: serde_json::Value) -> serde_json::Value {
+        let Some(name) = self.identity.as_ref().and_then(|i| i.name.clone()) else {
+            return info;
+        };
+        let mut info = match info {
+            serde_json::Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        };
+        info.insert("name".into(), name.into());
+        serde_json::Value::Object(info)
     }
 
     fn sender(&self) -> Sender {

@@ -1,0 +1,367 @@
+//! Authentication, permissions, token expiry, the Origin check, connection caps and the
+//! HTTP publishing API, against a real server over loopback.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Client, Next, config, start};
+use futures::StreamExt;
+use jsonwebtoken::{EncodingKey, Header, encode};
+use serde_json::{Value, json};
+use switchboard_protocol::{ErrorCode, ServerFrame};
+use switchboard_server::hub::now_ms;
+use tokio_tungstenite::connect_async;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+const SECRET: &str = "test-secret";
+
+fn token(claims: Value) -> String {
+    encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn exp_in(secs: u64) -> u64 {
+    now_ms() / 1000 + secs
+}
+
+fn code(frame: ServerFrame) -> ErrorCode {
+    match frame {
+        ServerFrame::Error { code, .. } => code,
+        other => panic!("expected error, got {other:?}"),
+    }
+}
+
+/// Connects to `url` and returns the raw client (welcome not yet read).
+async fn raw(url: String) -> Client {
+    let (ws, _) = connect_async(url).await.expect("upgrade");
+    Client {
+        ws,
+        client_id: String::new(),
+    }
+}
+
+#[tokio::test]
+async fn token_in_query_sets_the_user_and_its_grants() {
+    let server = start(config(&["--jwt-secret", SECRET])).await;
+    let t = token(
+        json!({"sub":"u1","name":"Ada","exp":exp_in(3600),"subscribe":["room:*"],"publish":["room:lobby"]}),
+    );
+    let mut c = raw(format!("{}?token={t}", server.ws_url())).await;
+    match c.next().await {
+        ServerFrame::Welcome { user_id, .. } => assert_eq!(user_id.as_deref(), Some("u1")),
+        other => panic!("{other:?}"),
+    }
+    // allowed: room:*; refused: news
+    c.send_text(
+        r#"{"type":"subscribe","channel":"room:lobby","presence":{"name":"Mallory","avatar":"x"}}"#,
+    )
+    .await;
+    match c.next().await {
+        ServerFrame::Subscribed { presence, .. } => {
+            let me = &presence.unwrap()[0];
+            assert_eq!(me.user_id, "u1");
+            // the token's name wins over what the client claims
+            assert_eq!(me.info, json!({"name":"Ada","avatar":"x"}));
+        }
+        other => panic!("{other:?}"),
+    }
+    c.send_text(r#"{"type":"subscribe","channel":"news"}"#)
+        .await;
+    assert_eq!(code(c.next().await), ErrorCode::Forbidden);
+    c.send_text(r#"{"type":"publish","id":"p1","channel":"room:other","data":1}"#)
+        .await;
+    match c.next().await {
+        ServerFrame::Error { id, code, .. } => {
+            assert_eq!((id.unwrap().as_str(), code), ("p1", ErrorCode::Forbidden));
+        }
+        other => panic!("{other:?}"),
+    }
+    c.send_text(r#"{"type":"request","id":"r","method":"presence","params":{"channel":"news"}}"#)
+        .await;
+    assert_eq!(code(c.next().await), ErrorCode::Forbidden);
+}
+
+#[tokio::test]
+async fn the_same_user_in_two_tabs_is_one_member() {
+    let server = start(config(&["--jwt-secret", SECRET])).await;
+    let t = token(json!({"sub":"u1","exp":exp_in(3600)}));
+    let mut tab1 = raw(format!("{}?token={t}", server.ws_url())).await;
+    let mut tab2 = raw(format!("{}?token={t}", server.ws_url())).await;
+    let other_t = token(json!({"sub":"u2","exp":exp_in(3600)}));
+    let mut watcher = raw(format!("{}?token={other_t}", server.ws_url())).await;
+    for c in [&mut tab1, &mut tab2, &mut watcher] {
+        c.next().await; // welcome
+    }
+    let join = r#"{"type":"subscribe","channel":"room:a","presence":{}}"#;
+    watcher.send_text(join).await;
+    watcher.next().await;
+    tab1.send_text(join).await;
+    tab1.next().await;
+    match watcher.next().await {
+        ServerFrame::Presence { count, member, .. } => {
+            assert_eq!((count, member.user_id.as_str()), (2, "u1"));
+        }
+        other => panic!("{other:?}"),
+    }
+    tab2.send_text(join).await;
+    match tab2.next().await {
+        ServerFrame::Subscribed { presence, .. } => {
+            let members = presence.unwrap();
+            assert_eq!(members.len(), 2, "u1 counts once");
+            let u1 = members.iter().find(|m| m.user_id == "u1").unwrap();
+            assert_eq!(u1.connections, 2);
+        }
+        other => panic!("{other:?}"),
+    }
+    // closing one tab is no leave; closing the second is
+    drop(tab1);
+    watcher.sync().await;
+    drop(tab2);
+    match watcher.next().await {
+        ServerFrame::Presence { count, member, .. } => {
+            assert_eq!((count, member.user_id.as_str()), (1, "u1"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn bad_tokens_are_refused_with_4001_and_expired_ones_with_4301() {
+    let server = start(config(&["--jwt-secret", SECRET])).await;
+    let mut c = raw(format!("{}?token=not-a-jwt", server.ws_url())).await;
+    assert_eq!(code(c.next().await), ErrorCode::Unauthorized);
+    assert_eq!(c.closed().await, Some(4001));
+
+    let forged = encode(
+        &Header::default(),
+        &json!({"sub":"u1","exp":exp_in(60)}),
+        &EncodingKey::from_secret(b"wrong"),
+    )
+    .unwrap();
+    let mut c = raw(format!("{}?token={forged}", server.ws_url())).await;
+    assert_eq!(code(c.next().await), ErrorCode::Unauthorized);
+    assert_eq!(c.closed().await, Some(4001));
+
+    let expired = token(json!({"sub":"u1","exp":exp_in(0) - 10}));
+    let mut c = raw(format!("{}?token={expired}", server.ws_url())).await;
+    assert_eq!(c.closed().await, Some(4301));
+}
+
+#[tokio::test]
+async fn without_a_token_only_hello_and_ping_work_until_the_auth_timeout() {
+    let server = start(config(&["--jwt-secret", SECRET, "--auth-timeout", "300ms"])).await;
+    let mut c = raw(server.ws_url()).await;
+    assert!(matches!(
+        c.next().await,
+        ServerFrame::Welcome { user_id: None, .. }
+    ));
+    c.send_text(r#"{"type":"subscribe","channel":"a"}"#).await;
+    assert_eq!(code(c.next().await), ErrorCode::Unauthorized);
+    c.sync().await; // ping still works
+    assert_eq!(c.closed().await, Some(4001));
+
+    // hello with a token in time: authenticated
+    let mut c = raw(server.ws_url()).await;
+    c.next().await;
+    let t = token(json!({"sub":"u9","exp":exp_in(3600)}));
+    c.send_text(&format!(r#"{{"type":"hello","token":"{t}"}}"#))
+        .await;
+    match c.next().await {
+        ServerFrame::Welcome { user_id, .. } => assert_eq!(user_id.as_deref(), Some("u9")),
+        other => panic!("{other:?}"),
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.sync().await; // still open after the auth timeout
+}
+
+#[tokio::test]
+async fn expiry_while_connected_closes_with_4301_unless_refreshed() {
+    let server = start(config(&["--jwt-secret", SECRET])).await;
+    // JWT exp has one-second resolution: a token expiring in 1-2 s
+    let short = token(json!({"sub":"u1","exp":exp_in(2)}));
+    let mut lapsing = raw(format!("{}?token={short}", server.ws_url())).await;
+    lapsing.next().await;
+    let mut refreshed = raw(format!("{}?token={short}", server.ws_url())).await;
+    refreshed.next().await;
+    let long = token(json!({"sub":"u1","exp":exp_in(3600)}));
+    refreshed
+        .send_text(&format!(r#"{{"type":"hello","token":"{long}"}}"#))
+        .await;
+    assert!(matches!(
+        refreshed.next().await,
+        ServerFrame::Welcome { .. }
+    ));
+    // a token for someone else is not a refresh
+    let other = token(json!({"sub":"u2","exp":exp_in(3600)}));
+    refreshed
+        .send_text(&format!(r#"{{"type":"hello","token":"{other}"}}"#))
+        .await;
+    assert_eq!(code(refreshed.next().await), ErrorCode::BadRequest);
+
+    assert_eq!(lapsing.closed().await, Some(4301));
+    refreshed.sync().await;
+}
+
+#[tokio::test]
+async fn anonymous_access_when_configured() {
+    let server = start(config(&[
+        "--jwt-secret",
+        SECRET,
+        "--allow-anonymous",
+        "--anonymous-subscribe",
+        "public:*",
+    ]))
+    .await;
+    let mut c = Client::connect(&server).await;
+    c.send_text(r#"{"type":"subscribe","channel":"public:news"}"#)
+        .await;
+    assert!(matches!(c.next().await, ServerFrame::Subscribed { .. }));
+    c.send_text(r#"{"type":"subscribe","channel":"private"}"#)
+        .await;
+    assert_eq!(code(c.next().await), ErrorCode::Forbidden);
+    c.send_text(r#"{"type":"publish","channel":"public:news","data":1}"#)
+        .await;
+    assert_eq!(
+        code(c.next().await),
+        ErrorCode::Forbidden,
+        "anonymous publish is off by default"
+    );
+}
+
+#[tokio::test]
+async fn a_token_without_a_secret_is_refused() {
+    let server = start(config(&[])).await;
+    let mut c = Client::connect(&server).await;
+    c.send_text(r#"{"type":"hello","token":"abc"}"#).await;
+    assert_eq!(code(c.next().await), ErrorCode::Unauthorized);
+    c.sync().await;
+}
+
+#[tokio::test]
+async fn foreign_origins_get_403_before_the_upgrade() {
+    let server = start(config(&["--allowed-origins", "https://app.example.com"])).await;
+    let with_origin = |origin: &str| {
+        let mut req = server.ws_url().into_client_request().unwrap();
+        req.headers_mut().insert("origin", origin.parse().unwrap());
+        req
+    };
+    match connect_async(with_origin("https://evil.example.net")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 403),
+        other => panic!("expected 403, got {other:?}"),
+    }
+    let own = format!("http://{}", server.addr);
+    for ok in [
+        own.as_str(),
+        "https://app.example.com",
+        "http://localhost:8080",
+    ] {
+        let (mut ws, _) = connect_async(with_origin(ok)).await.expect(ok);
+        assert!(ws.next().await.is_some());
+    }
+}
+
+#[tokio::test]
+async fn connection_caps_close_with_4113() {
+    let server = start(config(&["--max-connections-per-ip", "2"])).await;
+    let _a = Client::connect(&server).await;
+    let _b = Client::connect(&server).await;
+    let mut c = raw(server.ws_url()).await;
+    assert_eq!(c.read().await, Next::Closed(Some(4113)));
+    drop(_a);
+    // the place is given back once the server has noticed
+    for _ in 0..100 {
+        let mut d = raw(server.ws_url()).await;
+        if let Next::Frame(ServerFrame::Welcome { .. }) = d.read().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the freed place was never given back");
+}
+
+async fn post(addr: std::net::SocketAddr, auth: Option<&str>, body: &str) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = auth
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "POST /api/publish HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text[9..12].parse().unwrap();
+    let body = text.split_once("\r\n\r\n").unwrap().1;
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn http_publish_api() {
+    let server = start(config(&["--api-key", "k3y"])).await;
+    let mut c = Client::connect(&server).await;
+    c.send_text(r#"{"type":"subscribe","channel":"notifications"}"#)
+        .await;
+    c.next().await;
+    let body = r#"{"channel":"notifications","data":{"text":"deployed"}}"#;
+    assert_eq!(
+        post(server.addr, Some("k3y"), body).await,
+        (200, json!({"offset":1}))
+    );
+    match c.next().await {
+        ServerFrame::Message {
+            from, data, offset, ..
+        } => {
+            assert_eq!(
+                (from, data, offset),
+                (None, json!({"text":"deployed"}), Some(1))
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let (status, err) = post(server.addr, Some("nope"), body).await;
+    assert_eq!((status, err["code"].as_str()), (401, Some("unauthorized")));
+    let (status, err) = post(server.addr, None, body).await;
+    assert_eq!((status, err["code"].as_str()), (401, Some("unauthorized")));
+    let (status, err) = post(server.addr, Some("k3y"), r#"{"channel":"a b","data":1}"#).await;
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (400, Some("invalid_channel"))
+    );
+    let (status, err) = post(server.addr, Some("k3y"), r#"{"data":1}"#).await;
+    assert_eq!((status, err["code"].as_str()), (400, Some("bad_request")));
+
+    let disabled = start(config(&[])).await;
+    let (status, _) = post(disabled.addr, Some("k3y"), body).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn demo_ticker_publishes_prices() {
+    let server = start(config(&["--demo-ticker", "20ms"])).await;
+    let mut c = Client::connect(&server).await;
+    c.send_text(r#"{"type":"subscribe","channel":"ticker:demo"}"#)
+        .await;
+    c.next().await;
+    let mut last = None;
+    for _ in 0..3 {
+        match c.next().await {
+            ServerFrame::Message { data, from, .. } => {
+                assert_eq!(from, None);
+                assert_eq!(data["symbol"], "SBX");
+                assert!(data["price"].as_f64().unwrap() > 0.0);
+                let seq = data["seq"].as_u64().unwrap();
+                assert!(last.is_none_or(|l| seq > l));
+                last = Some(seq);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
