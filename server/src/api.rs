@@ -73,10 +73,19 @@ pub async fn publish(
     if let Err(why) = validate_channel(&req.channel) {
         return error(StatusCode::BAD_REQUEST, ErrorCode::InvalidChannel, why);
     }
-    let offset = state
+    let channel = Channel::from(req.channel);
+    match state
         .hub
-        .publish(&Channel::from(req.channel), None, req.data, req.ephemeral);
-    Json(json!({ "offset": offset })).into_response()
+        .publish(&channel, None, req.data, req.ephemeral)
+        .await
+    {
+        Ok(offset) => Json(json!({ "offset": offset })).into_response(),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            e.to_string(),
+        ),
+    }
 }
 
 /// Compares without leaking the position of the first difference through timing.
@@ -100,11 +109,9 @@ pub async fn demo_ticker(hub: Hub, every: Duration) {
         let t = seq as f64;
         price = (price + 0.8 * (t / 17.0).sin() + 0.3 * (t * 1.7).sin()).max(1.0);
         let price = (price * 100.0).round() / 100.0;
-        hub.publish(
-            &channel,
-            None,
-            json!({ "symbol": "SBX", "price": price, "seq": seq }),
-            false,
-        );
+        let data = json!({ "symbol": "SBX", "price": price, "seq": seq });
+        if let Err(e) = hub.publish(&channel, None, data, false).await {
+            tracing::warn!("demo ticker: {e}");
+        }
     }
 }

@@ -1,16 +1,20 @@
-//! The hub: which clients are connected, which channels exist, who is subscribed, who is
-//! present. Fan-out encodes a message once and hands the same bytes to every subscriber's
-//! bounded queue.
+//! The hub: this node's side of things. Which clients are connected, which of them are
+//! subscribed to what, and their bounded queues. Streams, cross-node delivery and presence
+//! are the [`Broker`]'s; the hub subscribes this node to a channel while it has local
+//! subscribers and fans every delivery out to them: encoded once, the same bytes offered
+//! to every subscriber's queue.
 //!
 //! Locking: the client map and the channel map are each behind a `std::sync::Mutex` held
-//! only for a lookup; each channel has its own mutex, so publishes to different channels
-//! do not contend. No lock is held across an `.await`.
+//! only for a lookup; each channel has its own mutex, so deliveries to different channels
+//! do not contend. No `std` lock is held across an `.await`. Membership changes (a node's
+//! first subscriber arriving, its last one leaving) are serialized by an async mutex so the
+//! node's broker subscription always matches its local subscribers; publishing never takes
+//! it.
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::Utf8Bytes;
@@ -19,6 +23,8 @@ use switchboard_protocol::{
     Channel, ClientId, CloseCode, Member, PresenceAction, Sender, ServerFrame, StreamPosition,
     codec,
 };
+
+use crate::broker::{Broker, BrokerError, BrokerHandler, Publication};
 use tokio::sync::{Notify, mpsc};
 
 use crate::metrics::Metrics;
@@ -97,11 +103,15 @@ pub struct Hub {
 struct Inner {
     /// Every live connection, by id: the address book for `direct` and shutdown.
     clients: Mutex<HashMap<ClientId, ClientHandle>>,
-    /// Channels with at least one subscriber.
+    /// Channels with at least one local subscriber.
     channels: Mutex<HashMap<Channel, Arc<Mutex<ChannelState>>>>,
-    /// Distinguishes this process's ids and epochs from an earlier run's.
+    /// Serializes changes of which channels this node is subscribed to at the broker.
+    membership: tokio::sync::Mutex<()>,
+    /// Streams, delivery and presence.
+    broker: Arc<dyn Broker>,
+    /// Distinguishes this process's connection ids from an earlier run's.
     epoch: String,
-    /// Source of connection ids and channel epochs.
+    /// Source of connection ids.
     next_id: AtomicU64,
     /// Admitted connections per client IP (the per-IP cap) and in total (the global cap).
     admitted: Mutex<(usize, HashMap<IpAddr, usize>)>,
@@ -109,16 +119,11 @@ struct Inner {
 }
 
 struct ChannelState {
-    /// This incarnation of the channel's stream. A channel is dropped when its last
-    /// subscriber leaves; when it comes back it starts at offset 0 with a new epoch, so no
-    /// client mistakes the new offsets for ones it has seen.
-    epoch: String,
-    /// Offset of the last stored (non-ephemeral) message.
-    offset: u64,
-    /// Subscribers, and whether each joined presence.
+    /// The stream position after the last stored message delivered here: what a new
+    /// subscriber is told, since it receives every later message.
+    position: StreamPosition,
+    /// Local subscribers, and whether each joined presence.
     subscribers: HashMap<ClientId, (ClientHandle, bool)>,
-    /// Presence, by user: the same user on several tabs is one member.
-    members: HashMap<String, Member>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -129,20 +134,48 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-impl Hub {
-    /// An empty hub.
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        let epoch = format!("{:x}", now_ms());
-        Self {
-            inner: Arc::new(Inner {
-                clients: Mutex::default(),
-                channels: Mutex::default(),
-                epoch,
-                next_id: AtomicU64::new(1),
-                admitted: Mutex::default(),
-                metrics,
-            }),
+/// Hands broker deliveries to the hub without keeping it alive.
+struct Node(Weak<Inner>);
+
+impl BrokerHandler for Node {
+    fn deliver(
+        &self,
+        channel: &Channel,
+        frame: &Utf8Bytes,
+        position: Option<&StreamPosition>,
+        droppable: bool,
+    ) {
+        let Some(inner) = self.0.upgrade() else {
+            return;
+        };
+        let Some(state) = lock(&inner.channels).get(channel).cloned() else {
+            return;
+        };
+        let mut st = lock(&state);
+        if let Some(pos) = position {
+            st.position = pos.clone();
         }
+        for (client, _) in st.subscribers.values() {
+            inner.deliver(client, frame, droppable);
+        }
+    }
+}
+
+impl Hub {
+    /// An empty hub on `broker`.
+    pub fn new(metrics: Arc<Metrics>, broker: Arc<dyn Broker>) -> Self {
+        let inner = Arc::new(Inner {
+            clients: Mutex::default(),
+            channels: Mutex::default(),
+            membership: tokio::sync::Mutex::new(()),
+            broker,
+            epoch: format!("{:x}", now_ms()),
+            next_id: AtomicU64::new(1),
+            admitted: Mutex::default(),
+            metrics,
+        });
+        inner.broker.start(Arc::new(Node(Arc::downgrade(&inner))));
+        Self { inner }
     }
 
     /// The server's metrics.
@@ -204,11 +237,17 @@ impl Hub {
 
     /// Removes a connection from every channel it was in (announcing presence leaves) and
     /// from the registry.
-    pub fn disconnect(&self, client: &ClientHandle, channels: impl IntoIterator<Item = Channel>) {
-        for channel in channels {
-            self.unsubscribe(client, &channel);
-        }
+    pub async fn disconnect(
+        &self,
+        client: &ClientHandle,
+        channels: impl IntoIterator<Item = Channel>,
+    ) {
         lock(&self.inner.clients).remove(&client.id);
+        for channel in channels {
+            if let Err(e) = self.unsubscribe(client, &channel).await {
+                tracing::warn!(client = %client.id, %channel, "cleanup failed: {e}");
+            }
+        }
     }
 
     /// Number of live connections.
@@ -223,155 +262,128 @@ impl Hub {
         }
     }
 
-    fn channel(&self, name: &Channel) -> Arc<Mutex<ChannelState>> {
-        lock(&self.inner.channels)
-            .entry(name.clone())
-            .or_insert_with(|| {
-                let n = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-                Arc::new(Mutex::new(ChannelState {
-                    epoch: format!("{}-{n:x}", self.inner.epoch),
-                    offset: 0,
-                    subscribers: HashMap::new(),
-                    members: HashMap::new(),
-                }))
-            })
-            .clone()
-    }
-
-    fn existing_channel(&self, name: &Channel) -> Option<Arc<Mutex<ChannelState>>> {
-        lock(&self.inner.channels).get(name).cloned()
-    }
-
     /// Subscribes `client` to `channel`, joining presence with `presence` info when given.
-    pub fn subscribe(
+    pub async fn subscribe(
         &self,
         client: &ClientHandle,
         channel: &Channel,
         presence: Option<Value>,
-    ) -> SubscribeOutcome {
-        let state = self.channel(channel);
-        let mut st = lock(&state);
-        if st.subscribers.contains_key(&client.id) {
-            return SubscribeOutcome::AlreadySubscribed;
-        }
-        st.subscribers
-            .insert(client.id.clone(), (client.clone(), presence.is_some()));
-        let snapshot = presence.map(|info| {
-            let key = client.presence_key();
-            let (member, joined) = match st.members.entry(key.clone()) {
-                Entry::Occupied(mut e) => {
-                    let m = e.get_mut();
-                    m.connections += 1;
-                    m.info = info;
-                    (m.clone(), false)
+    ) -> Result<SubscribeOutcome, BrokerError> {
+        let inner = &self.inner;
+        let guard = inner.membership.lock().await;
+        let existing = lock(&inner.channels).get(channel).cloned();
+        let state = match existing {
+            Some(state) => {
+                if lock(&state).subscribers.contains_key(&client.id) {
+                    return Ok(SubscribeOutcome::AlreadySubscribed);
                 }
-                Entry::Vacant(e) => (
-                    e.insert(Member {
-                        user_id: key,
-                        info,
-                        connections: 1,
-                    })
-                    .clone(),
-                    true,
-                ),
-            };
-            if joined {
+                state
+            }
+            None => {
+                let position = inner.broker.subscribe(channel).await?;
+                let state = Arc::new(Mutex::new(ChannelState {
+                    position,
+                    subscribers: HashMap::new(),
+                }));
+                lock(&inner.channels).insert(channel.clone(), state.clone());
+                state
+            }
+        };
+        // Presence first, so the others hear of the join and the joiner does not.
+        if let Some(info) = &presence {
+            let key = client.presence_key();
+            let change = inner
+                .broker
+                .presence_join(channel, &key, client.id.as_str(), info.clone())
+                .await?;
+            if change.announce {
                 let frame = ServerFrame::Presence {
                     channel: channel.clone(),
                     action: PresenceAction::Join,
-                    member,
-                    count: st.members.len() as u32,
+                    member: change.member,
+                    count: change.count,
                 };
-                self.fan_out(&st, &frame, false, Some(&client.id));
+                inner.broker.broadcast(channel, encode(&frame)).await?;
             }
-            let mut members: Vec<Member> = st.members.values().cloned().collect();
-            members.sort_by(|a, b| a.user_id.cmp(&b.user_id));
-            members
-        });
-        SubscribeOutcome::Subscribed(ServerFrame::Subscribed {
+        }
+        let position = {
+            let mut st = lock(&state);
+            st.subscribers
+                .insert(client.id.clone(), (client.clone(), presence.is_some()));
+            st.position.clone()
+        };
+        drop(guard);
+        let snapshot = match presence {
+            Some(_) => Some(inner.broker.presence(channel).await?),
+            None => None,
+        };
+        Ok(SubscribeOutcome::Subscribed(ServerFrame::Subscribed {
             channel: channel.clone(),
-            position: StreamPosition {
-                offset: st.offset,
-                epoch: st.epoch.clone(),
-            },
+            position,
             recovered: false,
             presence: snapshot,
-        })
+        }))
     }
 
     /// Removes `client` from `channel`. Returns false when it was not subscribed.
-    pub fn unsubscribe(&self, client: &ClientHandle, channel: &Channel) -> bool {
-        let Some(state) = self.existing_channel(channel) else {
-            return false;
+    pub async fn unsubscribe(
+        &self,
+        client: &ClientHandle,
+        channel: &Channel,
+    ) -> Result<bool, BrokerError> {
+        let inner = &self.inner;
+        let guard = inner.membership.lock().await;
+        let Some(state) = lock(&inner.channels).get(channel).cloned() else {
+            return Ok(false);
         };
-        let mut st = lock(&state);
-        let Some((_, present)) = st.subscribers.remove(&client.id) else {
-            return false;
+        let (present, empty) = {
+            let mut st = lock(&state);
+            let Some((_, present)) = st.subscribers.remove(&client.id) else {
+                return Ok(false);
+            };
+            (present, st.subscribers.is_empty())
         };
-        let key = client.presence_key();
-        if present && let Some(m) = st.members.get_mut(&key) {
-            m.connections -= 1;
-            if m.connections == 0 {
-                let member = st.members.remove(&key).expect("present");
+        if empty {
+            lock(&inner.channels).remove(channel);
+            inner.broker.unsubscribe(channel).await?;
+        }
+        drop(guard);
+        if present {
+            let key = client.presence_key();
+            let change = inner
+                .broker
+                .presence_leave(channel, &key, client.id.as_str())
+                .await?;
+            if let Some(change) = change.filter(|c| c.announce) {
                 let frame = ServerFrame::Presence {
                     channel: channel.clone(),
                     action: PresenceAction::Leave,
-                    member,
-                    count: st.members.len() as u32,
+                    member: change.member,
+                    count: change.count,
                 };
-                self.fan_out(&st, &frame, false, None);
+                inner.broker.broadcast(channel, encode(&frame)).await?;
             }
         }
-        let empty = st.subscribers.is_empty();
-        drop(st);
-        if empty {
-            self.forget_if_empty(channel);
-        }
-        true
+        Ok(true)
     }
 
     /// Publishes `data` to `channel`; returns the message's offset (None when ephemeral).
-    pub fn publish(
+    pub async fn publish(
         &self,
         channel: &Channel,
         from: Option<Sender>,
         data: Value,
         ephemeral: bool,
-    ) -> Option<u64> {
-        let state = self.channel(channel);
-        let mut st = lock(&state);
-        let offset = (!ephemeral).then(|| {
-            st.offset += 1;
-            st.offset
-        });
-        let frame = ServerFrame::Message {
-            channel: channel.clone(),
-            offset,
-            epoch: offset.map(|_| st.epoch.clone()),
-            from,
-            data,
-            ts: now_ms(),
-            ephemeral,
-        };
-        self.fan_out(&st, &frame, ephemeral, None);
-        let empty = st.subscribers.is_empty();
-        drop(st);
-        if empty {
-            self.forget_if_empty(channel);
-        }
-        offset
-    }
-
-    /// Drops a channel nobody is subscribed to, so channels never accumulate.
-    fn forget_if_empty(&self, channel: &Channel) {
-        let mut channels = lock(&self.inner.channels);
-        // Re-check under the map lock: a subscriber may have arrived meanwhile.
-        if channels
-            .get(channel)
-            .is_some_and(|s| lock(s).subscribers.is_empty())
-        {
-            channels.remove(channel);
-        }
+    ) -> Result<Option<u64>, BrokerError> {
+        self.inner
+            .broker
+            .publish(Publication {
+                channel: channel.clone(),
+                from,
+                data,
+                ephemeral,
+            })
+            .await
     }
 
     /// Delivers `data` to one connection. Returns false when it is not connected.
@@ -380,21 +392,16 @@ impl Hub {
             return false;
         };
         let text = encode(&ServerFrame::Direct { from, data });
-        self.deliver(&target, &text, false);
+        self.inner.deliver(&target, &text, false);
         true
     }
 
     /// The presence set of a channel, sorted by user id.
-    pub fn presence(&self, channel: &Channel) -> Vec<Member> {
-        let mut members: Vec<Member> = self
-            .existing_channel(channel)
-            .map(|s| lock(&s).members.values().cloned().collect())
-            .unwrap_or_default();
-        members.sort_by(|a, b| a.user_id.cmp(&b.user_id));
-        members
+    pub async fn presence(&self, channel: &Channel) -> Result<Vec<Member>, BrokerError> {
+        self.inner.broker.presence(channel).await
     }
 
-    /// Every channel with its subscriber count, sorted by name.
+    /// Every channel with local subscribers and their number, sorted by name.
     pub fn channels(&self) -> Vec<(Channel, usize)> {
         let all: Vec<_> = lock(&self.inner.channels)
             .iter()
@@ -408,27 +415,14 @@ impl Hub {
         out.sort();
         out
     }
+}
 
-    fn fan_out(
-        &self,
-        st: &ChannelState,
-        frame: &ServerFrame,
-        droppable: bool,
-        except: Option<&ClientId>,
-    ) {
-        let text = encode(frame);
-        for (client, _) in st.subscribers.values() {
-            if Some(&client.id) != except {
-                self.deliver(client, &text, droppable);
-            }
-        }
-    }
-
+impl Inner {
     /// Queues `text` for `client`. A full queue drops a droppable (ephemeral) frame and
     /// counts it; for anything else it closes the connection as a slow consumer, because a
     /// silently missing message is worse than a reconnect.
     fn deliver(&self, client: &ClientHandle, text: &Utf8Bytes, droppable: bool) {
-        let m = self.metrics();
+        let m = &self.metrics;
         if client.offer(text) {
             m.deliveries.fetch_add(1, Ordering::Relaxed);
         } else if client.outbox.is_closed() {

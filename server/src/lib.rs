@@ -5,7 +5,9 @@
 //! - [`run`] / [`app`] (this file): the router: `/ws`, `/healthz`, `/metrics`, and the
 //!   bundle at `/` with a fallback to `index.html` for client-side routes.
 //! - `session` (private): one connection's task: decode, dispatch, reply, heartbeat, close.
-//! - [`hub`]: the registry of connections and channels; fan-out and presence.
+//! - [`hub`]: this node's connections and local subscribers; fan-out.
+//! - [`broker`]: the seam for what nodes share (streams, delivery, presence);
+//!   [`broker::MemoryBroker`] is the single-node default.
 //! - [`methods`]: request/response handlers (`time`, `channels`, `presence`, and yours).
 //! - [`auth`]: JWT verification and channel permissions.
 //! - [`api`]: the HTTP publishing endpoint and the demo ticker.
@@ -15,6 +17,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod broker;
 pub mod config;
 pub mod hub;
 pub mod methods;
@@ -37,6 +40,7 @@ use tokio::time::{Instant, sleep};
 use tower_http::services::{ServeDir, ServeFile};
 
 use auth::Auth;
+use broker::{Broker, MemoryBroker};
 pub use config::Config;
 pub use hub::Hub;
 pub use methods::Methods;
@@ -63,10 +67,15 @@ impl AppState {
 
     /// State for `config` with your own method table.
     pub fn with_methods(config: Config, methods: Methods) -> Self {
+        Self::with_broker(config, methods, Arc::new(MemoryBroker::new()))
+    }
+
+    /// State for `config` with your own method table and broker.
+    pub fn with_broker(config: Config, methods: Methods, broker: Arc<dyn Broker>) -> Self {
         Self {
             auth: Auth::from_config(&config),
             config: Arc::new(config),
-            hub: Hub::new(Arc::new(Metrics::default())),
+            hub: Hub::new(Arc::new(Metrics::default()), broker),
             methods: Arc::new(methods),
         }
     }

@@ -107,7 +107,11 @@ impl Methods {
                 if !ctx.grants.may_subscribe(channel) {
                     return Err(MethodError::Forbidden(format!("no access to {channel}")));
                 }
-                let members = ctx.hub.presence(&Channel::from(channel));
+                let members = ctx
+                    .hub
+                    .presence(&Channel::from(channel))
+                    .await
+                    .map_err(|e| MethodError::Failed(e.to_string()))?;
                 Ok(json!({ "channel": channel, "count": members.len(), "members": members }))
             })
     }

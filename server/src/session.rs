@@ -97,7 +97,7 @@ pub(crate) async fn run(
         refuse(&mut s.socket, code).await;
     }
     let subs = std::mem::take(&mut s.subscriptions);
-    s.state.hub.disconnect(&s.client, subs);
+    s.state.hub.disconnect(&s.client, subs).await;
     tracing::debug!(client = %s.client.id, "disconnected");
 }
 
@@ -263,21 +263,29 @@ impl Session {
                         .send_error(None, ErrorCode::TooManySubscriptions, &msg)
                         .await;
                 }
-                match hub.subscribe(&self.client, &channel, presence) {
-                    SubscribeOutcome::Subscribed(reply) => {
+                match hub.subscribe(&self.client, &channel, presence).await {
+                    Ok(SubscribeOutcome::Subscribed(reply)) => {
                         self.subscriptions.insert(channel);
                         self.send_frame(&reply).await
                     }
-                    SubscribeOutcome::AlreadySubscribed => {
+                    Ok(SubscribeOutcome::AlreadySubscribed) => {
                         let msg = format!("already subscribed to {channel}");
                         self.send_error(None, ErrorCode::AlreadySubscribed, &msg)
+                            .await
+                    }
+                    Err(e) => {
+                        self.send_error(None, ErrorCode::Unavailable, &e.to_string())
                             .await
                     }
                 }
             }
             ClientFrame::Unsubscribe { channel } => {
                 if self.subscriptions.remove(&channel) {
-                    hub.unsubscribe(&self.client, &channel);
+                    if let Err(e) = hub.unsubscribe(&self.client, &channel).await {
+                        // Locally it is gone either way; say what failed remotely.
+                        self.send_error(None, ErrorCode::Unavailable, &e.to_string())
+                            .await?;
+                    }
                     self.send_frame(&ServerFrame::Unsubscribed { channel })
                         .await
                 } else {
@@ -295,10 +303,18 @@ impl Session {
                     let msg = format!("no permission to publish on {channel}");
                     return self.send_error(id, ErrorCode::Forbidden, &msg).await;
                 }
-                let offset = hub.publish(&channel, Some(self.sender()), data, ephemeral);
-                match id {
-                    Some(id) => self.send_frame(&ServerFrame::Ack { id, offset }).await,
-                    None => Ok(()),
+                match hub
+                    .publish(&channel, Some(self.sender()), data, ephemeral)
+                    .await
+                {
+                    Ok(offset) => match id {
+                        Some(id) => self.send_frame(&ServerFrame::Ack { id, offset }).await,
+                        None => Ok(()),
+                    },
+                    Err(e) => {
+                        self.send_error(id, ErrorCode::Unavailable, &e.to_string())
+                            .await
+                    }
                 }
             }
             ClientFrame::Request { id, method, params } => {
