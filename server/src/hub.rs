@@ -255,6 +255,18 @@ impl Hub {
         lock(&self.inner.clients).len()
     }
 
+    /// Frames waiting in the outbound queues, in total and in the deepest one.
+    pub fn queue_depths(&self) -> crate::metrics::QueueDepths {
+        let clients = lock(&self.inner.clients);
+        let mut depths = crate::metrics::QueueDepths::default();
+        for c in clients.values() {
+            let depth = c.outbox.max_capacity() - c.outbox.capacity();
+            depths.total += depth;
+            depths.max = depths.max.max(depth);
+        }
+        depths
+    }
+
     /// Asks every connection to close with `code` (graceful shutdown).
     pub fn close_all(&self, code: CloseCode) {
         for client in lock(&self.inner.clients).values() {

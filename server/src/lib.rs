@@ -157,6 +157,11 @@ async fn ws_upgrade(
 ) -> Response {
     if let Err(origin) = check_origin(&state.config, &headers) {
         tracing::info!(%peer, origin, "refused a WebSocket from a foreign origin");
+        state
+            .hub
+            .metrics()
+            .origin_refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         return (
             StatusCode::FORBIDDEN,
             format!("origin {origin} is not allowed"),
@@ -209,7 +214,10 @@ fn check_origin(config: &Config, headers: &HeaderMap) -> Result<(), String> {
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let body = state.hub.metrics().render(state.hub.connection_count());
+    let hub = &state.hub;
+    let body = hub
+        .metrics()
+        .render(hub.connection_count(), hub.queue_depths());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
 

@@ -3,6 +3,24 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use switchboard_protocol::{CloseCode, ErrorCode};
+
+/// Close codes counted per code in `switchboard_closes_total`.
+const CLOSE_CODES: [CloseCode; 12] = [
+    CloseCode::GOING_AWAY,
+    CloseCode::PROTOCOL_ERROR,
+    CloseCode::INVALID_PAYLOAD,
+    CloseCode::TOO_BIG,
+    CloseCode::BAD_PROTOCOL,
+    CloseCode::UNAUTHORIZED,
+    CloseCode::UNSUPPORTED_PROTOCOL,
+    CloseCode::SLOW_CONSUMER,
+    CloseCode::RATE_LIMITED,
+    CloseCode::SERVER_FULL,
+    CloseCode::HEARTBEAT_TIMEOUT,
+    CloseCode::TOKEN_EXPIRED,
+];
+
 /// Process-wide counters (relaxed atomics: exact totals, no ordering needed).
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -16,15 +34,42 @@ pub struct Metrics {
     pub deliveries: AtomicU64,
     /// Ephemeral messages dropped because a subscriber's queue was full.
     pub dropped_ephemeral: AtomicU64,
-    /// Connections closed because their queue overflowed.
+    /// Connections closed because their queue overflowed or a write timed out.
     pub slow_consumers: AtomicU64,
-    /// `error` frames sent.
-    pub errors: AtomicU64,
+    /// `error` frames sent, by code (indexed like [`ErrorCode::ALL`]).
+    errors: [AtomicU64; ErrorCode::ALL.len()],
+    /// Connections the server closed, by code (indexed like `CLOSE_CODES`).
+    closes: [AtomicU64; CLOSE_CODES.len()],
+    /// Origins refused before the upgrade.
+    pub origin_refused: AtomicU64,
+}
+
+/// Queue depths at scrape time.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct QueueDepths {
+    /// Frames waiting in all connections' queues together.
+    pub total: usize,
+    /// The deepest single queue.
+    pub max: usize,
 }
 
 impl Metrics {
-    /// Prometheus text exposition, with the live connection count as a gauge.
-    pub fn render(&self, connections: usize) -> String {
+    /// Counts an `error` frame.
+    pub fn error(&self, code: ErrorCode) {
+        if let Some(i) = ErrorCode::ALL.iter().position(|c| *c == code) {
+            self.errors[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a close the server initiated.
+    pub fn close(&self, code: CloseCode) {
+        if let Some(i) = CLOSE_CODES.iter().position(|c| *c == code) {
+            self.closes[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Prometheus text exposition, with the live connection count and queue depths.
+    pub fn render(&self, connections: usize, queues: QueueDepths) -> String {
         let mut out = String::new();
         let mut counter = |name: &str, help: &str, v: &AtomicU64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
@@ -51,23 +96,60 @@ impl Metrics {
             &self.deliveries,
         );
         counter(
-            "switchboard_dropped_ephemeral_total",
-            "Ephemeral messages dropped on full queues.",
-            &self.dropped_ephemeral,
-        );
-        counter(
             "switchboard_slow_consumers_total",
             "Connections closed as slow consumers.",
             &self.slow_consumers,
         );
         counter(
-            "switchboard_errors_total",
-            "Error frames sent.",
-            &self.errors,
+            "switchboard_origin_refused_total",
+            "WebSocket upgrades refused for their Origin.",
+            &self.origin_refused,
         );
         let _ = writeln!(
             out,
+            "# HELP switchboard_dropped_total Messages dropped, by reason.\n# TYPE switchboard_dropped_total counter"
+        );
+        let _ = writeln!(
+            out,
+            "switchboard_dropped_total{{reason=\"ephemeral_queue_full\"}} {}",
+            self.dropped_ephemeral.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP switchboard_errors_total Error frames sent, by code.\n# TYPE switchboard_errors_total counter"
+        );
+        for (code, n) in ErrorCode::ALL.iter().zip(&self.errors) {
+            let _ = writeln!(
+                out,
+                "switchboard_errors_total{{code=\"{code}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP switchboard_closes_total Connections closed by the server, by close code.\n# TYPE switchboard_closes_total counter"
+        );
+        for (code, n) in CLOSE_CODES.iter().zip(&self.closes) {
+            let _ = writeln!(
+                out,
+                "switchboard_closes_total{{code=\"{}\"}} {}",
+                code.0,
+                n.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
             "# HELP switchboard_connections Live connections.\n# TYPE switchboard_connections gauge\nswitchboard_connections {connections}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP switchboard_queued_frames Frames waiting in outbound queues.\n# TYPE switchboard_queued_frames gauge\nswitchboard_queued_frames {}",
+            queues.total
+        );
+        let _ = writeln!(
+            out,
+            "# HELP switchboard_queue_depth_max The deepest outbound queue.\n# TYPE switchboard_queue_depth_max gauge\nswitchboard_queue_depth_max {}",
+            queues.max
         );
         out
     }

@@ -55,17 +55,20 @@ pub(crate) async fn run(
     admission: Option<Admission>,
 ) {
     let Some(_admission) = admission else {
-        refuse(&mut socket, CloseCode::SERVER_FULL).await;
+        refuse(&mut socket, &state, CloseCode::SERVER_FULL).await;
         return;
     };
     let identity = match auth {
         Ok(identity) => Some(identity),
         Err(AuthError::Required) => None,
-        Err(AuthError::Expired) => return refuse(&mut socket, CloseCode::TOKEN_EXPIRED).await,
+        Err(AuthError::Expired) => {
+            return refuse(&mut socket, &state, CloseCode::TOKEN_EXPIRED).await;
+        }
         Err(e) => {
+            state.hub.metrics().error(ErrorCode::Unauthorized);
             let error = ServerFrame::error(None, ErrorCode::Unauthorized, e.to_string());
             let _ = socket.send(Message::Text(encode(&error))).await;
-            return refuse(&mut socket, CloseCode::UNAUTHORIZED).await;
+            return refuse(&mut socket, &state, CloseCode::UNAUTHORIZED).await;
         }
     };
     let user_id = identity.as_ref().and_then(|i| i.user_id.clone());
@@ -94,7 +97,7 @@ pub(crate) async fn run(
     let end = s.serve(&mut queue).await;
     if let End::Close(code) = end {
         tracing::debug!(client = %s.client.id, %code, "closing");
-        refuse(&mut s.socket, code).await;
+        refuse(&mut s.socket, &s.state, code).await;
     }
     let subs = std::mem::take(&mut s.subscriptions);
     s.state.hub.disconnect(&s.client, subs).await;
@@ -103,7 +106,8 @@ pub(crate) async fn run(
 
 /// Closes with `code`: sends our close frame, then waits briefly for the peer's, so the
 /// close frame is not lost to a reset of a socket with unread data.
-async fn refuse(socket: &mut WebSocket, code: CloseCode) {
+async fn refuse(socket: &mut WebSocket, state: &AppState, code: CloseCode) {
+    state.hub.metrics().close(code);
     let frame = CloseFrame {
         code: code.0,
         reason: code.reason().into(),
@@ -221,11 +225,7 @@ impl Session {
             match decoded {
                 Ok(frame) => self.on_frame(frame).await?,
                 Err(e) => {
-                    self.state
-                        .hub
-                        .metrics()
-                        .errors
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.state.hub.metrics().error(e.code);
                     self.send_frame(&e.into_frame()).await?
                 }
             }
@@ -338,7 +338,7 @@ impl Session {
                     let frame = match call.await {
                         Ok(result) => ServerFrame::Response { id, result },
                         Err(e) => {
-                            metrics_hub.metrics().errors.fetch_add(1, Ordering::Relaxed);
+                            metrics_hub.metrics().error(e.code());
                             ServerFrame::error(Some(id), e.code(), e.to_string())
                         }
                     };
@@ -419,11 +419,7 @@ impl Session {
         code: ErrorCode,
         message: &str,
     ) -> Result<(), End> {
-        self.state
-            .hub
-            .metrics()
-            .errors
-            .fetch_add(1, Ordering::Relaxed);
+        self.state.hub.metrics().error(code);
         self.send_frame(&ServerFrame::error(id, code, message))
             .await
     }

@@ -365,3 +365,30 @@ async fn demo_ticker_publishes_prices() {
         }
     }
 }
+
+#[tokio::test]
+async fn tokens_minted_by_the_cli_are_accepted() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard-token"))
+        .args([
+            "--sub",
+            "cli-user",
+            "--name",
+            "Cli",
+            "--subscribe",
+            "room:*",
+        ])
+        .env("SWITCHBOARD_JWT_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let t = String::from_utf8(out.stdout).unwrap();
+    let server = start(config(&["--jwt-secret", SECRET])).await;
+    let mut c = raw(format!("{}?token={}", server.ws_url(), t.trim())).await;
+    match c.next().await {
+        ServerFrame::Welcome { user_id, .. } => assert_eq!(user_id.as_deref(), Some("cli-user")),
+        other => panic!("{other:?}"),
+    }
+    c.send_text(r#"{"type":"subscribe","channel":"news"}"#)
+        .await;
+    assert_eq!(code(c.next().await), ErrorCode::Forbidden);
+}

@@ -683,3 +683,81 @@ async fn not_reading_is_caught_by_the_queue_bound() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_caught_by_the_write_timeout() {
+    // A queue too big to overflow: only the write timeout can catch this client, once the
+    // kernel's socket buffers are full.
+    let server = start(config(&[
+        "--queue-capacity",
+        "100000",
+        "--write-timeout",
+        "300ms",
+        "--rate-per-sec",
+        "100000",
+        "--rate-burst",
+        "100000",
+    ]))
+    .await;
+    let mut stuck = Client::connect(&server).await;
+    stuck.send(&sub("bulk")).await;
+    stuck.next().await;
+    let mut publisher = Client::connect(&server).await;
+    let chunk = "z".repeat(60_000);
+    let frame = format!(r#"{{"type":"publish","channel":"bulk","data":"{chunk}"}}"#);
+    let slow = || {
+        server
+            .state
+            .hub
+            .metrics()
+            .slow_consumers
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    // Loopback buffers hold a few MB; 2,000 × 60 KB is far more. Stop as soon as it fired.
+    for _ in 0..2_000 {
+        publisher.send_text(&frame).await;
+        if slow() > 0 {
+            break;
+        }
+    }
+    for _ in 0..300 {
+        if slow() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(slow(), 1);
+    // The stuck client is dropped from the registry; the publisher carries on.
+    for _ in 0..300 {
+        if server.state.hub.connection_count() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(server.state.hub.connection_count(), 1);
+    publisher.sync().await;
+    drop(stuck);
+}
+
+#[tokio::test]
+async fn metrics_count_errors_by_code_and_closes_by_code() {
+    let server = start(config(&["--max-frame-bytes", "2048"])).await;
+    let mut c = Client::connect(&server).await;
+    c.send_text("garbage").await;
+    c.next().await;
+    c.send_text(r#"{"type":"teleport"}"#).await;
+    c.next().await;
+    c.send_text(&"x".repeat(4096)).await;
+    assert_eq!(c.closed().await, Some(1009));
+    let (status, body) = http_get(&format!("http://{}/metrics", server.addr)).await;
+    assert_eq!(status, 200);
+    for line in [
+        "switchboard_errors_total{code=\"bad_frame\"} 1",
+        "switchboard_errors_total{code=\"unknown_type\"} 1",
+        "switchboard_closes_total{code=\"1009\"} 1",
+        "switchboard_dropped_total{reason=\"ephemeral_queue_full\"} 0",
+        "switchboard_queued_frames 0",
+    ] {
+        assert!(body.contains(line), "missing {line:?} in\n{body}");
+    }
+}
