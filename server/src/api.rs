@@ -76,7 +76,7 @@ pub async fn publish(
     let channel = Channel::from(req.channel);
     match state
         .hub
-        .publish(&channel, None, req.data, req.ephemeral)
+        .publish(None, &channel, None, req.data, req.ephemeral)
         .await
     {
         Ok(offset) => Json(json!({ "offset": offset })).into_response(),
@@ -110,7 +110,7 @@ pub async fn demo_ticker(hub: Hub, every: Duration) {
         price = (price + 0.8 * (t / 17.0).sin() + 0.3 * (t * 1.7).sin()).max(1.0);
         let price = (price * 100.0).round() / 100.0;
         let data = json!({ "symbol": "SBX", "price": price, "seq": seq });
-        if let Err(e) = hub.publish(&channel, None, data, false).await {
+        if let Err(e) = hub.publish(None, &channel, None, data, false).await {
             tracing::warn!("demo ticker: {e}");
         }
     }

@@ -380,8 +380,10 @@ impl Hub {
     }
 
     /// Publishes `data` to `channel`; returns the message's offset (None when ephemeral).
+    /// `id`, when given, makes the publish idempotent (see [`Publication::id`]).
     pub async fn publish(
         &self,
+        id: Option<String>,
         channel: &Channel,
         from: Option<Sender>,
         data: Value,
@@ -390,6 +392,7 @@ impl Hub {
         self.inner
             .broker
             .publish(Publication {
+                id,
                 channel: channel.clone(),
                 from,
                 data,

@@ -303,8 +303,11 @@ impl Session {
                     let msg = format!("no permission to publish on {channel}");
                     return self.send_error(id, ErrorCode::Forbidden, &msg).await;
                 }
+                let key = id
+                    .as_ref()
+                    .map(|id| format!("{}/{id}", self.dedupe_scope()));
                 match hub
-                    .publish(&channel, Some(self.sender()), data, ephemeral)
+                    .publish(key, &channel, Some(self.sender()), data, ephemeral)
                     .await
                 {
                     Ok(offset) => match id {
@@ -404,6 +407,12 @@ impl Session {
         };
         info.insert("name".into(), name.into());
         serde_json::Value::Object(info)
+    }
+
+    /// Publish ids are deduplicated per user (or per connection when anonymous), so one
+    /// client's id never suppresses another's message.
+    fn dedupe_scope(&self) -> String {
+        self.client.presence_key()
     }
 
     fn sender(&self) -> Sender {

@@ -52,6 +52,7 @@ fn start(broker: Arc<dyn Broker>) -> (Arc<dyn Broker>, Arc<Recorder>) {
 
 fn publication(channel: &str, data: Value, ephemeral: bool) -> Publication {
     Publication {
+        id: None,
         channel: channel.into(),
         from: None,
         data,
@@ -243,6 +244,25 @@ async fn history_is_exact_or_absent(broker: Arc<dyn Broker>) {
     assert_eq!(b.history_since(&ch, &other_epoch).await.unwrap(), None);
 }
 
+async fn publishes_with_a_seen_id_are_not_repeated(broker: Arc<dyn Broker>) {
+    let (b, rec) = start(broker);
+    let ch = Channel::from("dedupe");
+    b.subscribe(&ch).await.unwrap();
+    let with_id = |id: &str, data: Value| Publication {
+        id: Some(id.into()),
+        ..publication("dedupe", data, false)
+    };
+    let first = b.publish(with_id("m1", json!("hello"))).await.unwrap();
+    let second = b.publish(with_id("m2", json!("world"))).await.unwrap();
+    let again = b.publish(with_id("m1", json!("hello"))).await.unwrap();
+    assert_eq!(
+        again, first,
+        "a resend is acknowledged with the first offset"
+    );
+    assert_ne!(first, second);
+    assert_eq!(rec.take().len(), 2, "and not delivered twice");
+}
+
 /// Runs every check against brokers made by `make`.
 async fn conformance(make: impl Fn() -> Arc<dyn Broker>) {
     stored_messages_arrive_in_offset_order(make()).await;
@@ -251,6 +271,7 @@ async fn conformance(make: impl Fn() -> Arc<dyn Broker>) {
     broadcasts_reach_subscribed_nodes_unstored(make()).await;
     presence_counts_users_not_connections(make()).await;
     history_is_exact_or_absent(make()).await;
+    publishes_with_a_seen_id_are_not_repeated(make()).await;
 }
 
 #[tokio::test]

@@ -761,3 +761,45 @@ async fn metrics_count_errors_by_code_and_closes_by_code() {
         assert!(body.contains(line), "missing {line:?} in\n{body}");
     }
 }
+
+#[tokio::test]
+async fn a_resent_publish_id_is_acked_again_but_delivered_once() {
+    let server = start(config(&[])).await;
+    let mut a = Client::connect(&server).await;
+    let mut b = Client::connect(&server).await;
+    b.send(&sub("chat")).await;
+    b.next().await;
+    let frame = r#"{"type":"publish","id":"m-1","channel":"chat","data":"hi"}"#;
+    a.send_text(frame).await;
+    assert_eq!(
+        a.next().await,
+        ServerFrame::Ack {
+            id: "m-1".into(),
+            offset: Some(1)
+        }
+    );
+    a.send_text(frame).await;
+    assert_eq!(
+        a.next().await,
+        ServerFrame::Ack {
+            id: "m-1".into(),
+            offset: Some(1)
+        }
+    );
+    // another user's message with the same id is not suppressed
+    b.send_text(frame).await;
+    let mut offsets = vec![];
+    for _ in 0..3 {
+        match b.next().await {
+            ServerFrame::Message { offset, .. } => offsets.push(offset.unwrap()),
+            ServerFrame::Ack { offset, .. } => offsets.push(offset.unwrap() * 100),
+            other => panic!("{other:?}"),
+        }
+    }
+    offsets.sort();
+    assert_eq!(
+        offsets,
+        [1, 2, 200],
+        "b saw a's message once, then its own, and its ack"
+    );
+}

@@ -3,7 +3,7 @@
 //! dropped, and it comes back with a new epoch. Use a cross-node broker to run several
 //! servers.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -12,7 +12,7 @@ use futures::future::BoxFuture;
 use serde_json::Value;
 use switchboard_protocol::{Channel, Member, ServerFrame, StreamPosition, codec};
 
-use super::{Broker, BrokerError, BrokerHandler, PresenceChange, Publication};
+use super::{Broker, BrokerError, BrokerHandler, DEDUPE_WINDOW, PresenceChange, Publication};
 use crate::hub::now_ms;
 
 /// The default broker: everything in this process.
@@ -37,6 +37,8 @@ struct State {
 struct Stream {
     epoch: String,
     offset: u64,
+    /// Recent publish ids with their offsets, oldest first (see [`DEDUPE_WINDOW`]).
+    recent: VecDeque<(String, u64)>,
 }
 
 struct Present {
@@ -66,6 +68,7 @@ impl MemoryBroker {
         Stream {
             epoch: format!("{}-{n:x}", self.epoch_base),
             offset: 0,
+            recent: VecDeque::new(),
         }
     }
 
@@ -123,8 +126,21 @@ impl Broker for MemoryBroker {
             Some(s) => s,
             None => scratch.insert(self.new_stream()),
         };
+        if !p.ephemeral
+            && let Some(id) = &p.id
+            && let Some((_, offset)) = stream.recent.iter().find(|(seen, _)| seen == id)
+        {
+            let offset = *offset;
+            return Box::pin(async move { Ok(Some(offset)) });
+        }
         let position = (!p.ephemeral).then(|| {
             stream.offset += 1;
+            if let Some(id) = &p.id {
+                if stream.recent.len() == DEDUPE_WINDOW {
+                    stream.recent.pop_front();
+                }
+                stream.recent.push_back((id.clone(), stream.offset));
+            }
             StreamPosition {
                 offset: stream.offset,
                 epoch: stream.epoch.clone(),

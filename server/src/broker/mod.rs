@@ -30,6 +30,9 @@ use switchboard_protocol::{Channel, Member, Sender, StreamPosition};
 
 pub use memory::MemoryBroker;
 
+/// How many recent publish ids a stream remembers for deduplication.
+pub const DEDUPE_WINDOW: usize = 1024;
+
 /// Why a broker operation failed; clients get `unavailable`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("broker unavailable: {0}")]
@@ -52,6 +55,10 @@ pub trait BrokerHandler: Send + Sync + 'static {
 /// A message to publish.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Publication {
+    /// The publisher's message id. A stored message whose id the channel's stream has seen
+    /// recently (the last [`DEDUPE_WINDOW`] ids) is not published again; its original
+    /// offset is returned. This makes a client's resend after a reconnect harmless.
+    pub id: Option<String>,
     /// Target channel.
     pub channel: Channel,
     /// The sender; `None` for server-side publishes.
