@@ -13,7 +13,7 @@ const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 /** Starts the server on `addr` and resolves with its process and base URL. */
 function startServer(addr = '127.0.0.1:0') {
   return new Promise((resolve, reject) => {
-    const proc = spawn(SERVER, ['--addr', addr, '--dist', DIST], {
+    const proc = spawn(SERVER, ['--addr', addr, '--dist', DIST, '--demo-ticker', '100ms'], {
       stdio: ['ignore', 'pipe', 'inherit'],
       env: { ...process.env, RUST_LOG: 'warn' },
     });
@@ -112,11 +112,129 @@ test('server restart: the page shows reconnecting, then reconnects by itself', a
   const addr = server.url.replace('http://', '');
   await stopServer(server); // SIGTERM: clients get 1001 (going away) and reconnect
   await page.locator('#status', { hasText: 'reconnecting' }).waitFor({ timeout: 10_000 });
-  await page.locator('#state-detail', { hasText: /attempt \d+ in/ }).waitFor({ timeout: 10_000 });
+  await page.locator('#state-detail', { hasText: /attempt \d+ in \d+\.\d s/ }).waitFor({ timeout: 10_000 });
   server = await startServer(addr);
   await page.locator('#status', { hasText: 'connected' }).waitFor({ timeout: 45_000 });
   assert.equal((await page.locator('#reconnects').textContent()).trim(), '1');
   assert.notEqual(await page.locator('#client-id').textContent(), before);
   assert.deepEqual(errors, []);
   await context.close();
+});
+
+/** Opens the app and joins `room` as `name`. */
+async function joinAs(name, room = 'lobby') {
+  const tab = await openApp(server.url);
+  const { page } = tab;
+  await page.locator('#status', { hasText: 'connected' }).waitFor({ timeout: 15_000 });
+  await page.fill('#join-name', name);
+  await page.fill('#join-room', room);
+  await page.click('#join-button');
+  await page.locator('#chat-input').waitFor();
+  return tab;
+}
+
+async function say(page, text) {
+  await page.fill('#chat-input', text);
+  await page.click('#chat-send');
+}
+
+async function messages(page) {
+  return page.locator('#messages .text').allTextContents();
+}
+
+test('two people chat in one room: presence, typing, messages both ways, leave', async () => {
+  const room = `r${Date.now()}`;
+  const ada = await joinAs('Ada', room);
+  const bob = await joinAs('Bob', room);
+  for (const { page } of [ada, bob]) {
+    await page.locator('#member-count', { hasText: '2' }).waitFor({ timeout: 10_000 });
+  }
+  await ada.page.locator('#notices', { hasText: 'Bob joined' }).waitFor({ timeout: 5_000 });
+  assert.deepEqual(await ada.page.locator('#members li').allTextContents(), ['Ada', 'Bob']);
+
+  await ada.page.type('#chat-input', 'hel');
+  await bob.page.locator('#typing', { hasText: 'Ada is typing' }).waitFor({ timeout: 5_000 });
+  await say(ada.page, 'hello Bob');
+  await bob.page.locator('#messages', { hasText: 'hello Bob' }).waitFor({ timeout: 5_000 });
+  await say(bob.page, 'hi Ada');
+  await ada.page.locator('#messages', { hasText: 'hi Ada' }).waitFor({ timeout: 5_000 });
+  assert.deepEqual(await messages(ada.page), ['hello Bob', 'hi Ada']);
+  assert.deepEqual(await messages(bob.page), ['hello Bob', 'hi Ada']);
+  await ada.page.screenshot({ path: 'test-results/chat.png' });
+
+  await bob.context.close();
+  await ada.page.locator('#member-count', { hasText: '1' }).waitFor({ timeout: 10_000 });
+  await ada.page.locator('#notices', { hasText: 'Bob left' }).waitFor({ timeout: 5_000 });
+  assert.deepEqual(ada.errors, []);
+  await ada.context.close();
+});
+
+test('server restart while typing: countdown, reconnect, queued messages once and in order, room restored', async () => {
+  const room = `r${Date.now()}`;
+  const ada = await joinAs('Ada', room);
+  const bob = await joinAs('Bob', room);
+  await ada.page.locator('#member-count', { hasText: '2' }).waitFor({ timeout: 10_000 });
+  await say(ada.page, 'before');
+  await bob.page.locator('#messages', { hasText: 'before' }).waitFor({ timeout: 5_000 });
+
+  const addr = server.url.replace('http://', '');
+  await stopServer(server);
+  await ada.page.locator('#status', { hasText: 'reconnecting' }).waitFor({ timeout: 10_000 });
+  await ada.page.locator('#state-detail', { hasText: /attempt \d+ in \d+\.\d s/ }).waitFor({ timeout: 10_000 });
+  // typing while the server is down: the messages wait in the queue
+  for (const text of ['one', 'two', 'three']) await say(ada.page, text);
+  await ada.page.locator('#queued', { hasText: '3' }).waitFor({ timeout: 5_000 });
+
+  server = await startServer(addr);
+  for (const { page } of [ada, bob]) {
+    await page.locator('#status', { hasText: 'connected' }).waitFor({ timeout: 45_000 });
+    // the room membership came back by itself
+    await page.locator('#member-count', { hasText: '2' }).waitFor({ timeout: 10_000 });
+  }
+  await ada.page.locator('#queued', { hasText: /^0$/ }).waitFor({ timeout: 10_000 });
+  await ada.page.locator('#messages', { hasText: 'three' }).waitFor({ timeout: 10_000 });
+  await ada.page.waitForTimeout(300);
+  assert.deepEqual(await messages(ada.page), ['before', 'one', 'two', 'three'], 'once and in order');
+  // and the conversation goes on for both
+  await say(bob.page, 'welcome back');
+  await ada.page.locator('#messages', { hasText: 'welcome back' }).waitFor({ timeout: 5_000 });
+  assert.deepEqual(ada.errors, []);
+  assert.deepEqual(bob.errors, []);
+  await ada.context.close();
+  await bob.context.close();
+});
+
+test('notifications become toasts and the ticker moves', async () => {
+  const a = await openApp(server.url);
+  const b = await openApp(server.url);
+  for (const { page } of [a, b]) {
+    await page.locator('#status', { hasText: 'connected' }).waitFor({ timeout: 15_000 });
+  }
+  await a.page.fill('#notify-text', 'Deploy finished');
+  await a.page.click('#notify-send');
+  await b.page.locator('#toasts', { hasText: 'Deploy finished' }).waitFor({ timeout: 5_000 });
+  await b.page.locator('#ticker-price', { hasText: /\d+\.\d\d/ }).waitFor({ timeout: 5_000 });
+  const first = await b.page.locator('#ticker-price').textContent();
+  await b.page.waitForFunction(
+    (p) => document.querySelector('#ticker-price').textContent !== p, first, { timeout: 5_000 });
+  await a.context.close();
+  await b.context.close();
+});
+
+test('go offline queues, go online delivers', async () => {
+  const room = `r${Date.now()}`;
+  const ada = await joinAs('Ada', room);
+  const bob = await joinAs('Bob', room);
+  await ada.page.locator('#member-count', { hasText: '2' }).waitFor({ timeout: 10_000 });
+  await ada.page.click('#offline-toggle');
+  await ada.page.locator('#status', { hasText: 'closed' }).waitFor({ timeout: 5_000 });
+  await bob.page.locator('#member-count', { hasText: '1' }).waitFor({ timeout: 5_000 });
+  await say(ada.page, 'sent while offline');
+  await ada.page.locator('#queued', { hasText: '1' }).waitFor();
+  await ada.page.click('#offline-toggle');
+  await bob.page.locator('#messages', { hasText: 'sent while offline' }).waitFor({ timeout: 10_000 });
+  await bob.page.locator('#member-count', { hasText: '2' }).waitFor({ timeout: 5_000 });
+  assert.deepEqual(await messages(bob.page), ['sent while offline']);
+  await ada.context.close();
+  await bob.context.close();
 });

@@ -11,4 +11,5 @@ echo "==> building the server"
 cargo build --release --locked -p switchboard-server
 addr="${SWITCHBOARD_ADDR:-127.0.0.1:8080}"
 echo "==> open http://$addr in your browser (Ctrl-C stops the server)"
-exec target/release/switchboard-server --addr "$addr" --dist dist
+# The demo's live ticker channel; any other option can follow as arguments.
+exec target/release/switchboard-server --addr "$addr" --dist dist --demo-ticker 250ms "$@"

@@ -22,6 +22,8 @@ cargo clippy --locked -p switchboard-web --all-targets --target wasm32-unknown-u
 
 step "native tests (protocol, server)"
 cargo test --locked
+step "native unit tests of the hook's pure parts (backoff, outbox, pacing)"
+cargo test --locked -p switchboard-web --lib
 
 step "release web bundle (trunk build --release)"
 trunk build --release
@@ -39,7 +41,7 @@ url=$(grep -o 'http://[0-9.:]*' "$log" | head -n1)
 
 step "wasm tests in headless Chromium (server at $url)"
 SWITCHBOARD_TEST_WS_URL="ws://${url#http://}/ws" \
-  cargo test --locked -p switchboard-web --target wasm32-unknown-unknown
+  cargo test --locked -p switchboard-web --target wasm32-unknown-unknown --test web
 
 step "end-to-end browser tests (Playwright + Chromium)"
 (cd e2e && SWITCHBOARD_SERVER="$PWD/../$server" SWITCHBOARD_DIST="$PWD/../dist" node --test)

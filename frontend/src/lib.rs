@@ -1,16 +1,17 @@
 //! Switchboard's browser side (Leptos, client-side rendered, WASM).
 //!
 //! # Layout
-//! - [`connection`]: the connection to the server as signals (state, client id,
-//!   round-trip time), with reconnects that obey the server's close codes.
-//! - [`backoff`]: jittered exponential reconnect delays (plain Rust).
-//! - [`app`]: the demo app's components.
+//! - [`use_websocket`]: the reusable hook: one connection as signals, with reconnects,
+//!   heartbeat, offline queue, throttling, batching, requests and subscriptions.
+//!   Its pure parts ([`use_websocket::backoff`], [`use_websocket::outbox`]) are plain Rust,
+//!   tested natively.
+//! - [`app`]: the demo app: chat rooms with presence and typing, notifications, a live
+//!   ticker and a connection inspector.
 //!
 //! `main.rs` only calls [`start`]; Trunk builds it (see `index.html`).
 
 pub mod app;
-pub mod backoff;
-pub mod connection;
+pub mod use_websocket;
 
 /// Mounts the demo app into `<body>`.
 pub fn start() {

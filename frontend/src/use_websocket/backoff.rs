@@ -38,3 +38,34 @@ impl Backoff {
         self.ceiling(attempt).mul_f64(random.clamp(0.0, 1.0))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grows_caps_and_jitters_within_the_window() {
+        let b = Backoff::default();
+        assert_eq!(b.ceiling(0), Duration::from_millis(500));
+        assert_eq!(b.ceiling(1), Duration::from_millis(1000));
+        assert_eq!(b.ceiling(3), Duration::from_millis(4000));
+        assert_eq!(b.ceiling(20), Duration::from_secs(30));
+        assert_eq!(b.ceiling(u32::MAX), Duration::from_secs(30));
+        assert_eq!(b.delay(2, 0.0), Duration::ZERO);
+        assert_eq!(b.delay(2, 0.5), Duration::from_millis(1000));
+        assert_eq!(b.delay(2, 7.0), b.ceiling(2), "random is clamped");
+    }
+
+    #[test]
+    fn full_jitter_spreads_a_crowd() {
+        // 1,000 clients reconnecting at attempt 3 with evenly spread random draws: no more
+        // than a few land in any 100 ms slice of the 4 s window.
+        let b = Backoff::default();
+        let mut slices = [0u32; 40];
+        for i in 0..1000 {
+            let d = b.delay(3, i as f64 / 1000.0);
+            slices[(d.as_millis() / 100).min(39) as usize] += 1;
+        }
+        assert!(slices.iter().all(|&n| n <= 30), "{slices:?}");
+    }
+}
