@@ -30,7 +30,7 @@ trunk build --release
 
 step "server for the wasm tests"
 server=target/debug/switchboard-server
-cargo build --locked -p switchboard-server
+cargo build --locked -p switchboard-server --bins
 log=$(mktemp)
 # The wasm test page is served by wasm-bindgen-test-runner on a random port: allow it.
 "$server" --addr 127.0.0.1:0 --dist dist --allowed-origins "*" >"$log" 2>&1 &
@@ -39,8 +39,20 @@ for _ in $(seq 100); do grep -q 'listening on' "$log" && break; sleep 0.1; done
 url=$(grep -o 'http://[0-9.:]*' "$log" | head -n1)
 [ -n "$url" ] || { cat "$log"; echo "server did not start" >&2; exit 1; }
 
-step "wasm tests in headless Chromium (server at $url)"
+# A second server that requires tokens, and a token for it, for the token-provider test.
+auth_log=$(mktemp)
+"$server" --addr 127.0.0.1:0 --dist dist --allowed-origins "*" --jwt-secret wasm-test-secret \
+  --auth-timeout 2s >"$auth_log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do grep -q 'listening on' "$auth_log" && break; sleep 0.1; done
+auth_url=$(grep -o 'http://[0-9.:]*' "$auth_log" | head -n1)
+[ -n "$auth_url" ] || { cat "$auth_log"; echo "auth server did not start" >&2; exit 1; }
+token=$(SWITCHBOARD_JWT_SECRET=wasm-test-secret target/debug/switchboard-token --sub wasm-user --subscribe 'room:*')
+
+step "wasm tests in headless Chromium (servers at $url and $auth_url)"
 SWITCHBOARD_TEST_WS_URL="ws://${url#http://}/ws" \
+SWITCHBOARD_TEST_AUTH_WS_URL="ws://${auth_url#http://}/ws" \
+SWITCHBOARD_TEST_TOKEN="$token" \
   cargo test --locked -p switchboard-web --target wasm32-unknown-unknown --test web
 
 step "end-to-end browser tests (Playwright + Chromium)"

@@ -122,7 +122,7 @@ fn Room(name: String, room: String, on_leave: impl Fn() + 'static) -> impl IntoV
     let (draft, set_draft) = signal(String::new());
     let (notices, set_notices) = signal(Vec::<String>::new());
     let (send_error, set_send_error) = signal(None::<String>);
-    let last_typing_sent = StoredValue::new(0.0_f64);
+    let last_typing_sent = StoredValue::new(None::<f64>);
 
     Effect::new(move |_| {
         if let Some(ev) = sub.last_presence.get() {
@@ -170,8 +170,11 @@ fn Room(name: String, room: String, on_leave: impl Fn() + 'static) -> impl IntoV
         set_draft.set(event_target_value(&ev));
         // Typing indicator: ephemeral, at most one every 2 s.
         let now = now_ms();
-        if now - last_typing_sent.get_value() > 2000.0 {
-            last_typing_sent.set_value(now);
+        if last_typing_sent
+            .get_value()
+            .is_none_or(|last| now - last > 2000.0)
+        {
+            last_typing_sent.set_value(Some(now));
             let _ = ws.publish_ephemeral(&ch2, json!({ "typing": true, "name": me2 }));
         }
     };

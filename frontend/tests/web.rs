@@ -261,3 +261,82 @@ async fn keeps_retrying_with_backoff_when_the_server_is_unreachable() {
     })
     .await;
 }
+
+#[wasm_bindgen_test]
+async fn coming_back_online_retries_at_once() {
+    let owner = Owner::new();
+    // A long backoff: without the kick the second attempt would be a minute away.
+    let options = UseWebSocketOptions {
+        backoff: Backoff {
+            base: Duration::from_secs(60),
+            factor: 1.0,
+            max: Duration::from_secs(60),
+        },
+        ..UseWebSocketOptions::default()
+    };
+    let ws = owner.with(|| use_websocket_with_options("ws://127.0.0.1:9/ws", options));
+    eventually(10, "a first retry scheduled", || {
+        matches!(ws.state.get_untracked(), ConnState::Reconnecting { attempt: 1, at } if at > switchboard_web::use_websocket::now_ms() + 1000.0)
+    })
+    .await;
+    let online = web_sys::Event::new("online").unwrap();
+    window().dispatch_event(&online).unwrap();
+    eventually(5, "the next attempt right away", || {
+        matches!(
+            ws.state.get_untracked(),
+            ConnState::Reconnecting { attempt: 2, .. }
+        )
+    })
+    .await;
+    ws.close();
+}
+
+#[wasm_bindgen_test]
+async fn the_token_provider_is_asked_on_every_connect() {
+    let (Some(url), Some(token)) = (
+        option_env!("SWITCHBOARD_TEST_AUTH_WS_URL"),
+        option_env!("SWITCHBOARD_TEST_TOKEN"),
+    ) else {
+        panic!("run the wasm tests through scripts/test.sh: it starts an authenticating server");
+    };
+    let owner = Owner::new();
+    let calls = std::rc::Rc::new(std::cell::Cell::new(0));
+    let counter = calls.clone();
+    let options = UseWebSocketOptions {
+        token: Some(std::rc::Rc::new(move || {
+            counter.set(counter.get() + 1);
+            Box::pin(async move { Some(token.to_owned()) })
+        })),
+        ..UseWebSocketOptions::default()
+    };
+    let ws = owner.with(|| use_websocket_with_options(url, options));
+    eventually(10, "welcome", || {
+        ws.state.get_untracked() == ConnState::Open
+    })
+    .await;
+    // an authenticated user may use the channels its token grants
+    let sub = owner.with(|| ws.subscribe("room:auth"));
+    eventually(5, "subscribed", || sub.active.get_untracked()).await;
+    assert_eq!(calls.get(), 1);
+    ws.close();
+    eventually(5, "closed", || {
+        ws.state.get_untracked() == ConnState::Closed
+    })
+    .await;
+    ws.open();
+    eventually(10, "welcome again", || {
+        ws.state.get_untracked() == ConnState::Open
+    })
+    .await;
+    assert_eq!(calls.get(), 2);
+    eventually(5, "resubscribed", || sub.active.get_untracked()).await;
+
+    // without a token the same server refuses: 4001, no reconnect loop
+    let anon = owner.with(|| use_websocket(url));
+    eventually(15, "refused", || {
+        anon.state.get_untracked() == ConnState::Closed
+    })
+    .await;
+    assert!(anon.last_error.get_untracked().unwrap().contains("4001"));
+    assert_eq!(anon.publish("room:auth", json!(1)), Err(SendError::Closed));
+}
