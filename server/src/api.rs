@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 use switchboard_protocol::{Channel, ErrorCode, limits::validate_channel};
 
 use crate::AppState;
+use crate::broker::Publication;
 use crate::hub::Hub;
 
 /// The body of `POST /api/publish`.
@@ -73,12 +74,15 @@ pub async fn publish(
     if let Err(why) = validate_channel(&req.channel) {
         return error(StatusCode::BAD_REQUEST, ErrorCode::InvalidChannel, why);
     }
-    let channel = Channel::from(req.channel);
-    match state
-        .hub
-        .publish(None, &channel, None, req.data, req.ephemeral)
-        .await
-    {
+    let publication = Publication {
+        id: None,
+        channel: Channel::from(req.channel),
+        from: None,
+        data: req.data,
+        ephemeral: req.ephemeral,
+        except: None,
+    };
+    match state.hub.publish(publication).await {
         Ok(offset) => Json(json!({ "offset": offset })).into_response(),
         Err(e) => error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -110,7 +114,15 @@ pub async fn demo_ticker(hub: Hub, every: Duration) {
         price = (price + 0.8 * (t / 17.0).sin() + 0.3 * (t * 1.7).sin()).max(1.0);
         let price = (price * 100.0).round() / 100.0;
         let data = json!({ "symbol": "SBX", "price": price, "seq": seq });
-        if let Err(e) = hub.publish(None, &channel, None, data, false).await {
+        let publication = Publication {
+            id: None,
+            channel: channel.clone(),
+            from: None,
+            data,
+            ephemeral: false,
+            except: None,
+        };
+        if let Err(e) = hub.publish(publication).await {
             tracing::warn!("demo ticker: {e}");
         }
     }

@@ -144,6 +144,7 @@ impl BrokerHandler for Node {
         frame: &Utf8Bytes,
         position: Option<&StreamPosition>,
         droppable: bool,
+        except: Option<&ClientId>,
     ) {
         let Some(inner) = self.0.upgrade() else {
             return;
@@ -156,7 +157,9 @@ impl BrokerHandler for Node {
             st.position = pos.clone();
         }
         for (client, _) in st.subscribers.values() {
-            inner.deliver(client, frame, droppable);
+            if Some(&client.id) != except {
+                inner.deliver(client, frame, droppable);
+            }
         }
     }
 }
@@ -379,26 +382,9 @@ impl Hub {
         Ok(true)
     }
 
-    /// Publishes `data` to `channel`; returns the message's offset (None when ephemeral).
-    /// `id`, when given, makes the publish idempotent (see [`Publication::id`]).
-    pub async fn publish(
-        &self,
-        id: Option<String>,
-        channel: &Channel,
-        from: Option<Sender>,
-        data: Value,
-        ephemeral: bool,
-    ) -> Result<Option<u64>, BrokerError> {
-        self.inner
-            .broker
-            .publish(Publication {
-                id,
-                channel: channel.clone(),
-                from,
-                data,
-                ephemeral,
-            })
-            .await
+    /// Publishes a message through the broker; returns its offset (None when ephemeral).
+    pub async fn publish(&self, publication: Publication) -> Result<Option<u64>, BrokerError> {
+        self.inner.broker.publish(publication).await
     }
 
     /// Delivers `data` to one connection. Returns false when it is not connected.

@@ -19,6 +19,7 @@ use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout
 
 use crate::AppState;
 use crate::auth::{AuthError, Identity};
+use crate::broker::Publication;
 use crate::hub::{Admission, ClientHandle, SubscribeOutcome, encode, now_ms};
 use crate::methods::RequestCtx;
 
@@ -298,6 +299,7 @@ impl Session {
                 channel,
                 data,
                 ephemeral,
+                skip_self,
             } => {
                 if !self.grants().may_publish(channel.as_str()) {
                     let msg = format!("no permission to publish on {channel}");
@@ -306,10 +308,15 @@ impl Session {
                 let key = id
                     .as_ref()
                     .map(|id| format!("{}/{id}", self.dedupe_scope()));
-                match hub
-                    .publish(key, &channel, Some(self.sender()), data, ephemeral)
-                    .await
-                {
+                let publication = Publication {
+                    id: key,
+                    channel,
+                    from: Some(self.sender()),
+                    data,
+                    ephemeral,
+                    except: skip_self.then(|| self.client.id.clone()),
+                };
+                match hub.publish(publication).await {
                     Ok(offset) => match id {
                         Some(id) => self.send_frame(&ServerFrame::Ack { id, offset }).await,
                         None => Ok(()),

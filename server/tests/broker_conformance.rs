@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::Utf8Bytes;
 use serde_json::{Value, json};
-use switchboard_protocol::{Channel, ServerFrame, StreamPosition, codec};
+use switchboard_protocol::{Channel, ClientId, ServerFrame, StreamPosition, codec};
 use switchboard_server::broker::{Broker, BrokerHandler, MemoryBroker, Publication};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -15,6 +15,7 @@ struct Delivery {
     frame: ServerFrame,
     position: Option<StreamPosition>,
     droppable: bool,
+    except: Option<String>,
 }
 
 #[derive(Default)]
@@ -27,6 +28,7 @@ impl BrokerHandler for Recorder {
         frame: &Utf8Bytes,
         position: Option<&StreamPosition>,
         droppable: bool,
+        except: Option<&ClientId>,
     ) {
         let mut frames = codec::decode_server(frame.as_str());
         self.0.lock().unwrap().push(Delivery {
@@ -34,6 +36,7 @@ impl BrokerHandler for Recorder {
             frame: frames.remove(0).expect("the broker delivers valid frames"),
             position: position.cloned(),
             droppable,
+            except: except.map(|c| c.0.clone()),
         });
     }
 }
@@ -57,6 +60,7 @@ fn publication(channel: &str, data: Value, ephemeral: bool) -> Publication {
         from: None,
         data,
         ephemeral,
+        except: None,
     }
 }
 
@@ -263,6 +267,20 @@ async fn publishes_with_a_seen_id_are_not_repeated(broker: Arc<dyn Broker>) {
     assert_eq!(rec.take().len(), 2, "and not delivered twice");
 }
 
+async fn the_excluded_connection_travels_with_the_delivery(broker: Arc<dyn Broker>) {
+    let (b, rec) = start(broker);
+    let ch = Channel::from("skip");
+    b.subscribe(&ch).await.unwrap();
+    let p = Publication {
+        except: Some(ClientId::from("c-publisher")),
+        ..publication("skip", json!(1), false)
+    };
+    b.publish(p).await.unwrap();
+    let got = rec.take();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].except.as_deref(), Some("c-publisher"));
+}
+
 /// Runs every check against brokers made by `make`.
 async fn conformance(make: impl Fn() -> Arc<dyn Broker>) {
     stored_messages_arrive_in_offset_order(make()).await;
@@ -272,6 +290,7 @@ async fn conformance(make: impl Fn() -> Arc<dyn Broker>) {
     presence_counts_users_not_connections(make()).await;
     history_is_exact_or_absent(make()).await;
     publishes_with_a_seen_id_are_not_repeated(make()).await;
+    the_excluded_connection_travels_with_the_delivery(make()).await;
 }
 
 #[tokio::test]

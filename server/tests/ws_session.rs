@@ -290,6 +290,7 @@ async fn messages_arrive_in_offset_order() {
             channel: "seq".into(),
             data: json!(i),
             ephemeral: false,
+            skip_self: false,
         })
         .collect();
     for chunk in frames.chunks(50) {
@@ -645,6 +646,7 @@ async fn not_reading_is_caught_by_the_queue_bound() {
             channel: "firehose".into(),
             data: json!(payload),
             ephemeral: false,
+            skip_self: false,
         })
         .collect();
     // Enough data to fill the socket buffers and then the 2-frame queue.
@@ -802,4 +804,32 @@ async fn a_resent_publish_id_is_acked_again_but_delivered_once() {
         [1, 2, 200],
         "b saw a's message once, then its own, and its ack"
     );
+}
+
+#[tokio::test]
+async fn skip_self_delivers_to_everyone_but_the_publisher() {
+    let server = start(config(&[])).await;
+    let mut a = Client::connect(&server).await;
+    let mut b = Client::connect(&server).await;
+    for c in [&mut a, &mut b] {
+        c.send(&sub("room:s")).await;
+        c.next().await;
+    }
+    a.send_text(r#"{"type":"publish","id":"x","channel":"room:s","data":1,"skip_self":true}"#)
+        .await;
+    assert_eq!(
+        a.next().await,
+        ServerFrame::Ack {
+            id: "x".into(),
+            offset: Some(1)
+        }
+    );
+    assert!(matches!(
+        b.next().await,
+        ServerFrame::Message {
+            offset: Some(1),
+            ..
+        }
+    ));
+    a.sync().await; // nothing else arrived for a before the pong
 }

@@ -62,6 +62,10 @@ pub enum ClientFrame {
         /// subscribers only: never stored, never recovered, and dropped first under load.
         #[serde(default, skip_serializing_if = "is_false")]
         ephemeral: bool,
+        /// Do not deliver the message back to this connection, even if it is subscribed
+        /// (Socket.IO's `socket.broadcast`). The `ack` still comes.
+        #[serde(default, skip_serializing_if = "is_false")]
+        skip_self: bool,
     },
     /// Call a server method; answered by `response` or `error` with the same id.
     Request {

@@ -72,6 +72,7 @@ fn client_cases() -> Vec<(ClientFrame, &'static str)> {
                 channel: "room:lobby".into(),
                 data: json!({"text":"hi"}),
                 ephemeral: false,
+                skip_self: false,
             },
             r#"{"type":"publish","id":"m1","channel":"room:lobby","data":{"text":"hi"}}"#,
         ),
@@ -81,8 +82,19 @@ fn client_cases() -> Vec<(ClientFrame, &'static str)> {
                 channel: "room:lobby".into(),
                 data: json!({"typing":true}),
                 ephemeral: true,
+                skip_self: false,
             },
             r#"{"type":"publish","channel":"room:lobby","data":{"typing":true},"ephemeral":true}"#,
+        ),
+        (
+            ClientFrame::Publish {
+                id: Some("m2".into()),
+                channel: "room:lobby".into(),
+                data: json!({"text":"to the others"}),
+                ephemeral: false,
+                skip_self: true,
+            },
+            r#"{"type":"publish","id":"m2","channel":"room:lobby","data":{"text":"to the others"},"skip_self":true}"#,
         ),
         (
             ClientFrame::Request {

@@ -47,6 +47,7 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
                 channel: c.into(),
                 data,
                 ephemeral,
+                skip_self: false,
             }),
         (".{1,12}", "[a-z_]{1,16}", data()).prop_map(|(id, method, params)| ClientFrame::Request {
             id: id.into(),

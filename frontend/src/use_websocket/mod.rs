@@ -487,11 +487,12 @@ impl WebSocket {
             channel: channel.into(),
             data,
             ephemeral: false,
+            skip_self: false,
         })
     }
 
-    /// Publishes an ephemeral message (typing, cursors): sent only while connected,
-    /// never stored. Fails with `Closed` while not connected rather than queueing stale
+    /// Publishes an ephemeral message (typing, cursors) to the others: sent only while
+    /// connected, never stored, not echoed back. Fails with `Closed` while not connected rather than queueing stale
     /// state.
     pub fn publish_ephemeral(&self, channel: &str, data: Value) -> Result<(), SendError> {
         if self.state.get_untracked() != ConnState::Open {
@@ -502,6 +503,7 @@ impl WebSocket {
             channel: channel.into(),
             data,
             ephemeral: true,
+            skip_self: true,
         })
     }
 

@@ -160,7 +160,13 @@ impl Broker for MemoryBroker {
             };
             let text: Utf8Bytes = codec::encode(&frame).into();
             // Delivered under the state lock: per-channel order is publish order.
-            handler.deliver(&p.channel, &text, position.as_ref(), p.ephemeral);
+            handler.deliver(
+                &p.channel,
+                &text,
+                position.as_ref(),
+                p.ephemeral,
+                p.except.as_ref(),
+            );
         }
         drop(st);
         let offset = position.map(|pos| pos.offset);
@@ -176,7 +182,7 @@ impl Broker for MemoryBroker {
         if st.streams.contains_key(channel)
             && let Some(handler) = self.handler.get()
         {
-            handler.deliver(channel, &frame, None, false);
+            handler.deliver(channel, &frame, None, false, None);
         }
         drop(st);
         Box::pin(async { Ok(()) })

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use axum::extract::ws::Utf8Bytes;
 use futures::future::BoxFuture;
 use serde_json::Value;
-use switchboard_protocol::{Channel, Member, Sender, StreamPosition};
+use switchboard_protocol::{Channel, ClientId, Member, Sender, StreamPosition};
 
 pub use memory::MemoryBroker;
 
@@ -42,13 +42,15 @@ pub struct BrokerError(pub String);
 pub trait BrokerHandler: Send + Sync + 'static {
     /// One encoded server frame for `channel`'s local subscribers. `position` is set for
     /// stored messages (the stream position after this message); `droppable` frames may be
-    /// dropped for a subscriber whose queue is full.
+    /// dropped for a subscriber whose queue is full; `except` is a connection not to
+    /// deliver to (the publisher, with `skip_self`).
     fn deliver(
         &self,
         channel: &Channel,
         frame: &Utf8Bytes,
         position: Option<&StreamPosition>,
         droppable: bool,
+        except: Option<&ClientId>,
     );
 }
 
@@ -67,6 +69,8 @@ pub struct Publication {
     pub data: Value,
     /// Not stored, no offset, droppable.
     pub ephemeral: bool,
+    /// A connection not to deliver to (the publisher, when it asked for `skip_self`).
+    pub except: Option<ClientId>,
 }
 
 /// The result of a presence change.
