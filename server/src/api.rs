@@ -8,8 +8,8 @@
 //! ```
 //!
 //! Errors are JSON `{"code": <error code>, "message": …}` with 401 (`unauthorized`: missing
-//! or wrong key), 400 (`bad_request` / `invalid_channel`), or 404 when no `--api-key` is
-//! configured.
+//! or wrong key), 400 (`bad_request` / `invalid_channel`), 503 (`unavailable`: the broker
+//! failed), or 404 (`unavailable`) when no `--api-key` is configured.
 
 use std::time::Duration;
 

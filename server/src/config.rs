@@ -130,6 +130,11 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_DEMO_TICKER", value_parser = humantime::parse_duration)]
     pub demo_ticker: Option<Duration>,
 
+    /// Serve a raw WebSocket echo at `/echo` (no protocol, large limits): only for the
+    /// Autobahn conformance suite (`scripts/autobahn.sh`). Off by default.
+    #[arg(long, env = "SWITCHBOARD_ECHO_ENDPOINT")]
+    pub echo_endpoint: bool,
+
     /// Log format.
     #[arg(long, env = "SWITCHBOARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,

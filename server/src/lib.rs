@@ -93,6 +93,11 @@ pub fn app(state: AppState) -> Router {
             "/api/publish",
             post(api::publish).layer(DefaultBodyLimit::max(state.config.max_frame_bytes as usize)),
         );
+    let router = if state.config.echo_endpoint {
+        router.route("/echo", get(echo_upgrade))
+    } else {
+        router
+    };
     let router = if index.is_file() {
         // Unknown paths get index.html, so client-side routes survive a reload.
         router.fallback_service(ServeDir::new(&dist).fallback(ServeFile::new(index)))
@@ -211,6 +216,28 @@ fn check_origin(config: &Config, headers: &HeaderMap) -> Result<(), String> {
     } else {
         Err(origin.to_owned())
     }
+}
+
+/// The conformance echo: every text and binary message back unchanged. Same read buffer
+/// as `/ws`, but Autobahn's message sizes (up to 16 MiB).
+async fn echo_upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    ws.max_message_size(64 << 20)
+        .max_frame_size(16 << 20)
+        .read_buffer_size(state.config.read_buffer_bytes)
+        .write_buffer_size(state.config.read_buffer_bytes)
+        .on_upgrade(|mut socket| async move {
+            use axum::extract::ws::Message;
+            while let Some(Ok(msg)) = socket.recv().await {
+                let reply = match msg {
+                    Message::Text(_) | Message::Binary(_) => msg,
+                    // Reading on flushes tungstenite's close reply: a clean handshake.
+                    Message::Close(_) | Message::Ping(_) | Message::Pong(_) => continue,
+                };
+                if socket.send(reply).await.is_err() {
+                    break;
+                }
+            }
+        })
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

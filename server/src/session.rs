@@ -23,12 +23,17 @@ use crate::broker::Publication;
 use crate::hub::{Admission, ClientHandle, SubscribeOutcome, encode, now_ms};
 use crate::methods::RequestCtx;
 
+/// Anonymous publish ids at least this long are deduplicated across connections.
+const GLOBAL_ID_LEN: usize = 24;
+
 /// How long a closing connection may take to complete the close handshake.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Why the loop ended: with a close code to send, or because the peer is gone.
 enum End {
     Close(CloseCode),
+    /// The peer sent a close frame; tungstenite queued the reply.
+    PeerClosed,
     Gone,
 }
 
@@ -44,6 +49,8 @@ struct Session {
     /// When the connection must have (re)authenticated: the token's expiry, or the auth
     /// timeout while no identity is established.
     deadline: Option<Instant>,
+    /// An `error` to send right after `welcome` (a token the server cannot check).
+    after_welcome: Option<AuthError>,
 }
 
 /// Serves one upgraded connection until it ends, then cleans up after it. `auth` is the
@@ -59,9 +66,16 @@ pub(crate) async fn run(
         refuse(&mut socket, &state, CloseCode::SERVER_FULL).await;
         return;
     };
+    let mut disabled_token = None;
     let identity = match auth {
         Ok(identity) => Some(identity),
         Err(AuthError::Required) => None,
+        // A token on a server without a secret: say so, carry on anonymously (as for a
+        // token in `hello`), since refusing would stop the client for good.
+        Err(e @ AuthError::Disabled) => {
+            disabled_token = Some(e);
+            state.auth.anonymous().ok()
+        }
         Err(AuthError::Expired) => {
             return refuse(&mut socket, &state, CloseCode::TOKEN_EXPIRED).await;
         }
@@ -92,13 +106,21 @@ pub(crate) async fn run(
         state,
         client,
         subscriptions: HashSet::new(),
+        after_welcome: disabled_token,
     };
     tracing::debug!(client = %s.client.id, "connected");
 
     let end = s.serve(&mut queue).await;
-    if let End::Close(code) = end {
-        tracing::debug!(client = %s.client.id, %code, "closing");
-        refuse(&mut s.socket, &s.state, code).await;
+    match end {
+        End::Close(code) => {
+            tracing::debug!(client = %s.client.id, %code, "closing");
+            refuse(&mut s.socket, &s.state, code).await;
+        }
+        // Reading once more flushes the queued close reply: a clean close for the peer.
+        End::PeerClosed => {
+            let _ = timeout(CLOSE_GRACE, s.socket.recv()).await;
+        }
+        End::Gone => {}
     }
     let subs = std::mem::take(&mut s.subscriptions);
     s.state.hub.disconnect(&s.client, subs).await;
@@ -128,7 +150,7 @@ async fn refuse(socket: &mut WebSocket, state: &AppState, code: CloseCode) {
 /// When a token-bearing identity must be refreshed.
 fn expiry_deadline(identity: &Identity) -> Option<Instant> {
     identity.expires_at.map(|exp| {
-        let left_ms = (exp * 1000).saturating_sub(now_ms());
+        let left_ms = exp.saturating_mul(1000).saturating_sub(now_ms());
         Instant::now() + Duration::from_millis(left_ms)
     })
 }
@@ -136,6 +158,13 @@ fn expiry_deadline(identity: &Identity) -> Option<Instant> {
 impl Session {
     async fn serve(&mut self, queue: &mut tokio::sync::mpsc::Receiver<Utf8Bytes>) -> End {
         if let Err(end) = self.send_frame(&self.welcome()).await {
+            return end;
+        }
+        if let Some(e) = self.after_welcome.take()
+            && let Err(end) = self
+                .send_error(None, ErrorCode::Unauthorized, &e.to_string())
+                .await
+        {
             return end;
         }
         let config = self.state.config.clone();
@@ -199,7 +228,7 @@ impl Session {
             }
             // tungstenite answers pings itself; both count as signs of life.
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
-            Some(Ok(Message::Close(_))) => Err(End::Gone),
+            Some(Ok(Message::Close(_))) => Err(End::PeerClosed),
         }
     }
 
@@ -307,7 +336,7 @@ impl Session {
                 }
                 let key = id
                     .as_ref()
-                    .map(|id| format!("{}/{id}", self.dedupe_scope()));
+                    .map(|id| format!("{}/{id}", self.dedupe_scope(id)));
                 let publication = Publication {
                     id: key,
                     channel,
@@ -416,10 +445,17 @@ impl Session {
         serde_json::Value::Object(info)
     }
 
-    /// Publish ids are deduplicated per user (or per connection when anonymous), so one
-    /// client's id never suppresses another's message.
-    fn dedupe_scope(&self) -> String {
-        self.client.presence_key()
+    /// The scope publish ids are deduplicated in, so one client's id never suppresses
+    /// another's message: the user when authenticated; for anonymous connections, ids of
+    /// [`GLOBAL_ID_LEN`]+ characters (random ids, as the web client makes) share one
+    /// anonymous scope, which survives reconnects, while short ids (`"m1"` typed into
+    /// wscat) are scoped to the connection.
+    fn dedupe_scope(&self, id: &RequestId) -> String {
+        match &self.client.user_id {
+            Some(user) => format!("u:{user}"),
+            None if id.as_str().len() >= GLOBAL_ID_LEN => "anonymous".into(),
+            None => format!("c:{}", self.client.id),
+        }
     }
 
     fn sender(&self) -> Sender {

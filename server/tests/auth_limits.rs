@@ -392,3 +392,31 @@ async fn tokens_minted_by_the_cli_are_accepted() {
         .await;
     assert_eq!(code(c.next().await), ErrorCode::Forbidden);
 }
+
+#[tokio::test]
+async fn a_query_token_without_a_secret_is_reported_and_the_connection_stays_anonymous() {
+    let server = start(config(&[])).await;
+    let mut c = raw(format!("{}?token=abc", server.ws_url())).await;
+    assert!(matches!(
+        c.next().await,
+        ServerFrame::Welcome { user_id: None, .. }
+    ));
+    assert_eq!(code(c.next().await), ErrorCode::Unauthorized);
+    c.send_text(r#"{"type":"subscribe","channel":"news"}"#)
+        .await;
+    assert!(matches!(c.next().await, ServerFrame::Subscribed { .. }));
+}
+
+#[tokio::test]
+async fn tokens_with_an_audience_are_accepted() {
+    let server = start(config(&["--jwt-secret", SECRET])).await;
+    let t = token(json!({"sub":"u1","aud":"some-app","exp":exp_in(60)}));
+    let mut c = raw(format!("{}?token={t}", server.ws_url())).await;
+    assert!(matches!(
+        c.next().await,
+        ServerFrame::Welcome {
+            user_id: Some(_),
+            ..
+        }
+    ));
+}

@@ -833,3 +833,43 @@ async fn skip_self_delivers_to_everyone_but_the_publisher() {
     ));
     a.sync().await; // nothing else arrived for a before the pong
 }
+
+#[tokio::test]
+async fn long_anonymous_ids_are_deduplicated_across_reconnects_short_ones_per_connection() {
+    let server = start(config(&[])).await;
+    let mut watcher = Client::connect(&server).await;
+    watcher.send(&sub("d")).await;
+    watcher.next().await;
+    let long =
+        r#"{"type":"publish","id":"0123456789abcdef01234567-m1","channel":"d","data":"once"}"#;
+    let short = r#"{"type":"publish","id":"m1","channel":"d","data":"short"}"#;
+    for _ in 0..2 {
+        // a new connection each time, as after a reconnect
+        let mut c = Client::connect(&server).await;
+        c.send_text(long).await;
+        c.next().await; // ack
+        c.send_text(short).await;
+        c.next().await; // ack
+    }
+    let mut got = vec![];
+    for _ in 0..3 {
+        match watcher.next().await {
+            ServerFrame::Message { data, .. } => got.push(data),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(got, [json!("once"), json!("short"), json!("short")]);
+    watcher.sync().await;
+}
+
+#[tokio::test]
+async fn a_client_initiated_close_gets_a_clean_reply() {
+    let server = start(config(&[])).await;
+    let mut c = Client::connect(&server).await;
+    c.ws.close(None).await.unwrap();
+    // the server answers the close frame instead of dropping the socket
+    match tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut c.ws)).await {
+        Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_)))) => {}
+        other => panic!("expected the close reply, got {other:?}"),
+    }
+}

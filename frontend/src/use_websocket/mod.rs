@@ -360,10 +360,15 @@ pub fn use_websocket_with_options(url: &str, options: UseWebSocketOptions) -> We
         wake: wake_tx,
         ctrl: ctrl_tx,
         refused: false,
-        id_prefix: format!(
-            "{:08x}",
-            (js_sys::Math::random() * f64::from(u32::MAX)) as u32
-        ),
+        // 128 random bits: long random ids are deduplicated across reconnects by the server.
+        id_prefix: (0..4)
+            .map(|_| {
+                format!(
+                    "{:08x}",
+                    (js_sys::Math::random() * f64::from(u32::MAX)) as u32
+                )
+            })
+            .collect(),
         next_id: 0,
         message_buffer: options.message_buffer.max(1),
         request_timeout: options.request_timeout,
