@@ -6,9 +6,15 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 tools="${SWITCHBOARD_SHARED_TOOLS:-../shared/tools}"
 [ -x "$tools/autobahn/run.sh" ] || { echo "Autobahn tools not found at $tools/autobahn" >&2; exit 1; }
-cargo build --locked --release -p switchboard-server
+# SWITCHBOARD_SERVER: a server binary to test (scripts/test.sh passes its debug build);
+# by default a release build is made.
+server="${SWITCHBOARD_SERVER:-}"
+if [ -z "$server" ]; then
+  cargo build --locked --release -p switchboard-server
+  server=target/release/switchboard-server
+fi
 log=$(mktemp)
-target/release/switchboard-server --addr 127.0.0.1:0 --dist /nonexistent --echo-endpoint \
+"$server" --addr 127.0.0.1:0 --dist /nonexistent --echo-endpoint \
   >"$log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT

@@ -58,4 +58,11 @@ SWITCHBOARD_TEST_TOKEN="$token" \
 step "end-to-end browser tests (Playwright + Chromium)"
 (cd e2e && SWITCHBOARD_SERVER="$PWD/../$server" SWITCHBOARD_DIST="$PWD/../dist" node --test)
 
+step "WebSocket conformance (Autobahn|Testsuite against the opt-in /echo endpoint)"
+if [ -x "${SWITCHBOARD_SHARED_TOOLS:-../shared/tools}/autobahn/run.sh" ]; then
+  SWITCHBOARD_SERVER="$server" ./scripts/autobahn.sh
+else
+  echo "SKIPPED: the Autobahn tools (../shared/tools/autobahn) are not beside this checkout"
+fi
+
 step "all tests passed"
