@@ -15,13 +15,14 @@ trap cleanup EXIT
 step "cargo fmt --check"
 cargo fmt --all --check
 
-step "clippy (native)"
-cargo clippy --locked --all-targets -- -D warnings
+step "clippy (native: protocol, server, bench)"
+cargo clippy --locked --all-targets -p switchboard-protocol -p switchboard-server \
+  -p switchboard-bench -- -D warnings
 step "clippy (wasm32: frontend)"
 cargo clippy --locked -p switchboard-web --all-targets --target wasm32-unknown-unknown -- -D warnings
 
-step "native tests (protocol, server)"
-cargo test --locked
+step "native tests (protocol, server, bench helpers)"
+cargo test --locked -p switchboard-protocol -p switchboard-server -p switchboard-bench
 step "native unit tests of the hook's pure parts (backoff, outbox, pacing)"
 cargo test --locked -p switchboard-web --lib
 

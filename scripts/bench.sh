@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Side-by-side benchmarks: Switchboard, a bare axum broadcast server (the upper bound on this
+# machine) and a Node `ws` server, under the same load generator, in one run. Each server
+# is pinned to core 0 and the load generator to core 1. Loopback only; every workload is
+# bounded in connections and time. Writes docs/benchmarks.md (and prints it).
+#
+#   scripts/bench.sh            full run (~5 min)
+#   QUICK=1 scripts/bench.sh    fewer connections and shorter phases (~1 min)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+. scripts/setup.sh
+
+SUBS=${SUBS:-1000}; RATES=${RATES:-1000,5000,20000}; SECS=${SECS:-5}
+IDLE=${IDLE:-10000}; RPC_CONNS=${RPC_CONNS:-100}
+if [ "${QUICK:-0}" = 1 ]; then SUBS=200; RATES=1000,5000; SECS=2; IDLE=2000; fi
+ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+echo "==> building (release)"
+cargo build --locked --release -p switchboard-server -p switchboard-bench
+(cd bench/peers && [ -d node_modules ] || npm install --no-audit --no-fund --loglevel=error)
+
+pin() { if command -v taskset >/dev/null; then taskset -c "$1" "${@:2}"; else "${@:2}"; fi; }
+pids=()
+trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
+
+# start NAME CMD...: runs a server on core 0, sets $url and $pid
+start() {
+  local log; log=$(mktemp)
+  pin 0 "$@" >"$log" 2>&1 &
+  pid=$!; pids+=("$pid")
+  for _ in $(seq 100); do grep -q 'listening on' "$log" && break; sleep 0.1; done
+  url="ws://$(grep -o 'http://[0-9.:]*' "$log" | head -n1 | sed 's|http://||')"
+  [ "$url" != "ws://" ] || { cat "$log"; exit 1; }
+}
+stop() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }
+lg() { pin 1 target/release/loadgen "$@"; }
+
+sb=(target/release/switchboard-server --addr 127.0.0.1:0 --dist /nonexistent
+    --max-connections 30000 --max-connections-per-ip 30000
+    --rate-per-sec 1000000 --rate-burst 1000000 --log-format json)
+servers=("switchboard|switchboard|${sb[*]}"
+         "bare axum|raw|target/release/bare-peer --addr 127.0.0.1:0"
+         "node ws|raw|node bench/peers/ws-peer.mjs 127.0.0.1:0")
+
+fanout_rows=""; rpc_rows=""; idle_rows=""
+for entry in "${servers[@]}"; do
+  IFS='|' read -r name dialect cmd <<<"$entry"
+  echo "==> $name: fan-out"
+  # shellcheck disable=SC2086
+  start $cmd
+  fanout_rows+=$(lg fanout --url "$url" --dialect "$dialect" --label "$name" --subs "$SUBS" \
+    --rates "$RATES" --secs "$SECS" --server-pid "$pid")$'\n'
+  stop
+  echo "==> $name: request/response"
+  # shellcheck disable=SC2086
+  start $cmd
+  rpc_rows+=$(lg rpc --url "$url" --dialect "$dialect" --label "$name" --conns "$RPC_CONNS" \
+    --secs "$SECS" --server-pid "$pid")$'\n'
+  stop
+  echo "==> $name: idle connections"
+  # shellcheck disable=SC2086
+  start $cmd
+  idle_rows+=$(lg idle --url "$url" --dialect "$dialect" --label "$name" --conns "$IDLE" \
+    --server-pid "$pid")$'\n'
+  stop
+done
+
+cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
+out=docs/benchmarks.md
+{
+  echo "# Benchmarks"
+  echo
+  echo "Produced by \`scripts/bench.sh\` on $(date -u '+%Y-%m-%d %H:%M UTC'): $(nproc) cores ($cpu),"
+  echo "$(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr), $(rustc --version), node $(node --version)."
+  echo "Each server pinned to core 0, the load generator (\`bench/\`, tokio-tungstenite, one"
+  echo "worker thread) to core 1; loopback; connections spread over 127.0.0.1–50. Numbers from"
+  echo "a shared, noisy machine: compare the rows of one run, not runs."
+  echo
+  echo "## Fan-out: 1 publisher, $SUBS subscribers, 100-byte payloads, $SECS s per rate"
+  echo
+  echo "Delivered = messages received by all subscribers per second. Latency = publish to"
+  echo "delivery. CPU in % of one core (a load generator near 100% is the limit, not the server)."
+  echo
+  echo "| server | subscribers | publish rate/s | delivered/s | loss % | p50 ms | p99 ms | max ms | server CPU % | loadgen CPU % |"
+  echo "|---|---|---|---|---|---|---|---|---|---|"
+  printf '%s' "$fanout_rows"
+  echo
+  echo "## Request/response: $RPC_CONNS connections, back-to-back round trips, $SECS s"
+  echo
+  echo "Switchboard answers \`request\` \`time\` through its method table; the peers echo."
+  echo
+  echo "| server | connections | round trips/s | p50 ms | p99 ms | max ms | server CPU % | loadgen CPU % |"
+  echo "|---|---|---|---|---|---|---|---|"
+  printf '%s' "$rpc_rows"
+  echo
+  echo "## Idle connections: $IDLE, subscribed (Switchboard) or open (peers)"
+  echo
+  echo "| server | connections | RSS before MiB | RSS after MiB | KiB per connection |"
+  echo "|---|---|---|---|---|"
+  printf '%s' "$idle_rows"
+} > "$out"
+cat "$out"
