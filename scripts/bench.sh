@@ -17,7 +17,7 @@ ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 echo "==> building (release)"
 cargo build --locked --release -p switchboard-server -p switchboard-bench
-(cd bench/peers && [ -d node_modules ] || npm install --no-audit --no-fund --loglevel=error)
+(cd bench/peers && [ -d node_modules ] || npm ci --no-audit --no-fund --loglevel=error)
 
 pin() { if command -v taskset >/dev/null; then taskset -c "$1" "${@:2}"; else "${@:2}"; fi; }
 pids=()
