@@ -26,7 +26,9 @@ trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
 # start NAME CMD...: runs a server on core 0, sets $url and $pid
 start() {
   local log; log=$(mktemp)
-  pin 0 "$@" >"$log" 2>&1 &
+  # taskset execs the server, so $! is the server itself (its CPU and memory are read).
+  if command -v taskset >/dev/null; then taskset -c 0 "$@" >"$log" 2>&1 &
+  else "$@" >"$log" 2>&1 & fi
   pid=$!; pids+=("$pid")
   for _ in $(seq 100); do grep -q 'listening on' "$log" && break; sleep 0.1; done
   url="ws://$(grep -o 'http://[0-9.:]*' "$log" | head -n1 | sed 's|http://||')"
