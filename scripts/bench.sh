@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/setup.sh
 
-SUBS=${SUBS:-1000}; RATES=${RATES:-1000,5000,20000}; SECS=${SECS:-5}
+SUBS=${SUBS:-1000}; RATES=${RATES:-250,500,1000,2000}; SECS=${SECS:-5}
 IDLE=${IDLE:-10000}; RPC_CONNS=${RPC_CONNS:-100}
 if [ "${QUICK:-0}" = 1 ]; then SUBS=200; RATES=1000,5000; SECS=2; IDLE=2000; fi
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"

@@ -307,10 +307,21 @@ impl Hub {
         // Presence first, so the others hear of the join and the joiner does not.
         if let Some(info) = &presence {
             let key = client.presence_key();
-            let change = inner
+            let joined = inner
                 .broker
                 .presence_join(channel, &key, client.id.as_str(), info.clone())
-                .await?;
+                .await;
+            let change = match joined {
+                Ok(change) => change,
+                Err(e) => {
+                    // Nobody was added: leave no empty channel behind.
+                    if lock(&state).subscribers.is_empty() {
+                        lock(&inner.channels).remove(channel);
+                        let _ = inner.broker.unsubscribe(channel).await;
+                    }
+                    return Err(e);
+                }
+            };
             if change.announce {
                 let frame = ServerFrame::Presence {
                     channel: channel.clone(),
@@ -329,7 +340,14 @@ impl Hub {
         };
         drop(guard);
         let snapshot = match presence {
-            Some(_) => Some(inner.broker.presence(channel).await?),
+            Some(_) => match inner.broker.presence(channel).await {
+                Ok(members) => Some(members),
+                Err(e) => {
+                    // Undo, so the hub and the session agree the client is not subscribed.
+                    let _ = self.unsubscribe(client, channel).await;
+                    return Err(e);
+                }
+            },
             None => None,
         };
         Ok(SubscribeOutcome::Subscribed(ServerFrame::Subscribed {

@@ -49,6 +49,9 @@ pub enum MethodError {
     /// The caller may not do this: answered with `forbidden`.
     #[error("{0}")]
     Forbidden(String),
+    /// A service the handler needs is down: answered with `unavailable`.
+    #[error("{0}")]
+    Unavailable(String),
     /// The handler failed: answered with `handler_failed`.
     #[error("{0}")]
     Failed(String),
@@ -60,6 +63,7 @@ impl MethodError {
         match self {
             Self::BadRequest(_) => ErrorCode::BadRequest,
             Self::Forbidden(_) => ErrorCode::Forbidden,
+            Self::Unavailable(_) => ErrorCode::Unavailable,
             Self::Failed(_) => ErrorCode::HandlerFailed,
         }
     }
@@ -111,7 +115,7 @@ impl Methods {
                     .hub
                     .presence(&Channel::from(channel))
                     .await
-                    .map_err(|e| MethodError::Failed(e.to_string()))?;
+                    .map_err(|e| MethodError::Unavailable(e.to_string()))?;
                 Ok(json!({ "channel": channel, "count": members.len(), "members": members }))
             })
     }

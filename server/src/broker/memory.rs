@@ -19,19 +19,16 @@ use crate::hub::now_ms;
 pub struct MemoryBroker {
     /// The hub to deliver to (set once by [`Broker::start`]).
     handler: OnceLock<Arc<dyn BrokerHandler>>,
-    state: Mutex<State>,
+    /// Streams of the channels this node is subscribed to. The map is locked only to find a
+    /// stream; each stream has its own lock, held while a message is numbered and
+    /// delivered, so channels do not contend with each other.
+    streams: Mutex<HashMap<Channel, Arc<Mutex<Stream>>>>,
+    /// Presence per channel, by user.
+    presence: Mutex<HashMap<Channel, HashMap<String, Present>>>,
     /// Distinguishes this process's epochs from an earlier run's.
     epoch_base: String,
     /// Makes every stream incarnation's epoch unique within the process.
     next_epoch: AtomicU64,
-}
-
-#[derive(Default)]
-struct State {
-    /// Streams of the channels this node is subscribed to.
-    streams: HashMap<Channel, Stream>,
-    /// Presence per channel, by user.
-    presence: HashMap<Channel, HashMap<String, Present>>,
 }
 
 struct Stream {
@@ -57,7 +54,8 @@ impl MemoryBroker {
     pub fn new() -> Self {
         Self {
             handler: OnceLock::new(),
-            state: Mutex::default(),
+            streams: Mutex::default(),
+            presence: Mutex::default(),
             epoch_base: format!("{:x}", now_ms()),
             next_epoch: AtomicU64::new(1),
         }
@@ -72,8 +70,8 @@ impl MemoryBroker {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn stream(&self, channel: &Channel) -> Option<Arc<Mutex<Stream>>> {
+        lock(&self.streams).get(channel).cloned()
     }
 }
 
@@ -97,35 +95,31 @@ impl Broker for MemoryBroker {
         &'a self,
         channel: &'a Channel,
     ) -> BoxFuture<'a, Result<StreamPosition, BrokerError>> {
-        let mut st = self.lock();
-        let stream = match st.streams.get(channel) {
-            Some(s) => s,
-            None => {
-                let s = self.new_stream();
-                st.streams.entry(channel.clone()).or_insert(s)
-            }
-        };
+        let stream = lock(&self.streams)
+            .entry(channel.clone())
+            .or_insert_with(|| Arc::new(Mutex::new(self.new_stream())))
+            .clone();
+        let st = lock(&stream);
         let pos = StreamPosition {
-            offset: stream.offset,
-            epoch: stream.epoch.clone(),
+            offset: st.offset,
+            epoch: st.epoch.clone(),
         };
         Box::pin(async move { Ok(pos) })
     }
 
     fn unsubscribe<'a>(&'a self, channel: &'a Channel) -> BoxFuture<'a, Result<(), BrokerError>> {
-        self.lock().streams.remove(channel);
+        lock(&self.streams).remove(channel);
         Box::pin(async { Ok(()) })
     }
 
     fn publish(&self, p: Publication) -> BoxFuture<'_, Result<Option<u64>, BrokerError>> {
-        let mut st = self.lock();
         // A channel nobody on this node listens to gets a throwaway stream: the message is
         // numbered and goes nowhere, as in any pub/sub without subscribers.
-        let mut scratch = None;
-        let stream = match st.streams.get_mut(&p.channel) {
-            Some(s) => s,
-            None => scratch.insert(self.new_stream()),
-        };
+        let shared = self.stream(&p.channel);
+        let scratch = shared.is_none().then(|| Mutex::new(self.new_stream()));
+        let cell = shared.as_deref().or(scratch.as_ref()).expect("one of them");
+        let mut st = lock(cell);
+        let stream = &mut *st;
         if !p.ephemeral
             && let Some(id) = &p.id
             && let Some((_, offset)) = stream.recent.iter().find(|(seen, _)| seen == id)
@@ -146,7 +140,7 @@ impl Broker for MemoryBroker {
                 epoch: stream.epoch.clone(),
             }
         });
-        if scratch.is_none()
+        if shared.is_some()
             && let Some(handler) = self.handler.get()
         {
             let frame = ServerFrame::Message {
@@ -178,13 +172,13 @@ impl Broker for MemoryBroker {
         channel: &'a Channel,
         frame: Utf8Bytes,
     ) -> BoxFuture<'a, Result<(), BrokerError>> {
-        let st = self.lock();
-        if st.streams.contains_key(channel)
+        if let Some(stream) = self.stream(channel)
             && let Some(handler) = self.handler.get()
         {
+            // Under the stream's lock, so it is ordered with the channel's messages.
+            let _order = lock(&stream);
             handler.deliver(channel, &frame, None, false, None);
         }
-        drop(st);
         Box::pin(async { Ok(()) })
     }
 
@@ -195,8 +189,8 @@ impl Broker for MemoryBroker {
         conn: &'a str,
         info: Value,
     ) -> BoxFuture<'a, Result<PresenceChange, BrokerError>> {
-        let mut st = self.lock();
-        let members = st.presence.entry(channel.clone()).or_default();
+        let mut presence = lock(&self.presence);
+        let members = presence.entry(channel.clone()).or_default();
         let present = members.entry(user.to_owned()).or_insert_with(|| Present {
             info: Value::Null,
             conns: HashSet::new(),
@@ -218,8 +212,8 @@ impl Broker for MemoryBroker {
         user: &'a str,
         conn: &'a str,
     ) -> BoxFuture<'a, Result<Option<PresenceChange>, BrokerError>> {
-        let mut st = self.lock();
-        let change = st.presence.get_mut(channel).and_then(|members| {
+        let mut presence = lock(&self.presence);
+        let change = presence.get_mut(channel).and_then(|members| {
             let present = members.get_mut(user)?;
             if !present.conns.remove(conn) {
                 return None;
@@ -235,8 +229,8 @@ impl Broker for MemoryBroker {
                 announce,
             })
         });
-        if st.presence.get(channel).is_some_and(HashMap::is_empty) {
-            st.presence.remove(channel);
+        if presence.get(channel).is_some_and(HashMap::is_empty) {
+            presence.remove(channel);
         }
         Box::pin(async move { Ok(change) })
     }
@@ -245,13 +239,16 @@ impl Broker for MemoryBroker {
         &'a self,
         channel: &'a Channel,
     ) -> BoxFuture<'a, Result<Vec<Member>, BrokerError>> {
-        let mut members: Vec<Member> = self
-            .lock()
-            .presence
+        let mut members: Vec<Member> = lock(&self.presence)
             .get(channel)
             .map(|m| m.iter().map(|(user, p)| member(user, p)).collect())
             .unwrap_or_default();
         members.sort_by(|a, b| a.user_id.cmp(&b.user_id));
         Box::pin(async move { Ok(members) })
     }
+}
+
+/// Locks a mutex, ignoring poisoning: every critical section leaves the state consistent.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
