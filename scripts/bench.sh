@@ -100,5 +100,6 @@ out=docs/benchmarks.md
   echo "| server | connections | RSS before MiB | RSS after MiB | KiB per connection |"
   echo "|---|---|---|---|---|"
   printf '%s' "$idle_rows"
+  cat bench/ANALYSIS.md
 } > "$out"
 cat "$out"
