@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Client, Next, config, start};
+use common::{Client, Next, config, eventually, start};
 use serde_json::json;
 use switchboard_protocol::{ClientFrame, ErrorCode, PresenceAction, ServerFrame};
 
@@ -463,12 +463,7 @@ async fn direct_messages_and_target_gone() {
     }
     drop(b);
     // wait until the server noticed b is gone
-    for _ in 0..100 {
-        if server.state.hub.connection_count() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    assert!(eventually(|| server.state.hub.connection_count() == 1).await);
     a.send_text(&format!(r#"{{"type":"direct","to":"{to}","data":1}}"#))
         .await;
     assert_eq!(error_code(a.next().await).1, ErrorCode::TargetGone);
@@ -527,13 +522,10 @@ async fn a_silent_client_is_closed_with_4210() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(c.closed().await, Some(4210));
     // and the registry forgot it
-    for _ in 0..100 {
-        if server.state.hub.connection_count() == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("connection still registered");
+    assert!(
+        eventually(|| server.state.hub.connection_count() == 0).await,
+        "connection still registered"
+    );
 }
 
 #[tokio::test]
@@ -722,21 +714,10 @@ async fn a_client_that_stops_reading_is_caught_by_the_write_timeout() {
             break;
         }
     }
-    for _ in 0..300 {
-        if slow() > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    assert!(eventually(|| slow() > 0).await);
     assert_eq!(slow(), 1);
     // The stuck client is dropped from the registry; the publisher carries on.
-    for _ in 0..300 {
-        if server.state.hub.connection_count() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(server.state.hub.connection_count(), 1);
+    assert!(eventually(|| server.state.hub.connection_count() == 1).await);
     publisher.sync().await;
     drop(stuck);
 }

@@ -61,6 +61,17 @@ pub async fn start_with(state: AppState) -> TestServer {
     }
 }
 
+/// Polls `cond` every 10 ms for up to 3 s; true once it holds.
+pub async fn eventually(cond: impl Fn() -> bool) -> bool {
+    for _ in 0..300 {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cond()
+}
+
 pub struct Client {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     pub client_id: String,
