@@ -12,6 +12,8 @@
 //! while connected. `subscribe` and `publish` list channel patterns: an exact name, a prefix
 //! ending in `*` (`room:*`), or `*` for all; when a list is absent it means `["*"]`.
 
+use std::sync::Arc;
+
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode};
 use serde::{Deserialize, Serialize};
 
@@ -86,8 +88,8 @@ pub struct Identity {
     pub name: Option<String>,
     /// When the token expires (seconds since the Unix epoch).
     pub expires_at: Option<u64>,
-    /// What the connection may do.
-    pub grants: Grants,
+    /// What the connection may do (shared: anonymous connections all hold the same).
+    pub grants: Arc<Grants>,
 }
 
 /// Why a token was refused.
@@ -113,7 +115,7 @@ pub struct Auth {
     key: Option<DecodingKey>,
     validation: Validation,
     allow_anonymous: bool,
-    anonymous: Grants,
+    anonymous: Arc<Grants>,
 }
 
 impl Auth {
@@ -131,14 +133,14 @@ impl Auth {
                 .map(|s| DecodingKey::from_secret(s.expose().as_bytes())),
             validation,
             allow_anonymous: config.jwt_secret.is_none() || config.allow_anonymous,
-            anonymous: if config.jwt_secret.is_none() {
+            anonymous: Arc::new(if config.jwt_secret.is_none() {
                 Grants::all()
             } else {
                 Grants {
                     subscribe: config.anonymous_subscribe.clone(),
                     publish: config.anonymous_publish.clone(),
                 }
-            },
+            }),
         }
     }
 
@@ -173,10 +175,10 @@ impl Auth {
             user_id: Some(claims.sub),
             name: claims.name,
             expires_at: Some(claims.exp),
-            grants: Grants {
+            grants: Arc::new(Grants {
                 subscribe: claims.subscribe,
                 publish: claims.publish,
-            },
+            }),
         })
     }
 }

@@ -56,7 +56,7 @@ pub struct AppState {
     /// Request handlers.
     pub methods: Arc<Methods>,
     /// Token checking.
-    pub auth: Auth,
+    pub auth: Arc<Auth>,
 }
 
 impl AppState {
@@ -73,7 +73,7 @@ impl AppState {
     /// State for `config` with your own method table and broker.
     pub fn with_broker(config: Config, methods: Methods, broker: Arc<dyn Broker>) -> Self {
         Self {
-            auth: Auth::from_config(&config),
+            auth: Arc::new(Auth::from_config(&config)),
             config: Arc::new(config),
             hub: Hub::new(Arc::new(Metrics::default()), broker),
             methods: Arc::new(methods),

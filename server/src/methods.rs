@@ -37,7 +37,7 @@ pub struct RequestCtx {
     /// Its authenticated user, if any.
     pub user_id: Option<String>,
     /// What it may see and do.
-    pub grants: Grants,
+    pub grants: Arc<Grants>,
 }
 
 /// Why a handler did not produce a result.

@@ -183,7 +183,9 @@ impl Session {
                 Some(text) = queue.recv() => self.send_queued(text, queue).await,
                 msg = self.socket.recv() => {
                     last_heard = Instant::now();
-                    self.on_message(msg).await
+                    // Boxed: the frame handling is a large state machine that would otherwise
+                    // sit in every idle connection's task.
+                    Box::pin(self.on_message(msg)).await
                 }
                 _ = sleep_until(self.deadline.unwrap_or_else(Instant::now)), if self.deadline.is_some() => {
                     Err(End::Close(match self.identity {
@@ -365,7 +367,11 @@ impl Session {
                     hub,
                     client_id: self.client.id.clone(),
                     user_id: self.client.user_id.clone(),
-                    grants: self.grants().clone(),
+                    grants: self
+                        .identity
+                        .as_ref()
+                        .map(|i| i.grants.clone())
+                        .expect("requests need an identity"),
                 };
                 let Some(call) = self.state.methods.call(&method, ctx, params) else {
                     let msg = format!("no method {method:?}");
