@@ -67,6 +67,18 @@ for entry in "${servers[@]}"; do
   stop
 done
 
+echo "==> codec micro-benchmarks (criterion)"
+codec_rows=$(cargo bench --locked -p switchboard-protocol --bench codec -- --warm-up-time 1 \
+  --measurement-time 3 2>/dev/null | awk '
+    /^codec\// { name = $0; sub(/^codec\//, "", name); sub(/ +time:.*/, "", name) }
+    /thrpt:/ && name != "" { gsub(/[][]/, ""); printf "| %s | %s %s |\n", name, $4, $5; name = "" }')
+
+echo "==> web bundle size (trunk build --release)"
+trunk build --release >/dev/null 2>&1
+wasm=$(ls dist/*_bg.wasm); js=$(ls dist/*.js | grep -v _bg | head -n1)
+size_rows="| wasm | $(stat -c %s "$wasm") | $(gzip -9c "$wasm" | wc -c) |"$'\n'
+size_rows+="| JS glue | $(stat -c %s "$js") | $(gzip -9c "$js" | wc -c) |"$'\n'
+
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
 out=docs/benchmarks.md
 {
@@ -100,6 +112,18 @@ out=docs/benchmarks.md
   echo "| server | connections | RSS before MiB | RSS after MiB | KiB per connection |"
   echo "|---|---|---|---|---|"
   printf '%s' "$idle_rows"
+  echo
+  echo "## Codec (criterion, median throughput on one core)"
+  echo
+  echo "| operation | frames per second |"
+  echo "|---|---|"
+  printf '%s\n' "$codec_rows"
+  echo
+  echo "## Web bundle (the demo app, \`trunk build --release\`)"
+  echo
+  echo "| file | bytes | gzip -9 bytes |"
+  echo "|---|---|---|"
+  printf '%s' "$size_rows"
   cat bench/ANALYSIS.md
 } > "$out"
 cat "$out"
