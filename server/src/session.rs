@@ -8,6 +8,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -379,18 +380,18 @@ impl Session {
                         .send_error(Some(id), ErrorCode::UnknownMethod, &msg)
                         .await;
                 };
-                // Handlers may take a while: run them beside the session and send the answer
-                // through the queue, so reading goes on meanwhile.
+                // Most handlers finish at once: answer those in place. One that has to wait
+                // runs beside the session and answers through the queue, so reading goes on
+                // meanwhile.
+                let mut call = call;
+                if let Poll::Ready(outcome) = futures::poll!(&mut call) {
+                    let frame = response_frame(self.state.hub.metrics(), id, outcome);
+                    return self.send_frame(&frame).await;
+                }
                 let outbox = self.client.outbox.clone();
-                let metrics_hub = self.state.hub.clone();
+                let hub = self.state.hub.clone();
                 tokio::spawn(async move {
-                    let frame = match call.await {
-                        Ok(result) => ServerFrame::Response { id, result },
-                        Err(e) => {
-                            metrics_hub.metrics().error(e.code());
-                            ServerFrame::error(Some(id), e.code(), e.to_string())
-                        }
-                    };
+                    let frame = response_frame(hub.metrics(), id, call.await);
                     // Waits for room in the queue: an answer is never dropped.
                     let _ = outbox.send(encode(&frame)).await;
                 });
@@ -552,6 +553,21 @@ impl Session {
                     .fetch_add(1, Ordering::Relaxed);
                 Err(End::Close(CloseCode::SLOW_CONSUMER))
             }
+        }
+    }
+}
+
+/// The `response`, or the `error`, that answers a request.
+fn response_frame(
+    metrics: &crate::metrics::Metrics,
+    id: RequestId,
+    outcome: Result<serde_json::Value, crate::methods::MethodError>,
+) -> ServerFrame {
+    match outcome {
+        Ok(result) => ServerFrame::Response { id, result },
+        Err(e) => {
+            metrics.error(e.code());
+            ServerFrame::error(Some(id), e.code(), e.to_string())
         }
     }
 }

@@ -854,3 +854,35 @@ async fn a_client_initiated_close_gets_a_clean_reply() {
         other => panic!("expected the close reply, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_slow_handler_answers_later_without_holding_up_other_frames() {
+    use switchboard_server::methods::Methods;
+    let methods = Methods::with_builtins().method("slow", |_, _| async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Ok(json!("done"))
+    });
+    let state = switchboard_server::AppState::with_methods(config(&[]), methods);
+    let server = common::start_with(state).await;
+    let mut c = Client::connect(&server).await;
+    c.send_text(r#"{"type":"request","id":"s","method":"slow"}"#)
+        .await;
+    c.send_text(r#"{"type":"request","id":"t","method":"time"}"#)
+        .await;
+    c.send_text(r#"{"type":"ping","id":"p"}"#).await;
+    // the instant request and the ping are answered first, in order
+    assert!(matches!(c.next().await, ServerFrame::Response { id, .. } if id.as_str() == "t"));
+    assert_eq!(
+        c.next().await,
+        ServerFrame::Pong {
+            id: Some("p".into())
+        }
+    );
+    assert_eq!(
+        c.next().await,
+        ServerFrame::Response {
+            id: "s".into(),
+            result: json!("done")
+        }
+    );
+}
