@@ -217,6 +217,24 @@ fn ms(us: u64) -> String {
     format!("{:.2}", us as f64 / 1000.0)
 }
 
+/// The table columns every timed workload ends with: p50, p99 and max latency in ms, then
+/// the server's and the load generator's CPU in % of one core over `wall` seconds.
+fn latency_and_cpu(
+    hist: &Histogram<u64>,
+    server_cpu: (f64, f64),
+    own_cpu: (f64, f64),
+    wall: f64,
+) -> String {
+    format!(
+        "{} | {} | {} | {:.0} | {:.0}",
+        ms(hist.value_at_quantile(0.5)),
+        ms(hist.value_at_quantile(0.99)),
+        ms(hist.max()),
+        100.0 * (server_cpu.1 - server_cpu.0) / wall,
+        100.0 * (own_cpu.1 - own_cpu.0) / wall,
+    )
+}
+
 /// Extracts the `"t":<micros>` the publisher put in the payload.
 fn stamp(text: &str) -> Option<u64> {
     let i = text.find("\"t\":")? + 4;
@@ -337,13 +355,9 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
         let expected = sent * subs as u64;
         let loss = 100.0 * expected.saturating_sub(got) as f64 / expected.max(1) as f64;
         println!(
-            "| {label} | {subs} | {rate} | {:.0} | {loss:.2} | {} | {} | {} | {:.0} | {:.0} |",
+            "| {label} | {subs} | {rate} | {:.0} | {loss:.2} | {} |",
             got as f64 / secs as f64,
-            ms(hist.value_at_quantile(0.5)),
-            ms(hist.value_at_quantile(0.99)),
-            ms(hist.max()),
-            100.0 * (cpu1 - cpu0) / wall,
-            100.0 * (self1 - self0) / wall,
+            latency_and_cpu(&hist, (cpu0, cpu1), (self0, self1), wall),
         );
     }
     Ok(())
@@ -413,13 +427,9 @@ async fn rpc(
     let wall = t0.elapsed().as_secs_f64();
     let (cpu1, self1) = (cpu_secs(server_pid), cpu_secs(None));
     println!(
-        "| {label} | {conns} | {:.0} | {} | {} | {} | {:.0} | {:.0} |",
+        "| {label} | {conns} | {:.0} | {} |",
         hist.len() as f64 / wall,
-        ms(hist.value_at_quantile(0.5)),
-        ms(hist.value_at_quantile(0.99)),
-        ms(hist.max()),
-        100.0 * (cpu1 - cpu0) / wall,
-        100.0 * (self1 - self0) / wall,
+        latency_and_cpu(&hist, (cpu0, cpu1), (self0, self1), wall),
     );
     Ok(())
 }
