@@ -4,17 +4,20 @@
 # Source it (`. scripts/setup.sh`) to also get the PATH it sets up.
 #
 #   scripts/setup.sh          rust wasm target, wasm-bindgen-cli, trunk, npm tools (wasm-opt)
-#   scripts/setup.sh --test   also Debian chromium + chromium-driver (browser tests)
+#   scripts/setup.sh --test   also Debian chromium + chromium-driver (browser tests) and
+#                             cargo-fuzz (the decoder's fuzz targets)
 #
 # Versions and why (measured on these machines; see docs/development.md):
 #   trunk 0.21.14            0.22 needs rustc >= 1.96.1
 #   wasm-bindgen-cli         must equal the wasm-bindgen crate in Cargo.lock; installed
 #                            without --locked (its lockfile wants a crate the registry lacks)
 #   wasm-opt 132 (npm)       Debian's binaryen 108 silently breaks the bundle
+#   cargo-fuzz 0.13.2        runs on this stable toolchain with RUSTC_BOOTSTRAP=1
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TRUNK_VERSION=0.21.14
+CARGO_FUZZ_VERSION=0.13.2
 want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
@@ -78,7 +81,11 @@ case "$(wasm-opt --version 2>/dev/null)" in
   *) echo "wasm-opt on PATH is not version 132: $(command -v wasm-opt)" >&2; exit 1 ;;
 esac
 
-# 5. Browser for the tests.
+# 5. Browser and fuzzer for the tests.
 if [ "$want_test" = 1 ]; then
   apt_install chromium chromium-driver
+  if [ "$(cargo fuzz --version 2>/dev/null | awk '{print $2}')" != "$CARGO_FUZZ_VERSION" ]; then
+    say "installing cargo-fuzz $CARGO_FUZZ_VERSION (about 2 min)"
+    cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked --force
+  fi
 fi

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Command 2: install what is missing, then run every test: formatting, clippy (native and
-# wasm), native tests, wasm tests in headless Chromium against a real server, and the
-# end-to-end browser tests against the real server serving the release bundle.
+# wasm), native tests, a short fuzz run of the frame decoders, wasm tests in headless
+# Chromium against a real server, the end-to-end browser tests against the real server
+# serving the release bundle, and the Autobahn conformance suite.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/setup.sh --test
@@ -25,6 +26,9 @@ step "native tests (protocol, server, bench helpers)"
 cargo test --locked -p switchboard-protocol -p switchboard-server -p switchboard-bench
 step "native unit tests of the hook's pure parts (backoff, outbox, pacing)"
 cargo test --locked -p switchboard-web --lib
+
+step "fuzzing the frame decoders (cargo-fuzz, ${FUZZ_SECS:-20} s per target)"
+FUZZ_SECS=${FUZZ_SECS:-20} ./scripts/fuzz.sh
 
 step "release web bundle (trunk build --release)"
 trunk build --release
