@@ -12,7 +12,11 @@ fuzz_target!(|data: &[u8]| {
     for frame in decode_server(text).into_iter().flatten() {
         let again = decode_server(&encode(&frame));
         assert_eq!(again.len(), 1, "one frame re-encodes to one frame");
-        let again = again.into_iter().next().unwrap().expect("re-encoded frame decodes");
+        let again = again
+            .into_iter()
+            .next()
+            .unwrap()
+            .expect("re-encoded frame decodes");
         assert_eq!(
             std::mem::discriminant(&again),
             std::mem::discriminant(&frame)
