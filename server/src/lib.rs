@@ -33,6 +33,7 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, State, WebSocketUpgrad
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use serde::Deserialize;
 use switchboard_protocol::{CloseCode, WS_PATH};
 use tokio::net::TcpListener;
@@ -123,6 +124,13 @@ pub async fn run(
         .map(|every| tokio::spawn(api::demo_ticker(hub.clone(), every)));
     let router = app(state).into_make_service_with_connect_info::<SocketAddr>();
     let close_all = hub.clone();
+    // Frames are small and latency matters more than packet count: no Nagle delay (a
+    // reply written behind an unacknowledged one waited ~40 ms for the delayed ACK).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("TCP_NODELAY not set: {e}");
+        }
+    });
     axum::serve(listener, router)
         .with_graceful_shutdown(async move {
             shutdown.await;

@@ -10,6 +10,7 @@ use axum::extract::State;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use clap::Parser;
 use futures::{SinkExt, StreamExt};
 use tokio::sync::broadcast;
@@ -30,6 +31,10 @@ async fn main() -> anyhow::Result<()> {
         .with_state(tx);
     let listener = tokio::net::TcpListener::bind(args.addr).await?;
     println!("listening on http://{}", listener.local_addr()?);
+    // Like Switchboard and Node's http server: no Nagle delay.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app).await?;
     Ok(())
 }
