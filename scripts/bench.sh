@@ -1,23 +1,27 @@
 #!/usr/bin/env bash
 # Side-by-side benchmarks: Switchboard, a bare axum broadcast server (the upper bound on this
-# machine) and a Node `ws` server, under the same load generator, in one run. Each server
-# is pinned to core 0 and the load generator to core 1. Loopback only; every workload is
-# bounded in connections and time. Writes docs/benchmarks.md (and prints it).
+# machine), socketioxide (the Rust Socket.IO server), a Node `ws` server and a Node
+# Socket.IO server, under the same load generator, in one run. Each server is pinned to
+# core 0 and the load generator to core 1. Loopback only; every workload is bounded in
+# connections and time. Writes docs/benchmarks.md (and prints it).
 #
-#   scripts/bench.sh            full run (~5 min)
-#   QUICK=1 scripts/bench.sh    fewer connections and shorter phases (~1 min)
+#   scripts/bench.sh            full run (~10 min)
+#   QUICK=1 scripts/bench.sh    fewer connections and shorter phases (~3 min)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/setup.sh
 
 SUBS=${SUBS:-1000}; RATES=${RATES:-250,500,1000,2000}; SECS=${SECS:-5}
-IDLE=${IDLE:-10000}; RPC_CONNS=${RPC_CONNS:-100}
-if [ "${QUICK:-0}" = 1 ]; then SUBS=200; RATES=1000,5000; SECS=2; IDLE=2000; fi
+IDLE=${IDLE:-10000}; RPC_CONNS=${RPC_CONNS:-100}; STORM=${STORM:-1000}
+if [ "${QUICK:-0}" = 1 ]; then SUBS=200; RATES=1000,5000; SECS=2; IDLE=2000; STORM=300; fi
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 echo "==> building (release)"
 cargo build --locked --release -p switchboard-server -p switchboard-bench
-(cd bench/peers && [ -d node_modules ] || npm ci --no-audit --no-fund --loglevel=error)
+if [ ! -f bench/peers/node_modules/.package-lock.json ] \
+  || [ bench/peers/package-lock.json -nt bench/peers/node_modules/.package-lock.json ]; then
+  (cd bench/peers && npm ci --no-audit --no-fund --loglevel=error)
+fi
 
 pin() { if command -v taskset >/dev/null; then taskset -c "$1" "${@:2}"; else "${@:2}"; fi; }
 pids=()
@@ -42,9 +46,29 @@ sb=(target/release/switchboard-server --addr 127.0.0.1:0 --dist /nonexistent
     --rate-per-sec 1000000 --rate-burst 1000000 --log-format json)
 servers=("switchboard|switchboard|${sb[*]}"
          "bare axum|raw|target/release/bare-peer --addr 127.0.0.1:0"
-         "node ws|raw|node bench/peers/ws-peer.mjs 127.0.0.1:0")
+         "socketioxide|socketio|target/release/sio-peer --addr 127.0.0.1:0"
+         "node ws|raw|node bench/peers/ws-peer.mjs 127.0.0.1:0"
+         "socket.io|socketio|node bench/peers/sio-peer.mjs 127.0.0.1:0")
 
-fanout_rows=""; rpc_rows=""; idle_rows=""
+# storm NAME DIALECT BACKOFF CMD...: connects $STORM clients, restarts the server on the same
+# address as soon as it has exited (SIGTERM), and prints the load generator's row.
+storm() {
+  local name=$1 dialect=$2 backoff=$3; shift 3
+  local ready out lgpid port
+  ready=$(mktemp -u); out=$(mktemp)
+  start "$@"; port=${url##*:}
+  lg storm --url "$url" --dialect "$dialect" --label "$name" --conns "$STORM" \
+    --backoff "$backoff" --ready-file "$ready" >"$out" &
+  lgpid=$!
+  for _ in $(seq 600); do [ -f "$ready" ] && break; sleep 0.1; done
+  stop
+  start "${@//127.0.0.1:0/127.0.0.1:$port}"
+  wait "$lgpid"
+  stop
+  cat "$out"; rm -f "$ready" "$out"
+}
+
+fanout_rows=""; rpc_rows=""; idle_rows=""; storm_rows=""
 for entry in "${servers[@]}"; do
   IFS='|' read -r name dialect cmd <<<"$entry"
   echo "==> $name: fan-out"
@@ -65,6 +89,14 @@ for entry in "${servers[@]}"; do
   idle_rows+=$(lg idle --url "$url" --dialect "$dialect" --label "$name" --conns "$IDLE" \
     --server-pid "$pid")$'\n'
   stop
+  echo "==> $name: reconnect storm"
+  # shellcheck disable=SC2086
+  storm_rows+=$(storm "$name" "$dialect" full-jitter $cmd)$'\n'
+  if [ "$dialect" = switchboard ]; then
+    # The same clients without jitter: what a naive backoff does to the server.
+    # shellcheck disable=SC2086
+    storm_rows+=$(storm "$name" "$dialect" no-jitter $cmd)$'\n'
+  fi
 done
 
 echo "==> codec micro-benchmarks (criterion)"
@@ -112,6 +144,19 @@ out=docs/benchmarks.md
   echo "| server | connections | RSS before MiB | RSS after MiB | KiB per connection |"
   echo "|---|---|---|---|---|"
   printf '%s' "$idle_rows"
+  echo
+  echo "## Reconnect storm: $STORM subscribed clients, server restarted"
+  echo
+  echo "The server gets SIGTERM and is started again on the same address as soon as it has"
+  echo "exited (typically 50–100 ms down). Every client reconnects (and resubscribes) on its own"
+  echo "schedule: attempt n after a drop waits min(30 s, 500 ms · 2ⁿ), times a uniform random"
+  echo "factor with full jitter (the \`use_websocket\` hook's default), times 1 without. All back ="
+  echo "seconds from the first drop until every client is connected and subscribed again; peak"
+  echo "attempts/s over any 100 ms and any 1 s window."
+  echo
+  echo "| server | clients | jitter | all back s | attempts | failed attempts | peak attempts/s (100 ms) | peak attempts/s (1 s) |"
+  echo "|---|---|---|---|---|---|---|---|"
+  printf '%s' "$storm_rows"
   echo
   echo "## Codec (criterion, median throughput on one core)"
   echo

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -38,7 +38,12 @@ struct Args {
 enum Dialect {
     Switchboard,
     Raw,
+    /// Socket.IO v5 over Engine.IO v4, websocket transport only (the `sio-peer` servers).
+    Socketio,
 }
+
+/// Engine.IO's websocket endpoint for Socket.IO servers.
+const SIO_PATH: &str = "/socket.io/?EIO=4&transport=websocket";
 
 #[derive(Subcommand)]
 enum Cmd {
@@ -59,6 +64,8 @@ enum Cmd {
         #[arg(long)]
         server_pid: Option<u32>,
     },
+    /// Clients reconnecting after a server restart: time until all are back, attempts/s.
+    Storm(StormArgs),
     /// Idle subscribed connections: server memory per connection.
     Idle {
         #[arg(long)]
@@ -104,6 +111,71 @@ struct FanoutArgs {
     server_pid: Option<u32>,
 }
 
+/// The reconnect-storm workload's options. The load generator connects and subscribes
+/// `conns` clients, writes `ready_file`, and the caller restarts the server on the same
+/// address; every client then reconnects (and resubscribes) on its own backoff schedule.
+#[derive(clap::Args)]
+struct StormArgs {
+    #[arg(long)]
+    url: String,
+    #[arg(long, value_enum)]
+    dialect: Dialect,
+    #[arg(long)]
+    label: String,
+    #[arg(long, default_value_t = 1000)]
+    conns: usize,
+    /// How a client spaces its attempts.
+    #[arg(long, value_enum, default_value = "full-jitter")]
+    backoff: Backoff,
+    /// The first delay's bound in ms (the `use_websocket` hook's default), doubled per
+    /// failed attempt.
+    #[arg(long, default_value_t = 500)]
+    base_ms: u64,
+    /// The cap on the delay's bound in ms (the hook's default).
+    #[arg(long, default_value_t = 30_000)]
+    cap_ms: u64,
+    /// Created once every client is connected: the caller's signal to restart the server.
+    #[arg(long)]
+    ready_file: std::path::PathBuf,
+    /// Seconds to wait, after the first drop, for every client to be back.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+}
+
+/// Reconnect schedules: attempt `n` after a drop waits `min(cap, base · 2ⁿ)` scaled by a
+/// uniform random factor in [0, 1) (full jitter, what the hook does), or by 1 (no jitter,
+/// what a naive client does).
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Backoff {
+    FullJitter,
+    NoJitter,
+}
+
+impl Backoff {
+    fn delay(self, attempt: u32, base_ms: u64, cap_ms: u64, random: f64) -> Duration {
+        let bound = (base_ms as f64 * 2f64.powi(attempt.min(30) as i32)).min(cap_ms as f64);
+        let factor = match self {
+            Backoff::FullJitter => random,
+            Backoff::NoJitter => 1.0,
+        };
+        Duration::from_secs_f64(bound * factor / 1000.0)
+    }
+}
+
+/// A small random source (splitmix64), one per client: no shared state, no dependency.
+struct SplitMix(u64);
+
+impl SplitMix {
+    /// Uniform in [0, 1).
+    fn next_f64(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) as f64 / (u64::MAX as f64 + 1.0)
+    }
+}
+
 type Ws = WebSocketStream<TcpStream>;
 
 /// Microseconds since this process's start: the clock in every payload.
@@ -144,6 +216,8 @@ async fn read_until(ws: &mut Ws, done: impl Fn(&str) -> bool) -> anyhow::Result<
     loop {
         match tokio::time::timeout(deadline, ws.next()).await? {
             Some(Ok(Message::Text(t))) if done(t.as_str()) => return Ok(()),
+            // A Socket.IO server may ping before the handshake ends (socketioxide does).
+            Some(Ok(Message::Text(t))) if t.as_str() == "2" => ws.send(Message::text("3")).await?,
             Some(Ok(_)) => continue,
             Some(Err(e)) => return Err(e.into()),
             None => bail!("closed during setup"),
@@ -163,7 +237,28 @@ async fn subscriber(url: &str, dialect: Dialect, i: usize) -> anyhow::Result<Ws>
             Ok(ws)
         }
         Dialect::Raw => connect(&format!("{url}/ws"), i).await,
+        Dialect::Socketio => {
+            let mut ws = sio_connect(url, i).await?;
+            ws.send(Message::text(r#"420["join","bench"]"#)).await?;
+            read_until(&mut ws, |t| t.starts_with("430")).await?;
+            Ok(ws)
+        }
     }
+}
+
+/// A Socket.IO connection to the default namespace: Engine.IO open (`0{…}`), then the
+/// namespace connect (`40` → `40{…}`).
+async fn sio_connect(url: &str, i: usize) -> anyhow::Result<Ws> {
+    let mut ws = connect(&format!("{url}{SIO_PATH}"), i).await?;
+    read_until(&mut ws, |t| t.starts_with('0')).await?;
+    ws.send(Message::text("40")).await?;
+    read_until(&mut ws, |t| t.starts_with("40")).await?;
+    Ok(ws)
+}
+
+/// Engine.IO heartbeat: the server's ping (`2`) must be answered with a pong (`3`).
+fn is_sio_ping(dialect: Dialect, text: &str) -> bool {
+    dialect == Dialect::Socketio && text == "2"
 }
 
 /// Opens `n` connections, 100 at a time.
@@ -272,7 +367,9 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
                 tokio::select! {
                     msg = ws.next() => match msg {
                         Some(Ok(Message::Text(t))) => {
-                            if let Some(sent) = stamp(t.as_str()) {
+                            if is_sio_ping(dialect, t.as_str()) {
+                                let _ = ws.send(Message::text("3")).await;
+                            } else if let Some(sent) = stamp(t.as_str()) {
                                 let _ = hist.record(now_us(base).saturating_sub(sent));
                                 received.fetch_add(1, Ordering::Relaxed);
                             }
@@ -301,6 +398,7 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
             ws
         }
         Dialect::Raw => connect(&format!("{url}/ws"), subs).await?,
+        Dialect::Socketio => sio_connect(url, subs).await?,
     };
     let pad = "x".repeat(payload.saturating_sub(30));
     for (n, &rate) in rates.iter().enumerate() {
@@ -319,11 +417,20 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
                         r#"{{"type":"publish","channel":"bench","data":{data},"skip_self":true}}"#
                     ),
                     Dialect::Raw => data,
+                    Dialect::Socketio => format!(r#"42["pub",{data}]"#),
                 };
                 publisher.feed(Message::text(text)).await?;
                 sent += 1;
             }
             publisher.flush().await?;
+            if dialect == Dialect::Socketio {
+                // Answer the server's heartbeat, or it drops the publisher after ~20 s.
+                while let Some(Some(Ok(Message::Text(t)))) = publisher.next().now_or_never() {
+                    if t.as_str() == "2" {
+                        publisher.send(Message::text("3")).await?;
+                    }
+                }
+            }
         }
         // Drain: wait until deliveries stop growing (at most 5 s).
         let mut last = received.load(Ordering::Relaxed);
@@ -371,18 +478,15 @@ async fn rpc(
     secs: u64,
     server_pid: Option<u32>,
 ) -> anyhow::Result<()> {
-    let path = match dialect {
-        Dialect::Switchboard => "/ws",
-        Dialect::Raw => "/echo",
-    };
-    let sockets = open_many(conns, |i| {
-        let url = format!("{url}{path}");
-        async move {
-            let mut ws = connect(&url, i).await?;
-            if dialect == Dialect::Switchboard {
+    let sockets = open_many(conns, |i| async move {
+        match dialect {
+            Dialect::Switchboard => {
+                let mut ws = connect(&format!("{url}/ws"), i).await?;
                 read_until(&mut ws, |t| t.contains("\"welcome\"")).await?;
+                Ok(ws)
             }
-            Ok(ws)
+            Dialect::Raw => connect(&format!("{url}/echo"), i).await,
+            Dialect::Socketio => sio_connect(url, i).await,
         }
     })
     .await?;
@@ -401,6 +505,7 @@ async fn rpc(
                             format!(r#"{{"type":"request","id":"{n}","method":"time"}}"#)
                         }
                         Dialect::Raw => format!(r#"{{"id":"{n}"}}"#),
+                        Dialect::Socketio => format!(r#"42{n}["echo",{{"id":"{n}"}}]"#),
                     };
                     let start = Instant::now();
                     if ws.send(Message::text(text)).await.is_err() {
@@ -410,6 +515,11 @@ async fn rpc(
                     loop {
                         match ws.next().await {
                             Some(Ok(Message::Text(t))) if t.as_str().contains(&want) => break,
+                            Some(Ok(Message::Text(t))) if is_sio_ping(dialect, t.as_str()) => {
+                                if ws.send(Message::text("3")).await.is_err() {
+                                    return hist;
+                                }
+                            }
                             Some(Ok(_)) => continue,
                             _ => return hist,
                         }
@@ -456,10 +566,148 @@ async fn idle(
     Ok(())
 }
 
+/// What the storm's clients share: how many are connected, when the first one dropped,
+/// and when (ms after that drop) every reconnect attempt started.
+#[derive(Default)]
+struct StormState {
+    connected: AtomicU64,
+    failed: AtomicU64,
+    first_drop: std::sync::OnceLock<Instant>,
+    attempts_ms: std::sync::Mutex<Vec<u64>>,
+}
+
+/// Holds a connection until the server drops it (answering Socket.IO pings meanwhile).
+async fn hold(ws: &mut Ws, dialect: Dialect) {
+    while let Some(Ok(msg)) = ws.next().await {
+        if let Message::Text(t) = msg
+            && is_sio_ping(dialect, t.as_str())
+            && ws.send(Message::text("3")).await.is_err()
+        {
+            break;
+        }
+    }
+}
+
+/// The highest number of attempts that started within any `window_ms` (sorted input),
+/// as a rate per second.
+fn peak_rate(sorted_ms: &[u64], window_ms: u64) -> f64 {
+    let mut peak = 0;
+    let mut lo = 0;
+    for hi in 0..sorted_ms.len() {
+        while sorted_ms[hi] - sorted_ms[lo] >= window_ms {
+            lo += 1;
+        }
+        peak = peak.max(hi - lo + 1);
+    }
+    peak as f64 * 1000.0 / window_ms as f64
+}
+
+async fn storm(args: StormArgs) -> anyhow::Result<()> {
+    let StormArgs {
+        url,
+        dialect,
+        label,
+        conns,
+        backoff,
+        base_ms,
+        cap_ms,
+        ready_file,
+        timeout,
+    } = args;
+    let url: Arc<str> = url.into();
+    let sockets = open_many(conns, |i| subscriber(&url, dialect, i)).await?;
+    let state = Arc::new(StormState::default());
+    state.connected.store(conns as u64, Ordering::SeqCst);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1);
+    for (i, mut ws) in sockets.into_iter().enumerate() {
+        let (state, url) = (state.clone(), url.clone());
+        let mut rng = SplitMix(seed ^ (i as u64).wrapping_mul(0x2545_F491_4F6C_DD1D));
+        tokio::spawn(async move {
+            loop {
+                hold(&mut ws, dialect).await;
+                state.connected.fetch_sub(1, Ordering::SeqCst);
+                let dropped = *state.first_drop.get_or_init(Instant::now);
+                let mut attempt = 0;
+                ws = loop {
+                    let delay = backoff.delay(attempt, base_ms, cap_ms, rng.next_f64());
+                    tokio::time::sleep(delay).await;
+                    let started = dropped.elapsed().as_millis() as u64;
+                    state
+                        .attempts_ms
+                        .lock()
+                        .expect("not poisoned")
+                        .push(started);
+                    let opened =
+                        tokio::time::timeout(Duration::from_secs(10), subscriber(&url, dialect, i))
+                            .await;
+                    match opened {
+                        Ok(Ok(ws)) => break ws,
+                        _ => {
+                            state.failed.fetch_add(1, Ordering::Relaxed);
+                            attempt += 1;
+                        }
+                    }
+                };
+                state.connected.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+    }
+    std::fs::write(&ready_file, b"ready")?;
+    let waited = Instant::now();
+    let dropped = loop {
+        if let Some(&t) = state.first_drop.get() {
+            break t;
+        }
+        if waited.elapsed() > Duration::from_secs(60) {
+            bail!("the server was not restarted within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    // All back: every client connected again after the drop (a client counts as dropped
+    // as soon as its socket ends, so wait until at least one drop was seen per client).
+    let mut all_back = None;
+    while dropped.elapsed() < Duration::from_secs(timeout) {
+        let attempts = state.attempts_ms.lock().expect("not poisoned").len() as u64;
+        let failed = state.failed.load(Ordering::SeqCst);
+        if state.connected.load(Ordering::SeqCst) == conns as u64
+            && attempts - failed >= conns as u64
+        {
+            all_back = Some(dropped.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut attempts = state.attempts_ms.lock().expect("not poisoned").clone();
+    attempts.sort_unstable();
+    let back = match all_back {
+        Some(t) => format!("{:.2}", t.as_secs_f64()),
+        None => format!(
+            "not within {timeout} s ({} back)",
+            state.connected.load(Ordering::SeqCst)
+        ),
+    };
+    let policy = match backoff {
+        Backoff::FullJitter => "full jitter",
+        Backoff::NoJitter => "none",
+    };
+    println!(
+        "| {label} | {conns} | {policy} | {back} | {} | {} | {:.0} | {:.0} |",
+        attempts.len(),
+        state.failed.load(Ordering::SeqCst),
+        peak_rate(&attempts, 100),
+        peak_rate(&attempts, 1000),
+    );
+    Ok(())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() -> anyhow::Result<()> {
     match Args::parse().cmd {
         Cmd::Fanout(args) => fanout(args).await,
+        Cmd::Storm(args) => storm(args).await,
         Cmd::Rpc {
             url,
             dialect,
@@ -497,6 +745,28 @@ mod tests {
         assert!(addr_of("ws://127.0.0.1:8080/ws").is_ok());
         assert!(addr_of("ws://10.0.0.1:8080/ws").is_err());
         assert!(addr_of("wss://127.0.0.1:1").is_err());
+    }
+
+    #[test]
+    fn backoff_schedules() {
+        let d = |b: Backoff, n, r| Backoff::delay(b, n, 500, 30_000, r).as_millis();
+        assert_eq!(d(Backoff::NoJitter, 0, 0.3), 500);
+        assert_eq!(d(Backoff::NoJitter, 2, 0.3), 2000);
+        assert_eq!(d(Backoff::NoJitter, 20, 0.3), 30_000);
+        assert_eq!(d(Backoff::FullJitter, 1, 0.25), 250);
+        let mut rng = SplitMix(7);
+        let draws: Vec<f64> = (0..1000).map(|_| rng.next_f64()).collect();
+        assert!(draws.iter().all(|r| (0.0..1.0).contains(r)));
+        let mean = draws.iter().sum::<f64>() / draws.len() as f64;
+        assert!((0.45..0.55).contains(&mean), "uniform: mean {mean}");
+    }
+
+    #[test]
+    fn peak_attempt_rate() {
+        assert_eq!(peak_rate(&[], 100), 0.0);
+        // Three attempts within 100 ms, then a gap: 30 per second at the peak.
+        assert_eq!(peak_rate(&[0, 10, 99, 500, 900], 100), 30.0);
+        assert_eq!(peak_rate(&[0, 10, 99, 500, 900], 1000), 5.0);
     }
 
     #[test]
