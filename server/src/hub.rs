@@ -25,12 +25,10 @@ use switchboard_protocol::{
 };
 
 use crate::broker::{Broker, BrokerError, BrokerHandler, Publication};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
-
-/// What a session's writer receives from the rest of the server.
-pub type Outbox = mpsc::Sender<Utf8Bytes>;
+use crate::queue::{self, Inbox, Outbox};
 
 /// How other parts of the server reach one connection.
 #[derive(Clone)]
@@ -188,14 +186,10 @@ impl Hub {
 
     /// Registers a new connection and returns its handle and the receiving end of its
     /// outbound queue.
-    pub fn connect(
-        &self,
-        user_id: Option<String>,
-        capacity: usize,
-    ) -> (ClientHandle, mpsc::Receiver<Utf8Bytes>) {
+    pub fn connect(&self, user_id: Option<String>, capacity: usize) -> (ClientHandle, Inbox) {
         let n = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let id = ClientId(format!("c{n:x}-{}", &self.inner.epoch));
-        let (outbox, rx) = mpsc::channel(capacity);
+        let (outbox, rx) = queue::bounded(capacity);
         let handle = ClientHandle {
             id: id.clone(),
             user_id,
@@ -263,7 +257,7 @@ impl Hub {
         let clients = lock(&self.inner.clients);
         let mut depths = crate::metrics::QueueDepths::default();
         for c in clients.values() {
-            let depth = c.outbox.max_capacity() - c.outbox.capacity();
+            let depth = c.outbox.len();
             depths.total += depth;
             depths.max = depths.max.max(depth);
         }

@@ -6,6 +6,7 @@
 //!   bundle at `/` with a fallback to `index.html` for client-side routes.
 //! - `session` (private): one connection's task: decode, dispatch, reply, heartbeat, close.
 //! - [`hub`]: this node's connections and local subscribers; fan-out.
+//! - [`queue`]: each connection's bounded outbound queue (allocates only when used).
 //! - [`broker`]: the seam for what nodes share (streams, delivery, presence);
 //!   [`broker::MemoryBroker`] is the single-node default.
 //! - [`methods`]: request/response handlers (`time`, `channels`, `presence`, and yours).
@@ -22,6 +23,7 @@ pub mod config;
 pub mod hub;
 pub mod methods;
 pub mod metrics;
+pub mod queue;
 mod session;
 
 use std::future::Future;

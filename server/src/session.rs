@@ -24,6 +24,7 @@ use crate::auth::{AuthError, Identity};
 use crate::broker::Publication;
 use crate::hub::{Admission, ClientHandle, SubscribeOutcome, encode, now_ms};
 use crate::methods::RequestCtx;
+use crate::queue::Inbox;
 
 /// Anonymous publish ids at least this long are deduplicated across connections.
 const GLOBAL_ID_LEN: usize = 24;
@@ -161,7 +162,7 @@ fn expiry_deadline(identity: &Identity) -> Option<Instant> {
 }
 
 impl Session {
-    async fn serve(&mut self, queue: &mut tokio::sync::mpsc::Receiver<Utf8Bytes>) -> End {
+    async fn serve(&mut self, queue: &mut Inbox) -> End {
         if let Err(end) = self.send_frame(&self.welcome()).await {
             return end;
         }
@@ -181,7 +182,7 @@ impl Session {
             let step = tokio::select! {
                 biased;
                 code = kill.fired() => Err(End::Close(code)),
-                Some(text) = queue.recv() => self.send_queued(text, queue).await,
+                text = queue.recv() => self.send_queued(text, queue).await,
                 msg = self.socket.recv() => {
                     last_heard = Instant::now();
                     // Boxed: the frame handling is a large state machine that would otherwise
@@ -198,6 +199,8 @@ impl Session {
                     if last_heard.elapsed() >= config.idle_timeout {
                         Err(End::Close(CloseCode::HEARTBEAT_TIMEOUT))
                     } else {
+                        // A quiet moment: hand back what a burst made the queue grow to.
+                        queue.shrink();
                         self.send(Message::Ping(Default::default())).await
                     }
                 }
@@ -494,11 +497,7 @@ impl Session {
     /// Writes a queued frame together with what else is already queued (up to
     /// [`WRITE_BATCH`] frames) and flushes once: under fan-out load that is one write
     /// syscall for many frames instead of one each.
-    async fn send_queued(
-        &mut self,
-        first: Utf8Bytes,
-        queue: &mut tokio::sync::mpsc::Receiver<Utf8Bytes>,
-    ) -> Result<(), End> {
+    async fn send_queued(&mut self, first: Utf8Bytes, queue: &mut Inbox) -> Result<(), End> {
         let mut written = 0u64;
         let socket = &mut self.socket;
         let batch = async {
@@ -506,11 +505,11 @@ impl Session {
             written += 1;
             while written < WRITE_BATCH {
                 match queue.try_recv() {
-                    Ok(text) => {
+                    Some(text) => {
                         socket.feed(Message::Text(text)).await?;
                         written += 1;
                     }
-                    Err(_) => break,
+                    None => break,
                 }
             }
             socket.flush().await
