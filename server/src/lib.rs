@@ -160,6 +160,12 @@ struct WsQuery {
     token: Option<String>,
 }
 
+/// Written frames are flushed to the socket once this many bytes are buffered (and after
+/// each batch). Unlike the read buffer it is not allocated up front: it grows while
+/// writing. Smaller means more write syscalls under fan-out: 1 KiB lost half the
+/// deliveries at 1,000 subscribers × 1,000/s where 4 KiB lost none.
+const WRITE_BUFFER_BYTES: usize = 4096;
+
 /// The upgrade: checks the Origin (403 before upgrading), the connection caps and the
 /// `?token=`; the session reports cap and token failures with close codes, which a
 /// browser can see (it cannot see an HTTP status).
@@ -193,12 +199,17 @@ async fn ws_upgrade(
         Some(token) => state.auth.verify(token),
         None => state.auth.anonymous(),
     };
-    let max = config.max_frame_bytes as usize;
+    let (max, read_buffer) = (config.max_frame_bytes as usize, config.read_buffer_bytes);
+    let pending = Box::new(session::Pending {
+        state,
+        auth,
+        admission,
+    });
     ws.max_message_size(max)
         .max_frame_size(max)
-        .read_buffer_size(config.read_buffer_bytes)
-        .write_buffer_size(config.read_buffer_bytes)
-        .on_upgrade(move |socket| session::run(socket, state, auth, admission))
+        .read_buffer_size(read_buffer)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        .on_upgrade(move |socket| session::run(socket, pending))
 }
 
 /// Cross-site WebSocket hijacking guard. Browsers always send `Origin`; it must be the
@@ -234,7 +245,7 @@ async fn echo_upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Re
     ws.max_message_size(64 << 20)
         .max_frame_size(16 << 20)
         .read_buffer_size(state.config.read_buffer_bytes)
-        .write_buffer_size(state.config.read_buffer_bytes)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
         .on_upgrade(|mut socket| async move {
             use axum::extract::ws::Message;
             while let Some(Ok(msg)) = socket.recv().await {
