@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # WebSocket conformance: runs the Autobahn|Testsuite (../shared/tools/autobahn) against the
-# server's opt-in raw echo endpoint, with the same read buffer as /ws (1 KiB by default).
+# server's opt-in raw echo endpoint, with the same read buffer as /ws (512 bytes by default).
 # Exits non-zero when any case FAILED. Report: target/autobahn/reports/index.html.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -121,10 +121,10 @@ pub struct Config {
     pub max_connections_per_ip: usize,
 
     /// WebSocket read buffer per connection, in bytes, allocated whole when the connection
-    /// opens. tungstenite's default (128 KiB) costs ~134 KiB per idle connection; 1 KiB
-    /// keeps an idle subscribed connection under 5 KiB in all. A bigger frame still
+    /// opens. tungstenite's default (128 KiB) costs ~134 KiB per idle connection; 512
+    /// bytes keep an idle subscribed connection under 4 KiB in all. A bigger frame still
     /// arrives in one read: the buffer grows to the frame's length.
-    #[arg(long, env = "SWITCHBOARD_READ_BUFFER_BYTES", default_value_t = 1024)]
+    #[arg(long, env = "SWITCHBOARD_READ_BUFFER_BYTES", default_value_t = 512)]
     pub read_buffer_bytes: usize,
 
     /// Publish a demo price ticker on channel `ticker:demo` at this interval (e.g. `100ms`).

@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::Utf8Bytes;
@@ -25,25 +25,35 @@ use switchboard_protocol::{
 };
 
 use crate::broker::{Broker, BrokerError, BrokerHandler, Publication};
-use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
 use crate::queue::{self, Inbox, Outbox};
 
-/// How other parts of the server reach one connection.
+/// How other parts of the server reach one connection: a shared pointer, so the registry
+/// and every channel the connection is in hold one word each instead of a copy.
 #[derive(Clone)]
-pub struct ClientHandle {
+pub struct ClientHandle(Arc<Client>);
+
+/// One connection as the rest of the server sees it.
+pub struct Client {
     /// The connection's id.
     pub id: ClientId,
     /// Its authenticated user, if any.
     pub user_id: Option<String>,
-    /// Its bounded outbound queue of encoded frames.
+    /// Its bounded outbound queue of encoded frames, which also carries the request to
+    /// close the connection from outside (slow consumer, shutdown).
     pub outbox: Outbox,
-    /// Set when the connection must be closed from outside (slow consumer, shutdown).
-    pub kill: Arc<Kill>,
 }
 
-impl ClientHandle {
+impl std::ops::Deref for ClientHandle {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.0
+    }
+}
+
+impl Client {
     /// The user id presence counts by: the token's user, else the connection itself.
     pub fn presence_key(&self) -> String {
         self.user_id.clone().unwrap_or_else(|| self.id.0.clone())
@@ -53,34 +63,6 @@ impl ClientHandle {
     /// decides whether that drops the frame (ephemeral) or the connection.
     fn offer(&self, text: &Utf8Bytes) -> bool {
         self.outbox.try_send(text.clone()).is_ok()
-    }
-}
-
-/// A one-shot "close this connection with this code" signal.
-#[derive(Default)]
-pub struct Kill {
-    code: OnceLock<CloseCode>,
-    notify: Notify,
-}
-
-impl Kill {
-    /// Asks the connection to close with `code`; the first request wins (and returns true).
-    pub fn fire(&self, code: CloseCode) -> bool {
-        let first = self.code.set(code).is_ok();
-        if first {
-            self.notify.notify_one();
-        }
-        first
-    }
-
-    /// Resolves with the code once [`Kill::fire`] was called.
-    pub async fn fired(&self) -> CloseCode {
-        loop {
-            if let Some(code) = self.code.get() {
-                return *code;
-            }
-            self.notify.notified().await;
-        }
     }
 }
 
@@ -190,12 +172,11 @@ impl Hub {
         let n = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let id = ClientId(format!("c{n:x}-{}", &self.inner.epoch));
         let (outbox, rx) = queue::bounded(capacity);
-        let handle = ClientHandle {
+        let handle = ClientHandle(Arc::new(Client {
             id: id.clone(),
             user_id,
             outbox,
-            kill: Arc::default(),
-        };
+        }));
         lock(&self.inner.clients).insert(id, handle.clone());
         (handle, rx)
     }
@@ -224,10 +205,12 @@ impl Hub {
     /// returns its updated handle. Only valid before the connection subscribes anywhere,
     /// since subscriptions hold copies of the handle.
     pub fn identify(&self, client: &ClientHandle, user_id: Option<String>) -> ClientHandle {
-        let handle = ClientHandle {
+        // The same connection (the same queue) under its new user.
+        let handle = ClientHandle(Arc::new(Client {
+            id: client.id.clone(),
             user_id,
-            ..client.clone()
-        };
+            outbox: client.outbox.clone(),
+        }));
         lock(&self.inner.clients).insert(handle.id.clone(), handle.clone());
         handle
     }
@@ -267,7 +250,7 @@ impl Hub {
     /// Asks every connection to close with `code` (graceful shutdown).
     pub fn close_all(&self, code: CloseCode) {
         for client in lock(&self.inner.clients).values() {
-            client.kill.fire(code);
+            client.outbox.kill(code);
         }
     }
 
@@ -442,7 +425,7 @@ impl Inner {
             // The session is ending; its own cleanup removes it.
         } else if droppable {
             m.dropped_ephemeral.fetch_add(1, Ordering::Relaxed);
-        } else if client.kill.fire(CloseCode::SLOW_CONSUMER) {
+        } else if client.outbox.kill(CloseCode::SLOW_CONSUMER) {
             m.slow_consumers.fetch_add(1, Ordering::Relaxed);
         }
     }

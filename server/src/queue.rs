@@ -1,5 +1,7 @@
 //! A connection's bounded outbound queue: many senders (fan-out, spawned request handlers),
-//! one receiver (the session), `capacity` frames at most.
+//! one receiver (the session), `capacity` frames at most. It also carries the one
+//! out-of-band signal a connection gets from outside, "close with this code" ([`Outbox::kill`]:
+//! slow consumer, shutdown), which the receiver sees before any queued frame.
 //!
 //! Why not `tokio::sync::mpsc`: a bounded tokio channel allocates about 1.5 KiB per
 //! channel up front (its first 32-slot block and the channel state), paid by every idle
@@ -12,6 +14,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::ws::Utf8Bytes;
+use switchboard_protocol::CloseCode;
 use tokio::sync::Notify;
 
 /// Why a frame was not queued.
@@ -42,6 +45,16 @@ struct Shared {
 struct State {
     frames: VecDeque<Utf8Bytes>,
     closed: bool,
+    kill: Option<CloseCode>,
+}
+
+/// What the receiver gets next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// A queued frame.
+    Frame(Utf8Bytes),
+    /// The connection must close with this code.
+    Kill(CloseCode),
 }
 
 /// A queue of at most `capacity` frames (at least 1).
@@ -50,6 +63,7 @@ pub fn bounded(capacity: usize) -> (Outbox, Inbox) {
         state: Mutex::new(State {
             frames: VecDeque::new(),
             closed: false,
+            kill: None,
         }),
         capacity: capacity.max(1),
         pushed: Notify::new(),
@@ -95,6 +109,19 @@ impl Outbox {
         }
     }
 
+    /// Asks the receiver to close the connection with `code`, ahead of anything queued.
+    /// The first request wins; returns whether this was it.
+    pub fn kill(&self, code: CloseCode) -> bool {
+        let mut state = self.0.lock();
+        if state.closed || state.kill.is_some() {
+            return false;
+        }
+        state.kill = Some(code);
+        drop(state);
+        self.0.pushed.notify_one();
+        true
+    }
+
     /// True once the receiver is gone.
     pub fn is_closed(&self) -> bool {
         self.0.lock().closed
@@ -112,11 +139,14 @@ impl Outbox {
 }
 
 impl Inbox {
-    /// The next frame, waiting for one.
-    pub async fn recv(&mut self) -> Utf8Bytes {
+    /// The kill request if there is one, else the next frame, waiting for either.
+    pub async fn recv(&mut self) -> Next {
         loop {
+            if let Some(code) = self.0.lock().kill {
+                return Next::Kill(code);
+            }
             if let Some(text) = self.try_recv() {
-                return text;
+                return Next::Frame(text);
             }
             self.0.pushed.notified().await;
         }
@@ -168,7 +198,7 @@ mod tests {
         assert_eq!(tx.try_send(t("c")), Err(SendError::Full));
         assert_eq!(tx.len(), 2);
         assert!(!tx.is_empty());
-        assert_eq!(rx.recv().await, "a");
+        assert_eq!(rx.recv().await, Next::Frame(t("a")));
         assert_eq!(rx.try_recv().as_deref(), Some("b"));
         assert_eq!(rx.try_recv(), None);
         assert!(!tx.is_closed());
@@ -186,7 +216,7 @@ mod tests {
             tx
         });
         let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
-        assert_eq!(got.expect("woken"), "late");
+        assert_eq!(got.expect("woken"), Next::Frame(t("late")));
         pusher.await.unwrap();
     }
 
@@ -200,10 +230,10 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!waiting.is_finished(), "full: the sender waits");
-        assert_eq!(rx.recv().await, "first");
+        assert_eq!(rx.recv().await, Next::Frame(t("first")));
         let sent = tokio::time::timeout(Duration::from_secs(5), waiting).await;
         assert_eq!(sent.expect("woken").unwrap(), Ok(()));
-        assert_eq!(rx.recv().await, "second");
+        assert_eq!(rx.recv().await, Next::Frame(t("second")));
 
         tx.try_send(t("third")).unwrap();
         let blocked = tokio::spawn({
@@ -228,6 +258,37 @@ mod tests {
         rx.shrink();
         assert_eq!(rx.0.lock().frames.capacity(), 0);
         tx.try_send(t("again")).unwrap();
-        assert_eq!(rx.recv().await, "again");
+        assert_eq!(rx.recv().await, Next::Frame(t("again")));
+    }
+
+    #[tokio::test]
+    async fn a_kill_comes_first_and_the_first_one_wins() {
+        let (tx, mut rx) = bounded(4);
+        tx.try_send(t("queued")).unwrap();
+        let waiting = tokio::spawn(async move {
+            let first = rx.recv().await;
+            (first, rx)
+        });
+        let (first, mut rx) = waiting.await.unwrap();
+        assert_eq!(first, Next::Frame(t("queued")));
+        assert!(tx.kill(CloseCode::SLOW_CONSUMER));
+        assert!(!tx.kill(CloseCode::GOING_AWAY), "the first request wins");
+        tx.try_send(t("after")).unwrap();
+        assert_eq!(rx.recv().await, Next::Kill(CloseCode::SLOW_CONSUMER));
+        assert_eq!(rx.recv().await, Next::Kill(CloseCode::SLOW_CONSUMER));
+        drop(rx);
+        assert!(!tx.kill(CloseCode::GOING_AWAY), "nobody left to close");
+    }
+
+    #[tokio::test]
+    async fn a_kill_wakes_a_waiting_receiver() {
+        let (tx, mut rx) = bounded(4);
+        let killer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            tx.kill(CloseCode::GOING_AWAY)
+        });
+        let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+        assert_eq!(got.expect("woken"), Next::Kill(CloseCode::GOING_AWAY));
+        assert!(killer.await.unwrap());
     }
 }

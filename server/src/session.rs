@@ -18,14 +18,14 @@ use switchboard_protocol::{
     Channel, ClientFrame, CloseCode, ErrorCode, PROTOCOL_VERSION, RequestId, Sender, ServerFrame,
     SessionId, codec,
 };
-use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout};
+use tokio::time::{Instant, sleep_until, timeout};
 
 use crate::AppState;
 use crate::auth::{AuthError, Identity};
 use crate::broker::Publication;
 use crate::hub::{Admission, ClientHandle, SubscribeOutcome, encode, now_ms};
 use crate::methods::RequestCtx;
-use crate::queue::Inbox;
+use crate::queue::{Inbox, Next};
 
 /// Anonymous publish ids at least this long are deduplicated across connections.
 const GLOBAL_ID_LEN: usize = 24;
@@ -41,8 +41,8 @@ enum Event {
     Kill(CloseCode),
     Queued(Utf8Bytes),
     Read(Option<Result<Message, axum::Error>>),
-    Deadline,
-    Heartbeat,
+    /// The heartbeat or the token deadline is due.
+    Timer,
 }
 
 /// Why the loop ended: with a close code to send, or because the peer is gone.
@@ -57,7 +57,6 @@ struct Session {
     socket: WebSocket,
     state: AppState,
     client: ClientHandle,
-    session_id: SessionId,
     subscriptions: HashSet<Channel>,
     bucket: TokenBucket,
     /// Who is connected; `None` while a required token has not arrived yet.
@@ -142,7 +141,6 @@ pub(crate) fn run(socket: WebSocket, pending: Box<Pending>) -> impl Future<Outpu
     let limits = state.config.limits();
     let session = Session {
         socket,
-        session_id: SessionId(format!("s-{}", client.id)),
         bucket: TokenBucket::new(limits.rate_per_sec, limits.rate_burst),
         deadline: match &identity {
             Some(identity) => expiry_deadline(identity),
@@ -243,22 +241,27 @@ impl Session {
             return end;
         }
         let config = self.state.config.clone();
-        let mut heartbeat = interval_at(Instant::now() + config.heartbeat, config.heartbeat);
-        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut next_ping = Instant::now() + config.heartbeat;
         let mut last_heard = Instant::now();
-        let kill = self.client.kill.clone();
+        // One timer for the heartbeat and the token deadline, moved only when the earlier
+        // of the two changes (no timer registered per loop turn, none boxed).
+        let timer = sleep_until(next_ping);
+        tokio::pin!(timer);
         loop {
+            let wake = self.deadline.map_or(next_ping, |d| d.min(next_ping));
+            if timer.deadline() != wake {
+                timer.as_mut().reset(wake);
+            }
             // The select only picks what happened; handling it comes after, once the
             // branch futures are gone, so the task holds one or the other, not both.
             let event = tokio::select! {
                 biased;
-                code = kill.fired() => Event::Kill(code),
-                text = queue.recv() => Event::Queued(text),
+                next = queue.recv() => match next {
+                    Next::Kill(code) => Event::Kill(code),
+                    Next::Frame(text) => Event::Queued(text),
+                },
                 msg = self.socket.recv() => Event::Read(msg),
-                _ = sleep_until(self.deadline.unwrap_or_else(Instant::now)), if self.deadline.is_some() => {
-                    Event::Deadline
-                }
-                _ = heartbeat.tick() => Event::Heartbeat,
+                () = &mut timer => Event::Timer,
             };
             let step = match event {
                 Event::Kill(code) => Err(End::Close(code)),
@@ -269,14 +272,18 @@ impl Session {
                     // sit in every idle connection's task.
                     Box::pin(self.on_message(msg)).await
                 }
-                Event::Deadline => Err(End::Close(match self.identity {
-                    Some(_) => CloseCode::TOKEN_EXPIRED,
-                    None => CloseCode::UNAUTHORIZED,
-                })),
-                Event::Heartbeat if last_heard.elapsed() >= config.idle_timeout => {
+                Event::Timer if self.deadline.is_some_and(|d| Instant::now() >= d) => {
+                    Err(End::Close(match self.identity {
+                        Some(_) => CloseCode::TOKEN_EXPIRED,
+                        None => CloseCode::UNAUTHORIZED,
+                    }))
+                }
+                Event::Timer if Instant::now() < next_ping => Ok(()),
+                Event::Timer if last_heard.elapsed() >= config.idle_timeout => {
                     Err(End::Close(CloseCode::HEARTBEAT_TIMEOUT))
                 }
-                Event::Heartbeat => {
+                Event::Timer => {
+                    next_ping = Instant::now() + config.heartbeat;
                     // A quiet moment: hand back what a burst made the queue grow to.
                     queue.shrink();
                     self.send(Message::Ping(Default::default())).await
@@ -291,7 +298,8 @@ impl Session {
     fn welcome(&self) -> ServerFrame {
         ServerFrame::Welcome {
             client_id: self.client.id.clone(),
-            session_id: self.session_id.clone(),
+            // Derived, not stored: one string less per connection.
+            session_id: SessionId(format!("s-{}", self.client.id)),
             resumed: false,
             protocol: PROTOCOL_VERSION,
             user_id: self.client.user_id.clone(),
