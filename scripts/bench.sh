@@ -12,8 +12,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/setup.sh
 
 SUBS=${SUBS:-1000}; RATES=${RATES:-250,500,1000,2000}; SECS=${SECS:-5}
-IDLE=${IDLE:-10000}; RPC_CONNS=${RPC_CONNS:-100}; STORM=${STORM:-1000}
-if [ "${QUICK:-0}" = 1 ]; then SUBS=200; RATES=1000,5000; SECS=2; IDLE=2000; STORM=300; fi
+IDLE=${IDLE:-10000}; RPC_CONNS=${RPC_CONNS:-100}; STORM=${STORM:-1000}; SLOW_SECS=${SLOW_SECS:-10}
+if [ "${QUICK:-0}" = 1 ]; then SUBS=200; RATES=1000,5000; SECS=2; IDLE=2000; STORM=300; SLOW_SECS=4; fi
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 echo "==> building (release)"
@@ -68,7 +68,7 @@ storm() {
   cat "$out"; rm -f "$ready" "$out"
 }
 
-fanout_rows=""; rpc_rows=""; idle_rows=""; storm_rows=""
+fanout_rows=""; rpc_rows=""; idle_rows=""; storm_rows=""; slow_rows=""
 for entry in "${servers[@]}"; do
   IFS='|' read -r name dialect cmd <<<"$entry"
   echo "==> $name: fan-out"
@@ -97,6 +97,12 @@ for entry in "${servers[@]}"; do
     # shellcheck disable=SC2086
     storm_rows+=$(storm "$name" "$dialect" no-jitter $cmd)$'\n'
   fi
+  echo "==> $name: slow consumers"
+  # shellcheck disable=SC2086
+  start $cmd
+  slow_rows+=$(lg slow --url "$url" --dialect "$dialect" --label "$name" --secs "$SLOW_SECS" \
+    --server-pid "$pid")$'\n'
+  stop
 done
 
 echo "==> codec micro-benchmarks (criterion)"
@@ -157,6 +163,16 @@ out=docs/benchmarks.md
   echo "| server | clients | jitter | all back s | attempts | failed attempts | peak attempts/s (100 ms) | peak attempts/s (1 s) |"
   echo "|---|---|---|---|---|---|---|---|"
   printf '%s' "$storm_rows"
+  echo
+  echo "## Slow consumers: 20 subscribers that read, 10 that never read, 16 KiB messages"
+  echo
+  echo "One publisher sends 200 messages/s of 16 KiB for $SLOW_SECS s. Owed = what the 10 stalled"
+  echo "subscribers would be sent in all; the loopback kernel buffers absorb a few MiB of it per"
+  echo "socket, the rest is the server's problem. Server RSS sampled every 50 ms."
+  echo
+  echo "| server | fast | slow | rate/s | payload bytes | owed MiB | RSS before MiB | RSS peak MiB | RSS end MiB | growth MiB | fast delivered % | fast p99 ms |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+  printf '%s' "$slow_rows"
   echo
   echo "## Codec (criterion, median throughput on one core)"
   echo

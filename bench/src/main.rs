@@ -2,15 +2,20 @@
 //! spreading its connections over source addresses 127.0.0.1–127.0.0.50. It reports its
 //! own CPU and the server's (from `/proc`), so a saturated run is visible.
 //!
-//! Workloads (each prints one markdown table row; `scripts/bench.sh` runs them all against
+//! Workloads (each prints markdown table rows; `scripts/bench.sh` runs them all against
 //! every server and writes `docs/benchmarks.md`):
 //! - `fanout`: one publisher, N subscribers, rising publish rates: delivered messages per
 //!   second, loss, and p50/p99/max latency (publish → delivery, same clock);
 //! - `rpc`: N connections doing request/response round trips back to back: p50/p99;
-//! - `idle`: N subscribed connections held open: server memory per connection.
+//! - `idle`: N subscribed connections held open: server memory per connection;
+//! - `storm`: N subscribed clients; the caller restarts the server; time until all are
+//!   back and the peak connection attempts per second, with or without jitter;
+//! - `slow`: subscribers that never read beside ones that do: the server's memory growth
+//!   and the fast subscribers' deliveries.
 //!
 //! Dialects: `switchboard` speaks the protocol (subscribe, publish, request "time");
-//! `raw` is for the peers (every text sent to `/ws` is broadcast, `/echo` answers).
+//! `raw` is for the plain WebSocket peers (every text sent to `/ws` is broadcast, `/echo`
+//! answers); `socketio` is Socket.IO v5 over a websocket (`join`, `pub`, `echo` with acks).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -66,6 +71,8 @@ enum Cmd {
     },
     /// Clients reconnecting after a server restart: time until all are back, attempts/s.
     Storm(StormArgs),
+    /// Subscribers that never read next to ones that do: what they cost the server.
+    Slow(SlowArgs),
     /// Idle subscribed connections: server memory per connection.
     Idle {
         #[arg(long)]
@@ -140,6 +147,32 @@ struct StormArgs {
     /// Seconds to wait, after the first drop, for every client to be back.
     #[arg(long, default_value_t = 60)]
     timeout: u64,
+}
+
+/// The slow-consumer workload's options: `fast` subscribers read, `slow` ones are
+/// subscribed and never read a byte, one publisher sends `payload`-byte messages at
+/// `rate` per second for `secs` seconds. Reports the server's memory growth (sampled
+/// every 50 ms) and what the fast subscribers got.
+#[derive(clap::Args)]
+struct SlowArgs {
+    #[arg(long)]
+    url: String,
+    #[arg(long, value_enum)]
+    dialect: Dialect,
+    #[arg(long)]
+    label: String,
+    #[arg(long, default_value_t = 20)]
+    fast: usize,
+    #[arg(long, default_value_t = 10)]
+    slow: usize,
+    #[arg(long, default_value_t = 200)]
+    rate: u64,
+    #[arg(long, default_value_t = 16_384)]
+    payload: usize,
+    #[arg(long, default_value_t = 10)]
+    secs: u64,
+    #[arg(long)]
+    server_pid: u32,
 }
 
 /// Reconnect schedules: attempt `n` after a drop waits `min(cap, base · 2ⁿ)` scaled by a
@@ -411,15 +444,9 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
             tick.tick().await;
             let due = (t0.elapsed().as_secs_f64() * rate as f64) as u64;
             while sent < due {
-                let data = format!(r#"{{"t":{},"p":"{pad}"}}"#, now_us(base));
-                let text = match dialect {
-                    Dialect::Switchboard => format!(
-                        r#"{{"type":"publish","channel":"bench","data":{data},"skip_self":true}}"#
-                    ),
-                    Dialect::Raw => data,
-                    Dialect::Socketio => format!(r#"42["pub",{data}]"#),
-                };
-                publisher.feed(Message::text(text)).await?;
+                publisher
+                    .feed(Message::text(publish_text(dialect, now_us(base), &pad)))
+                    .await?;
                 sent += 1;
             }
             publisher.flush().await?;
@@ -467,6 +494,123 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
             latency_and_cpu(&hist, (cpu0, cpu1), (self0, self1), wall),
         );
     }
+    Ok(())
+}
+
+/// The publish text of one benchmark message in `dialect`, stamped with `now_us`.
+fn publish_text(dialect: Dialect, now_us: u64, pad: &str) -> String {
+    let data = format!(r#"{{"t":{now_us},"p":"{pad}"}}"#);
+    match dialect {
+        Dialect::Switchboard => {
+            format!(r#"{{"type":"publish","channel":"bench","data":{data},"skip_self":true}}"#)
+        }
+        Dialect::Raw => data,
+        Dialect::Socketio => format!(r#"42["pub",{data}]"#),
+    }
+}
+
+async fn slow(args: SlowArgs) -> anyhow::Result<()> {
+    let SlowArgs {
+        url,
+        dialect,
+        label,
+        fast,
+        slow,
+        rate,
+        payload,
+        secs,
+        server_pid,
+    } = args;
+    let url = url.as_str();
+    let base = Instant::now();
+    let rss0 = rss_kib(server_pid);
+    let fast_sockets = open_many(fast, |i| subscriber(url, dialect, i)).await?;
+    // Subscribed, then never polled again: their kernel buffers fill, then the server's.
+    let slow_sockets = open_many(slow, |i| subscriber(url, dialect, fast + i)).await?;
+    let received = Arc::new(AtomicU64::new(0));
+    let (report_tx, mut report_rx) = mpsc::unbounded_channel::<Histogram<u64>>();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    for mut ws in fast_sockets {
+        let (received, report, mut stop) = (received.clone(), report_tx.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new(3).expect("histogram");
+            loop {
+                tokio::select! {
+                    msg = ws.next() => match msg {
+                        Some(Ok(Message::Text(t))) => {
+                            if is_sio_ping(dialect, t.as_str()) {
+                                let _ = ws.send(Message::text("3")).await;
+                            } else if let Some(sent) = stamp(t.as_str()) {
+                                let _ = hist.record(now_us(base).saturating_sub(sent));
+                                received.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                        _ => break,
+                    },
+                    _ = stop.changed() => break,
+                }
+            }
+            let _ = report.send(hist);
+        });
+    }
+    drop(report_tx);
+    let mut publisher = match dialect {
+        Dialect::Switchboard => {
+            let mut ws = connect(&format!("{url}/ws"), fast + slow).await?;
+            read_until(&mut ws, |t| t.contains("\"welcome\"")).await?;
+            ws
+        }
+        Dialect::Raw => connect(&format!("{url}/ws"), fast + slow).await?,
+        Dialect::Socketio => sio_connect(url, fast + slow).await?,
+    };
+    let pad = "x".repeat(payload.saturating_sub(30));
+    let mut peak = rss0;
+    let (t0, mut sent) = (Instant::now(), 0u64);
+    let end = t0 + Duration::from_secs(secs);
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    while Instant::now() < end {
+        tick.tick().await;
+        let due = (t0.elapsed().as_secs_f64() * rate as f64) as u64;
+        while sent < due {
+            publisher
+                .feed(Message::text(publish_text(dialect, now_us(base), &pad)))
+                .await?;
+            sent += 1;
+        }
+        publisher.flush().await?;
+        while let Some(Some(Ok(Message::Text(t)))) = publisher.next().now_or_never() {
+            if is_sio_ping(dialect, t.as_str()) {
+                publisher.send(Message::text("3")).await?;
+            }
+        }
+        peak = peak.max(rss_kib(server_pid));
+    }
+    // Let the fast subscribers catch up (at most 5 s), still sampling the server.
+    for _ in 0..100 {
+        if received.load(Ordering::Relaxed) >= sent * fast as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        peak = peak.max(rss_kib(server_pid));
+    }
+    let rss_end = rss_kib(server_pid);
+    stop_tx.send(true)?;
+    let mut hist = Histogram::<u64>::new(3)?;
+    while let Ok(Some(h)) = tokio::time::timeout(Duration::from_secs(5), report_rx.recv()).await {
+        hist.add(&h)?;
+    }
+    let owed_mib = (sent as f64 * payload as f64 * slow as f64) / (1024.0 * 1024.0);
+    println!(
+        "| {label} | {fast} | {slow} | {rate} | {payload} | {owed_mib:.0} | {:.0} | {:.0} | {:.0} | {:+.0} | {:.1} | {} |",
+        rss0 / 1024.0,
+        peak / 1024.0,
+        rss_end / 1024.0,
+        (peak - rss0) / 1024.0,
+        100.0 * received.load(Ordering::Relaxed) as f64 / (sent * fast as u64).max(1) as f64,
+        ms(hist.value_at_quantile(0.99)),
+    );
+    drop(slow_sockets);
     Ok(())
 }
 
@@ -708,6 +852,7 @@ async fn main() -> anyhow::Result<()> {
     match Args::parse().cmd {
         Cmd::Fanout(args) => fanout(args).await,
         Cmd::Storm(args) => storm(args).await,
+        Cmd::Slow(args) => slow(args).await,
         Cmd::Rpc {
             url,
             dialect,
