@@ -40,6 +40,8 @@ start() {
 }
 stop() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }
 lg() { pin 1 target/release/loadgen "$@"; }
+# A workload that fails (its error is in the log) leaves a row saying so; the run goes on.
+failed() { echo "| $1 | failed: see the bench log |"; }
 
 sb=(target/release/switchboard-server --addr 127.0.0.1:0 --dist /nonexistent
     --max-connections 30000 --max-connections-per-ip 30000
@@ -65,7 +67,7 @@ storm() {
   for _ in $(seq 600); do [ -f "$ready" ] && break; sleep 0.1; done
   stop
   start "${@//127.0.0.1:0/127.0.0.1:$port}"
-  wait "$lgpid"
+  wait "$lgpid" || failed "$name"
   stop
   cat "$out"; rm -f "$ready" "$out"
 }
@@ -77,20 +79,20 @@ for entry in "${servers[@]}"; do
   # shellcheck disable=SC2086
   start $cmd
   fanout_rows+=$(lg fanout --url "$url" --dialect "$dialect" --label "$name" --subs "$SUBS" \
-    --rates "$RATES" --secs "$SECS" --server-pid "$pid")$'\n'
+    --rates "$RATES" --secs "$SECS" --server-pid "$pid" || failed "$name")$'\n'
   stop
   [ "$only" = fanout-only ] && continue
   echo "==> $name: request/response"
   # shellcheck disable=SC2086
   start $cmd
   rpc_rows+=$(lg rpc --url "$url" --dialect "$dialect" --label "$name" --conns "$RPC_CONNS" \
-    --secs "$SECS" --server-pid "$pid")$'\n'
+    --secs "$SECS" --server-pid "$pid" || failed "$name")$'\n'
   stop
   echo "==> $name: idle connections"
   # shellcheck disable=SC2086
   start $cmd
   idle_rows+=$(lg idle --url "$url" --dialect "$dialect" --label "$name" --conns "$IDLE" \
-    --server-pid "$pid")$'\n'
+    --server-pid "$pid" || failed "$name")$'\n'
   stop
   echo "==> $name: reconnect storm"
   # shellcheck disable=SC2086
@@ -104,7 +106,7 @@ for entry in "${servers[@]}"; do
   # shellcheck disable=SC2086
   start $cmd
   slow_rows+=$(lg slow --url "$url" --dialect "$dialect" --label "$name" --secs "$SLOW_SECS" \
-    --server-pid "$pid")$'\n'
+    --server-pid "$pid" || failed "$name")$'\n'
   stop
 done
 

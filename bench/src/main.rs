@@ -35,6 +35,9 @@ use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 #[derive(Parser)]
 #[command(version, about)]
 struct Args {
+    /// Gives up (exit status 1) after this many seconds, whatever the workload is doing.
+    #[arg(long, default_value_t = 600, global = true)]
+    max_secs: u64,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -243,11 +246,15 @@ async fn connect(url: &str, i: usize) -> anyhow::Result<Ws> {
     Ok(ws)
 }
 
-/// Reads until a text frame satisfies `done`.
+/// Reads until a text frame satisfies `done`, for at most 10 s in all (a server that keeps
+/// pinging does not extend it).
 async fn read_until(ws: &mut Ws, done: impl Fn(&str) -> bool) -> anyhow::Result<()> {
-    let deadline = Duration::from_secs(30);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        match tokio::time::timeout(deadline, ws.next()).await? {
+        let next = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .context("no answer within 10 s during setup")?;
+        match next {
             Some(Ok(Message::Text(t))) if done(t.as_str()) => return Ok(()),
             // A Socket.IO server may ping before the handshake ends (socketioxide does).
             Some(Ok(Message::Text(t))) if t.as_str() == "2" => ws.send(Message::text("3")).await?,
@@ -301,11 +308,27 @@ where
     Fut: Future<Output = anyhow::Result<Ws>>,
 {
     let mut out = Vec::with_capacity(n);
+    let mut retried = 0;
     for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
         let opened = futures::future::join_all(chunk.iter().map(|&i| open(i))).await;
-        for ws in opened {
-            out.push(ws?);
+        for (&i, ws) in chunk.iter().zip(opened) {
+            // A handshake the server left unanswered gets two more tries, then fails the run.
+            let ws = match ws {
+                Ok(ws) => ws,
+                Err(first) => {
+                    retried += 1;
+                    eprintln!("connection {i}: {first:#}; retrying");
+                    match open(i).await {
+                        Ok(ws) => ws,
+                        Err(_) => open(i).await?,
+                    }
+                }
+            };
+            out.push(ws);
         }
+    }
+    if retried > 0 {
+        eprintln!("{retried} of {n} connections needed a retry");
     }
     Ok(out)
 }
@@ -849,7 +872,15 @@ async fn storm(args: StormArgs) -> anyhow::Result<()> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() -> anyhow::Result<()> {
-    match Args::parse().cmd {
+    let args = Args::parse();
+    let limit = Duration::from_secs(args.max_secs);
+    tokio::time::timeout(limit, run(args.cmd))
+        .await
+        .with_context(|| format!("gave up after --max-secs {}", limit.as_secs()))?
+}
+
+async fn run(cmd: Cmd) -> anyhow::Result<()> {
+    match cmd {
         Cmd::Fanout(args) => fanout(args).await,
         Cmd::Storm(args) => storm(args).await,
         Cmd::Slow(args) => slow(args).await,
