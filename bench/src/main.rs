@@ -396,26 +396,20 @@ fn stamp(text: &str) -> Option<u64> {
     digits[..end].parse().ok()
 }
 
-async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
-    let FanoutArgs {
-        url,
-        dialect,
-        label,
-        subs,
-        rates,
-        secs,
-        payload,
-        server_pid,
-    } = args;
-    let (url, label) = (url.as_str(), label.as_str());
-    let base = Instant::now();
-    let sockets = open_many(subs, |i| subscriber(url, dialect, i)).await?;
-    let received = Arc::new(AtomicU64::new(0));
-    let (phase_tx, phase_rx) = watch::channel(0u32);
-    let (report_tx, mut report_rx) = mpsc::unbounded_channel::<Histogram<u64>>();
+/// Reads every subscriber on its own task: counts stamped messages in `received` and
+/// records their latency; each change of `phase` sends the histogram so far (and starts a
+/// new one) on the returned channel; the phase sender's drop ends the tasks.
+fn spawn_receivers(
+    sockets: Vec<Ws>,
+    dialect: Dialect,
+    base: Instant,
+    received: &Arc<AtomicU64>,
+    phase: &watch::Receiver<u32>,
+) -> mpsc::UnboundedReceiver<Histogram<u64>> {
+    let (report_tx, report_rx) = mpsc::unbounded_channel();
     for mut ws in sockets {
         let received = received.clone();
-        let mut phase = phase_rx.clone();
+        let mut phase = phase.clone();
         let report = report_tx.clone();
         tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new(3).expect("histogram");
@@ -446,16 +440,68 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
             }
         });
     }
-    drop(report_tx);
-    let mut publisher = match dialect {
+    report_rx
+}
+
+/// The publishing connection (source address index `i`), ready to publish.
+async fn publisher(url: &str, dialect: Dialect, i: usize) -> anyhow::Result<Ws> {
+    match dialect {
         Dialect::Switchboard => {
-            let mut ws = connect(&format!("{url}/ws"), subs).await?;
+            let mut ws = connect(&format!("{url}/ws"), i).await?;
             read_until(&mut ws, |t| t.contains("\"welcome\"")).await?;
-            ws
+            Ok(ws)
         }
-        Dialect::Raw => connect(&format!("{url}/ws"), subs).await?,
-        Dialect::Socketio => sio_connect(url, subs).await?,
-    };
+        Dialect::Raw => connect(&format!("{url}/ws"), i).await,
+        Dialect::Socketio => sio_connect(url, i).await,
+    }
+}
+
+/// Publishes until `sent` reaches `due`, flushes once, then reads what is waiting on the
+/// publisher: the raw peers echo every broadcast to it too, and a Socket.IO server's
+/// heartbeat must be answered (or it drops the publisher after ~20 s).
+async fn publish_until(
+    publisher: &mut Ws,
+    dialect: Dialect,
+    base: Instant,
+    pad: &str,
+    sent: &mut u64,
+    due: u64,
+) -> anyhow::Result<()> {
+    while *sent < due {
+        publisher
+            .feed(Message::text(publish_text(dialect, now_us(base), pad)))
+            .await?;
+        *sent += 1;
+    }
+    publisher.flush().await?;
+    while let Some(Some(Ok(msg))) = publisher.next().now_or_never() {
+        if let Message::Text(t) = msg
+            && is_sio_ping(dialect, t.as_str())
+        {
+            publisher.send(Message::text("3")).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
+    let FanoutArgs {
+        url,
+        dialect,
+        label,
+        subs,
+        rates,
+        secs,
+        payload,
+        server_pid,
+    } = args;
+    let (url, label) = (url.as_str(), label.as_str());
+    let base = Instant::now();
+    let sockets = open_many(subs, |i| subscriber(url, dialect, i)).await?;
+    let received = Arc::new(AtomicU64::new(0));
+    let (phase_tx, phase_rx) = watch::channel(0u32);
+    let mut report_rx = spawn_receivers(sockets, dialect, base, &received, &phase_rx);
+    let mut publisher = publisher(url, dialect, subs).await?;
     let pad = "x".repeat(payload.saturating_sub(30));
     for (n, &rate) in rates.iter().enumerate() {
         received.store(0, Ordering::Relaxed);
@@ -466,21 +512,7 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
         while Instant::now() < end {
             tick.tick().await;
             let due = (t0.elapsed().as_secs_f64() * rate as f64) as u64;
-            while sent < due {
-                publisher
-                    .feed(Message::text(publish_text(dialect, now_us(base), &pad)))
-                    .await?;
-                sent += 1;
-            }
-            publisher.flush().await?;
-            if dialect == Dialect::Socketio {
-                // Answer the server's heartbeat, or it drops the publisher after ~20 s.
-                while let Some(Some(Ok(Message::Text(t)))) = publisher.next().now_or_never() {
-                    if t.as_str() == "2" {
-                        publisher.send(Message::text("3")).await?;
-                    }
-                }
-            }
+            publish_until(&mut publisher, dialect, base, &pad, &mut sent, due).await?;
         }
         // Drain: wait until deliveries stop growing (at most 5 s).
         let mut last = received.load(Ordering::Relaxed);
@@ -551,42 +583,9 @@ async fn slow(args: SlowArgs) -> anyhow::Result<()> {
     // Subscribed, then never polled again: their kernel buffers fill, then the server's.
     let slow_sockets = open_many(slow, |i| subscriber(url, dialect, fast + i)).await?;
     let received = Arc::new(AtomicU64::new(0));
-    let (report_tx, mut report_rx) = mpsc::unbounded_channel::<Histogram<u64>>();
-    let (stop_tx, stop_rx) = watch::channel(false);
-    for mut ws in fast_sockets {
-        let (received, report, mut stop) = (received.clone(), report_tx.clone(), stop_rx.clone());
-        tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new(3).expect("histogram");
-            loop {
-                tokio::select! {
-                    msg = ws.next() => match msg {
-                        Some(Ok(Message::Text(t))) => {
-                            if is_sio_ping(dialect, t.as_str()) {
-                                let _ = ws.send(Message::text("3")).await;
-                            } else if let Some(sent) = stamp(t.as_str()) {
-                                let _ = hist.record(now_us(base).saturating_sub(sent));
-                                received.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                        Some(Ok(_)) => {}
-                        _ => break,
-                    },
-                    _ = stop.changed() => break,
-                }
-            }
-            let _ = report.send(hist);
-        });
-    }
-    drop(report_tx);
-    let mut publisher = match dialect {
-        Dialect::Switchboard => {
-            let mut ws = connect(&format!("{url}/ws"), fast + slow).await?;
-            read_until(&mut ws, |t| t.contains("\"welcome\"")).await?;
-            ws
-        }
-        Dialect::Raw => connect(&format!("{url}/ws"), fast + slow).await?,
-        Dialect::Socketio => sio_connect(url, fast + slow).await?,
-    };
+    let (phase_tx, phase_rx) = watch::channel(0u32);
+    let mut report_rx = spawn_receivers(fast_sockets, dialect, base, &received, &phase_rx);
+    let mut publisher = publisher(url, dialect, fast + slow).await?;
     let pad = "x".repeat(payload.saturating_sub(30));
     let mut peak = rss0;
     let (t0, mut sent) = (Instant::now(), 0u64);
@@ -595,18 +594,7 @@ async fn slow(args: SlowArgs) -> anyhow::Result<()> {
     while Instant::now() < end {
         tick.tick().await;
         let due = (t0.elapsed().as_secs_f64() * rate as f64) as u64;
-        while sent < due {
-            publisher
-                .feed(Message::text(publish_text(dialect, now_us(base), &pad)))
-                .await?;
-            sent += 1;
-        }
-        publisher.flush().await?;
-        while let Some(Some(Ok(Message::Text(t)))) = publisher.next().now_or_never() {
-            if is_sio_ping(dialect, t.as_str()) {
-                publisher.send(Message::text("3")).await?;
-            }
-        }
+        publish_until(&mut publisher, dialect, base, &pad, &mut sent, due).await?;
         peak = peak.max(rss_kib(server_pid));
     }
     // Let the fast subscribers catch up (at most 5 s), still sampling the server.
@@ -618,10 +606,13 @@ async fn slow(args: SlowArgs) -> anyhow::Result<()> {
         peak = peak.max(rss_kib(server_pid));
     }
     let rss_end = rss_kib(server_pid);
-    stop_tx.send(true)?;
+    phase_tx.send(1)?;
     let mut hist = Histogram::<u64>::new(3)?;
-    while let Ok(Some(h)) = tokio::time::timeout(Duration::from_secs(5), report_rx.recv()).await {
-        hist.add(&h)?;
+    for _ in 0..fast {
+        match tokio::time::timeout(Duration::from_secs(5), report_rx.recv()).await {
+            Ok(Some(h)) => hist.add(&h)?,
+            _ => break,
+        }
     }
     let owed_mib = (sent as f64 * payload as f64 * slow as f64) / (1024.0 * 1024.0);
     println!(
