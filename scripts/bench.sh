@@ -122,6 +122,8 @@ wasm=$(ls dist/*_bg.wasm); js=$(ls dist/*.js | grep -v _bg | head -n1)
 size_rows="| wasm | $(stat -c %s "$wasm") | $(gzip -9c "$wasm" | wc -c) |"$'\n'
 size_rows+="| JS glue | $(stat -c %s "$js") | $(gzip -9c "$js" | wc -c) |"$'\n'
 
+summary_rows=$({ echo "#fanout"; printf '%s' "$fanout_rows"; echo "#rpc"; printf '%s' "$rpc_rows"
+                echo "#idle"; printf '%s' "$idle_rows"; } | awk -f bench/summary.awk)
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
 out=docs/benchmarks.md
 {
@@ -132,6 +134,16 @@ out=docs/benchmarks.md
   echo "Each server pinned to core 0, the load generator (\`bench/\`, tokio-tungstenite, one"
   echo "worker thread) to core 1; loopback; connections spread over 127.0.0.1–50. Numbers from"
   echo "a shared, noisy machine: compare the rows of one run, not runs."
+  echo
+  echo "## Summary: Switchboard against each peer, from the tables below"
+  echo
+  echo "Ratios are Switchboard's result over the peer's for throughput (its better queue"
+  echo "setting) and the peer's over Switchboard's for latency and memory (its defaults):"
+  echo "above 1× means Switchboard does better. ∞: the peer never qualified."
+  echo
+  echo "| server | fan-out: most delivered/s at p99 ≤ 100 ms, no loss | × | fan-out: most delivered/s at any rate | × | request p99 ms | × | idle KiB per connection (×) |"
+  echo "|---|---|---|---|---|---|---|---|"
+  printf '%s\n' "$summary_rows"
   echo
   echo "## Fan-out: 1 publisher, $SUBS subscribers, 100-byte payloads, $SECS s per rate"
   echo
