@@ -59,12 +59,8 @@ enum Cmd {
     Fanout(FanoutArgs),
     /// Request/response round trips.
     Rpc {
-        #[arg(long)]
-        url: String,
-        #[arg(long, value_enum)]
-        dialect: Dialect,
-        #[arg(long)]
-        label: String,
+        #[command(flatten)]
+        target: Target,
         #[arg(long, default_value_t = 100)]
         conns: usize,
         #[arg(long, default_value_t = 5)]
@@ -78,12 +74,8 @@ enum Cmd {
     Slow(SlowArgs),
     /// Idle subscribed connections: server memory per connection.
     Idle {
-        #[arg(long)]
-        url: String,
-        #[arg(long, value_enum)]
-        dialect: Dialect,
-        #[arg(long)]
-        label: String,
+        #[command(flatten)]
+        target: Target,
         #[arg(long, default_value_t = 10_000)]
         conns: usize,
         #[arg(long)]
@@ -94,9 +86,9 @@ enum Cmd {
     },
 }
 
-/// The fan-out workload's options.
+/// Which server every workload talks to, how, and its name in the table.
 #[derive(clap::Args)]
-struct FanoutArgs {
+struct Target {
     /// Base URL, e.g. ws://127.0.0.1:8080 (the path is added per dialect).
     #[arg(long)]
     url: String,
@@ -105,6 +97,13 @@ struct FanoutArgs {
     /// Name in the table.
     #[arg(long)]
     label: String,
+}
+
+/// The fan-out workload's options.
+#[derive(clap::Args)]
+struct FanoutArgs {
+    #[command(flatten)]
+    target: Target,
     #[arg(long, default_value_t = 1000)]
     subs: usize,
     /// Publish rates (messages per second), comma-separated.
@@ -126,12 +125,8 @@ struct FanoutArgs {
 /// address; every client then reconnects (and resubscribes) on its own backoff schedule.
 #[derive(clap::Args)]
 struct StormArgs {
-    #[arg(long)]
-    url: String,
-    #[arg(long, value_enum)]
-    dialect: Dialect,
-    #[arg(long)]
-    label: String,
+    #[command(flatten)]
+    target: Target,
     #[arg(long, default_value_t = 1000)]
     conns: usize,
     /// How a client spaces its attempts.
@@ -158,12 +153,8 @@ struct StormArgs {
 /// every 50 ms) and what the fast subscribers got.
 #[derive(clap::Args)]
 struct SlowArgs {
-    #[arg(long)]
-    url: String,
-    #[arg(long, value_enum)]
-    dialect: Dialect,
-    #[arg(long)]
-    label: String,
+    #[command(flatten)]
+    target: Target,
     #[arg(long, default_value_t = 20)]
     fast: usize,
     #[arg(long, default_value_t = 10)]
@@ -486,9 +477,11 @@ async fn publish_until(
 
 async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
     let FanoutArgs {
-        url,
-        dialect,
-        label,
+        target: Target {
+            url,
+            dialect,
+            label,
+        },
         subs,
         rates,
         secs,
@@ -566,9 +559,11 @@ fn publish_text(dialect: Dialect, now_us: u64, pad: &str) -> String {
 
 async fn slow(args: SlowArgs) -> anyhow::Result<()> {
     let SlowArgs {
-        url,
-        dialect,
-        label,
+        target: Target {
+            url,
+            dialect,
+            label,
+        },
         fast,
         slow,
         rate,
@@ -762,9 +757,11 @@ fn peak_rate(sorted_ms: &[u64], window_ms: u64) -> f64 {
 
 async fn storm(args: StormArgs) -> anyhow::Result<()> {
     let StormArgs {
-        url,
-        dialect,
-        label,
+        target: Target {
+            url,
+            dialect,
+            label,
+        },
         conns,
         backoff,
         base_ms,
@@ -876,17 +873,23 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Storm(args) => storm(args).await,
         Cmd::Slow(args) => slow(args).await,
         Cmd::Rpc {
-            url,
-            dialect,
-            label,
+            target:
+                Target {
+                    url,
+                    dialect,
+                    label,
+                },
             conns,
             secs,
             server_pid,
         } => rpc(&url, dialect, &label, conns, secs, server_pid).await,
         Cmd::Idle {
-            url,
-            dialect,
-            label,
+            target:
+                Target {
+                    url,
+                    dialect,
+                    label,
+                },
             conns,
             server_pid,
             hold,
