@@ -256,12 +256,18 @@ async fn read_until(ws: &mut Ws, done: impl Fn(&str) -> bool) -> anyhow::Result<
     }
 }
 
+/// A Switchboard connection past its `welcome`.
+async fn welcomed(url: &str, i: usize) -> anyhow::Result<Ws> {
+    let mut ws = connect(&format!("{url}/ws"), i).await?;
+    read_until(&mut ws, |t| t.contains("\"welcome\"")).await?;
+    Ok(ws)
+}
+
 /// A subscriber ready to receive on the benchmark channel.
 async fn subscriber(url: &str, dialect: Dialect, i: usize) -> anyhow::Result<Ws> {
     match dialect {
         Dialect::Switchboard => {
-            let mut ws = connect(&format!("{url}/ws"), i).await?;
-            read_until(&mut ws, |t| t.contains("\"welcome\"")).await?;
+            let mut ws = welcomed(url, i).await?;
             ws.send(Message::text(r#"{"type":"subscribe","channel":"bench"}"#))
                 .await?;
             read_until(&mut ws, |t| t.contains("\"subscribed\"")).await?;
@@ -437,11 +443,7 @@ fn spawn_receivers(
 /// The publishing connection (source address index `i`), ready to publish.
 async fn publisher(url: &str, dialect: Dialect, i: usize) -> anyhow::Result<Ws> {
     match dialect {
-        Dialect::Switchboard => {
-            let mut ws = connect(&format!("{url}/ws"), i).await?;
-            read_until(&mut ws, |t| t.contains("\"welcome\"")).await?;
-            Ok(ws)
-        }
+        Dialect::Switchboard => welcomed(url, i).await,
         Dialect::Raw => connect(&format!("{url}/ws"), i).await,
         Dialect::Socketio => sio_connect(url, i).await,
     }
@@ -631,15 +633,11 @@ async fn rpc(
     secs: u64,
     server_pid: Option<u32>,
 ) -> anyhow::Result<()> {
+    // As the publisher connects, except that the raw peers echo on `/echo`.
     let sockets = open_many(conns, |i| async move {
         match dialect {
-            Dialect::Switchboard => {
-                let mut ws = connect(&format!("{url}/ws"), i).await?;
-                read_until(&mut ws, |t| t.contains("\"welcome\"")).await?;
-                Ok(ws)
-            }
             Dialect::Raw => connect(&format!("{url}/echo"), i).await,
-            Dialect::Socketio => sio_connect(url, i).await,
+            _ => publisher(url, dialect, i).await,
         }
     })
     .await?;

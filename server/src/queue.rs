@@ -142,13 +142,21 @@ impl Inbox {
     /// The kill request if there is one, else the next frame, waiting for either.
     pub async fn recv(&mut self) -> Next {
         loop {
-            if let Some(code) = self.0.lock().kill {
-                return Next::Kill(code);
+            let next = {
+                let mut state = self.0.lock();
+                match state.kill {
+                    Some(code) => Some(Next::Kill(code)),
+                    None => state.frames.pop_front().map(Next::Frame),
+                }
+            };
+            match next {
+                Some(Next::Frame(text)) => {
+                    self.0.popped.notify_waiters();
+                    return Next::Frame(text);
+                }
+                Some(kill) => return kill,
+                None => self.0.pushed.notified().await,
             }
-            if let Some(text) = self.try_recv() {
-                return Next::Frame(text);
-            }
-            self.0.pushed.notified().await;
         }
     }
 

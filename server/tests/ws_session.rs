@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Client, Next, config, eventually, start};
+use common::{Client, Next, TestServer, config, eventually, start};
 use serde_json::json;
 use switchboard_protocol::{ClientFrame, ErrorCode, PresenceAction, ServerFrame};
 
@@ -614,6 +614,16 @@ async fn http_get(url: &str) -> (u16, String) {
     (status, body)
 }
 
+/// Connections closed as slow consumers so far (`/metrics`).
+fn slow_consumers(server: &TestServer) -> u64 {
+    server
+        .state
+        .hub
+        .metrics()
+        .slow_consumers
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
 #[tokio::test]
 async fn not_reading_is_caught_by_the_queue_bound() {
     // A subscriber that never reads: its queue (2 frames here) overflows and it is closed
@@ -645,27 +655,12 @@ async fn not_reading_is_caught_by_the_queue_bound() {
     for _ in 0..100 {
         fast.send_text(&switchboard_protocol::codec::encode_batch(&frames))
             .await;
-        if server
-            .state
-            .hub
-            .metrics()
-            .slow_consumers
-            .load(std::sync::atomic::Ordering::Relaxed)
-            > 0
-        {
+        if slow_consumers(&server) > 0 {
             break;
         }
     }
     fast.sync().await;
-    assert_eq!(
-        server
-            .state
-            .hub
-            .metrics()
-            .slow_consumers
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert_eq!(slow_consumers(&server), 1);
     // The slow client finds a close code 4108 after the frames that did fit.
     loop {
         match slow.read().await {
@@ -699,14 +694,7 @@ async fn a_client_that_stops_reading_is_caught_by_the_write_timeout() {
     let mut publisher = Client::connect(&server).await;
     let chunk = "z".repeat(60_000);
     let frame = format!(r#"{{"type":"publish","channel":"bulk","data":"{chunk}"}}"#);
-    let slow = || {
-        server
-            .state
-            .hub
-            .metrics()
-            .slow_consumers
-            .load(std::sync::atomic::Ordering::Relaxed)
-    };
+    let slow = || slow_consumers(&server);
     // Loopback buffers hold a few MB; 2,000 × 60 KB is far more. Stop as soon as it fired.
     for _ in 0..2_000 {
         publisher.send_text(&frame).await;
