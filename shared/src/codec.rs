@@ -47,13 +47,24 @@ impl FrameError {
 /// One decoded frame, or why it could not be.
 pub type Decoded<T> = Result<T, FrameError>;
 
-/// Decodes a client's text message into frames, validating channel names. A batch with more
-/// than `limits.max_batch` frames, or text that is not JSON, gives a single error.
+/// Decodes a client's text message into frames, validating channel names and field sizes.
+/// A batch with more than `limits.max_batch` frames, or text that is not JSON, gives a
+/// single error.
 pub fn decode_client(text: &str, limits: &Limits) -> Vec<Decoded<ClientFrame>> {
-    decode(text, limits.max_batch as usize, &ClientFrame::KINDS)
-        .into_iter()
-        .map(|r| r.and_then(validate))
-        .collect()
+    decode_client_iter(text, limits).collect()
+}
+
+/// Like [`decode_client`], but decodes the frames of a batch one at a time, as they are
+/// taken: a server holds one decoded frame at a time instead of the whole batch.
+pub fn decode_client_iter<'a>(
+    text: &'a str,
+    limits: &'a Limits,
+) -> impl Iterator<Item = Decoded<ClientFrame>> + 'a {
+    let parts = split(text, limits.max_batch as usize);
+    parts.into_iter().map(move |part| {
+        part.and_then(|part| decode_one(part, &ClientFrame::KINDS))
+            .and_then(|frame| validate(frame, limits))
+    })
 }
 
 /// Decodes a server's text message into frames (what a client does).
@@ -75,7 +86,7 @@ pub fn encode_batch<T: Serialize>(frames: &[T]) -> String {
     }
 }
 
-fn validate(frame: ClientFrame) -> Decoded<ClientFrame> {
+fn validate(frame: ClientFrame, limits: &Limits) -> Decoded<ClientFrame> {
     if let Some(channel) = frame.channel()
         && let Err(why) = validate_channel(channel.as_str())
     {
@@ -85,12 +96,69 @@ fn validate(frame: ClientFrame) -> Decoded<ClientFrame> {
             why,
         ));
     }
+    check_sizes(&frame, limits)?;
     Ok(frame)
 }
 
-fn decode<T: DeserializeOwned>(text: &str, max_batch: usize, kinds: &[&str]) -> Vec<Decoded<T>> {
+/// Refuses ids and presence info over their limits with `too_large`. An id over its limit
+/// is not echoed back in the error (that would send the oversized value back).
+fn check_sizes(frame: &ClientFrame, limits: &Limits) -> Result<(), FrameError> {
+    let max_id = limits.max_id_bytes as usize;
+    let id = frame.id().filter(|id| id.as_str().len() <= max_id).cloned();
+    let too_long = |what: &str, len: usize| {
+        Err(FrameError::new(
+            id.clone(),
+            ErrorCode::TooLarge,
+            format!("{what} is {len} bytes, the limit is {max_id}"),
+        ))
+    };
+    let mut strings: Vec<(&str, &str)> = Vec::new();
+    if let Some(frame_id) = frame.id() {
+        strings.push(("the id", frame_id.as_str()));
+    }
+    match frame {
+        ClientFrame::Hello { client, resume, .. } => {
+            if let Some(info) = client {
+                strings.push(("client.name", &info.name));
+                strings.push(("client.version", &info.version));
+            }
+            if let Some(resume) = resume {
+                strings.push(("resume", resume.as_str()));
+            }
+        }
+        ClientFrame::Request { method, .. } => strings.push(("the method name", method)),
+        ClientFrame::Direct { to, .. } => strings.push(("the target id", to.as_str())),
+        ClientFrame::Subscribe {
+            since, presence, ..
+        } => {
+            if let Some(since) = since {
+                strings.push(("since.epoch", &since.epoch));
+            }
+            if let Some(info) = presence {
+                let len = serde_json::to_string(info).map_or(usize::MAX, |s| s.len());
+                let max = limits.max_presence_bytes as usize;
+                if len > max {
+                    return Err(FrameError::new(
+                        None,
+                        ErrorCode::TooLarge,
+                        format!("presence info is {len} bytes of JSON, the limit is {max}"),
+                    ));
+                }
+            }
+        }
+        _ => {}
+    }
+    match strings.into_iter().find(|(_, s)| s.len() > max_id) {
+        Some((what, s)) => too_long(what, s.len()),
+        None => Ok(()),
+    }
+}
+
+/// Splits a message into the texts of its frames: the message itself, or the members of a
+/// batch (borrowed slices of `text`, not yet decoded).
+fn split(text: &str, max_batch: usize) -> Vec<Result<&str, FrameError>> {
     if !text.trim_start().starts_with('[') {
-        return vec![decode_one(text, kinds)];
+        return vec![Ok(text)];
     }
     match serde_json::from_str::<Vec<&RawValue>>(text) {
         Err(e) => vec![Err(FrameError::new(
@@ -103,8 +171,15 @@ fn decode<T: DeserializeOwned>(text: &str, max_batch: usize, kinds: &[&str]) -> 
             ErrorCode::BatchTooLarge,
             format!("batch of {} frames, the limit is {max_batch}", parts.len()),
         ))],
-        Ok(parts) => parts.iter().map(|p| decode_one(p.get(), kinds)).collect(),
+        Ok(parts) => parts.into_iter().map(|p| Ok(p.get())).collect(),
     }
+}
+
+fn decode<T: DeserializeOwned>(text: &str, max_batch: usize, kinds: &[&str]) -> Vec<Decoded<T>> {
+    split(text, max_batch)
+        .into_iter()
+        .map(|part| part.and_then(|p| decode_one(p, kinds)))
+        .collect()
 }
 
 fn decode_one<T: DeserializeOwned>(text: &str, kinds: &[&str]) -> Decoded<T> {

@@ -42,6 +42,15 @@ pub enum ErrorCode {
     RateLimited,
     /// The server cannot do this right now (e.g. its broker is unreachable); try again.
     Unavailable,
+    /// A field is longer than its limit (`limits.max_id_bytes`,
+    /// `limits.max_presence_bytes`). The frame was not processed.
+    TooLarge,
+    /// `direct` to a connection whose queue for direct messages is full. The receiver is
+    /// not affected; try again later.
+    TargetBusy,
+    /// The server failed while handling this frame (a bug on the server's side). The
+    /// connection stays usable.
+    Internal,
     /// A code this version of the library does not know (sent by a newer server).
     #[serde(other)]
     Other,
@@ -66,12 +75,15 @@ impl ErrorCode {
             Self::TargetGone => "target_gone",
             Self::RateLimited => "rate_limited",
             Self::Unavailable => "unavailable",
+            Self::TooLarge => "too_large",
+            Self::TargetBusy => "target_busy",
+            Self::Internal => "internal",
             Self::Other => "other",
         }
     }
 
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 19] = [
         Self::BadFrame,
         Self::UnknownType,
         Self::InvalidChannel,
@@ -87,6 +99,9 @@ impl ErrorCode {
         Self::TargetGone,
         Self::RateLimited,
         Self::Unavailable,
+        Self::TooLarge,
+        Self::TargetBusy,
+        Self::Internal,
         Self::Other,
     ];
 }

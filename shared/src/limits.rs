@@ -17,6 +17,24 @@ pub struct Limits {
     pub rate_per_sec: u32,
     /// Frames a connection may send in a burst above the sustained rate. Defaults to 100.
     pub rate_burst: u32,
+    /// Longest id, in bytes: a `publish`, `request` or `ping` id, a `request` method name,
+    /// a `direct` target, a `since` epoch, `hello.resume` and the `hello.client` strings.
+    /// A longer one is refused with `too_large`. Defaults to 64. (Absent in a `welcome`
+    /// from a server that predates it: read as the default.)
+    #[serde(default = "default_max_id_bytes")]
+    pub max_id_bytes: u32,
+    /// Largest presence `info` in a `subscribe`, in bytes of JSON. A larger one is refused
+    /// with `too_large`. Defaults to 1,024.
+    #[serde(default = "default_max_presence_bytes")]
+    pub max_presence_bytes: u32,
+}
+
+fn default_max_id_bytes() -> u32 {
+    Limits::default().max_id_bytes
+}
+
+fn default_max_presence_bytes() -> u32 {
+    Limits::default().max_presence_bytes
 }
 
 impl Default for Limits {
@@ -27,6 +45,8 @@ impl Default for Limits {
             max_subscriptions: 100,
             rate_per_sec: 50,
             rate_burst: 100,
+            max_id_bytes: 64,
+            max_presence_bytes: 1024,
         }
     }
 }

@@ -62,16 +62,12 @@ pub enum ServerFrame {
         channel: Channel,
     },
     /// A message published to a channel the client is subscribed to.
+    ///
+    /// `offset` and `epoch` are the last fields on the wire: a server stores a message
+    /// without them and appends them once the stream has numbered it.
     Message {
         /// The channel.
         channel: Channel,
-        /// Position in the channel's stream; absent for ephemeral messages, which are not
-        /// part of the stream.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        offset: Option<u64>,
-        /// The stream's epoch; absent for ephemeral messages.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        epoch: Option<String>,
         /// Who published it; absent when the server or a backend did.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         from: Option<Sender>,
@@ -82,6 +78,13 @@ pub enum ServerFrame {
         /// Set on ephemeral messages.
         #[serde(default, skip_serializing_if = "is_false")]
         ephemeral: bool,
+        /// Position in the channel's stream; absent for ephemeral messages, which are not
+        /// part of the stream.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+        /// The stream's epoch; absent for ephemeral messages.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<String>,
     },
     /// A member joined or left a channel's presence set.
     Presence {

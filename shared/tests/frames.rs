@@ -140,7 +140,7 @@ fn server_cases() -> Vec<(ServerFrame, &'static str)> {
                 heartbeat_ms: 25000,
                 limits: Limits::default(),
             },
-            r#"{"type":"welcome","client_id":"c1","session_id":"s1","protocol":1,"user_id":"u1","heartbeat_ms":25000,"limits":{"max_frame_bytes":65536,"max_batch":100,"max_subscriptions":100,"rate_per_sec":50,"rate_burst":100}}"#,
+            r#"{"type":"welcome","client_id":"c1","session_id":"s1","protocol":1,"user_id":"u1","heartbeat_ms":25000,"limits":{"max_frame_bytes":65536,"max_batch":100,"max_subscriptions":100,"rate_per_sec":50,"rate_burst":100,"max_id_bytes":64,"max_presence_bytes":1024}}"#,
         ),
         (
             ServerFrame::Pong {
@@ -176,7 +176,7 @@ fn server_cases() -> Vec<(ServerFrame, &'static str)> {
                 ts: 1_700_000_000_000,
                 ephemeral: false,
             },
-            r#"{"type":"message","channel":"room:lobby","offset":43,"epoch":"e1","from":{"client_id":"c1","user_id":"u1"},"data":{"text":"hi"},"ts":1700000000000}"#,
+            r#"{"type":"message","channel":"room:lobby","from":{"client_id":"c1","user_id":"u1"},"data":{"text":"hi"},"ts":1700000000000,"offset":43,"epoch":"e1"}"#,
         ),
         (
             ServerFrame::Message {
@@ -412,4 +412,69 @@ fn unknown_fields_are_ignored_for_forward_compatibility() {
             id: Some("1".into())
         })]
     );
+}
+
+#[test]
+fn ids_and_presence_info_over_their_limits_are_too_large() {
+    let limits = Limits::default();
+    let long = "x".repeat(limits.max_id_bytes as usize + 1);
+    let fits = "x".repeat(limits.max_id_bytes as usize);
+    let frames = [
+        format!(r#"{{"type":"publish","id":"{long}","channel":"a","data":1}}"#),
+        format!(r#"{{"type":"request","id":"{long}","method":"time"}}"#),
+        format!(r#"{{"type":"ping","id":"{long}"}}"#),
+        format!(r#"{{"type":"request","id":"r","method":"{long}"}}"#),
+        format!(r#"{{"type":"direct","to":"{long}","data":1}}"#),
+        format!(r#"{{"type":"hello","resume":"{long}"}}"#),
+        format!(r#"{{"type":"hello","client":{{"name":"{long}","version":"1"}}}}"#),
+        format!(r#"{{"type":"subscribe","channel":"a","since":{{"offset":1,"epoch":"{long}"}}}}"#),
+    ];
+    for text in &frames {
+        let e = err(text);
+        assert_eq!(e.code, ErrorCode::TooLarge, "{text}: {e}");
+    }
+    // The oversized id is not echoed back; a fitting one is.
+    assert_eq!(err(&frames[0]).id, None);
+    assert_eq!(err(&frames[3]).id.as_ref().map(|i| i.as_str()), Some("r"));
+    for text in [
+        format!(r#"{{"type":"publish","id":"{fits}","channel":"a","data":1}}"#),
+        format!(r#"{{"type":"direct","to":"{fits}","data":1}}"#),
+    ] {
+        assert!(codec::decode_client(&text, &limits)[0].is_ok(), "{text}");
+    }
+
+    // Presence info is measured as JSON.
+    let max = limits.max_presence_bytes as usize;
+    let info = |n: usize| format!(r#"{{"n":"{}"}}"#, "a".repeat(n - 8));
+    assert_eq!(info(max).len(), max);
+    let ok = format!(
+        r#"{{"type":"subscribe","channel":"a","presence":{}}}"#,
+        info(max)
+    );
+    assert!(codec::decode_client(&ok, &limits)[0].is_ok());
+    let big = format!(
+        r#"{{"type":"subscribe","channel":"a","presence":{}}}"#,
+        info(max + 1)
+    );
+    assert_eq!(err(&big).code, ErrorCode::TooLarge);
+}
+
+#[test]
+fn limits_from_an_older_server_read_the_new_fields_as_defaults() {
+    let old = r#"{"max_frame_bytes":65536,"max_batch":100,"max_subscriptions":100,"rate_per_sec":50,"rate_burst":100}"#;
+    let limits: Limits = serde_json::from_str(old).unwrap();
+    assert_eq!(limits, Limits::default());
+}
+
+#[test]
+fn a_batch_is_decoded_one_frame_at_a_time() {
+    let limits = Limits::default();
+    let mut it = codec::decode_client_iter(
+        r#"[{"type":"ping","id":"1"},{"type":"bogus"},{"type":"ping","id":"2"}]"#,
+        &limits,
+    );
+    assert!(matches!(it.next(), Some(Ok(ClientFrame::Ping { .. }))));
+    assert_eq!(it.next().unwrap().unwrap_err().code, ErrorCode::UnknownType);
+    assert!(matches!(it.next(), Some(Ok(ClientFrame::Ping { .. }))));
+    assert!(it.next().is_none());
 }
