@@ -75,7 +75,7 @@ pub async fn publish(
         return error(StatusCode::BAD_REQUEST, ErrorCode::InvalidChannel, why);
     }
     let publication = Publication {
-        id: None,
+        dedupe_key: None,
         channel: Channel::from(req.channel),
         from: None,
         data: req.data,
@@ -83,7 +83,10 @@ pub async fn publish(
         except: None,
     };
     match state.hub.publish(publication).await {
-        Ok(offset) => Json(json!({ "offset": offset })).into_response(),
+        Ok(published) => {
+            let offset = published.position.map(|p| p.offset);
+            Json(json!({ "offset": offset })).into_response()
+        }
         Err(e) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Unavailable,
@@ -94,7 +97,8 @@ pub async fn publish(
 
 /// Compares without leaking the position of the first difference through timing.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
 }
 
 /// The channel the demo ticker publishes on.
@@ -115,7 +119,7 @@ pub async fn demo_ticker(hub: Hub, every: Duration) {
         let price = (price * 100.0).round() / 100.0;
         let data = json!({ "symbol": "SBX", "price": price, "seq": seq });
         let publication = Publication {
-            id: None,
+            dedupe_key: None,
             channel: channel.clone(),
             from: None,
             data,

@@ -68,6 +68,11 @@ impl Grants {
     pub fn may_publish(&self, channel: &str) -> bool {
         self.publish.iter().any(|p| pattern_matches(p, channel))
     }
+
+    /// Whether `direct` messages may be sent.
+    pub fn may_direct(&self) -> bool {
+        true
+    }
 }
 
 /// `*` matches everything, `prefix*` matches names starting with `prefix`, anything else

@@ -47,6 +47,37 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_QUEUE_CAPACITY", default_value_t = 256)]
     pub queue_capacity: usize,
 
+    /// Outbound bytes queued per connection (each frame charged its length plus 64): the
+    /// same rule as --queue-capacity applies when they are used up. At least twice
+    /// --max-frame-bytes.
+    #[arg(long, env = "SWITCHBOARD_QUEUE_BYTES", default_value_t = 1 << 20)]
+    pub queue_bytes: usize,
+
+    /// Bytes of `direct` messages queued per connection, apart from --queue-bytes. A
+    /// `direct` that does not fit is refused to its sender with `target_busy`; the
+    /// receiver is never closed because of them. At least --max-frame-bytes + 64.
+    #[arg(long, env = "SWITCHBOARD_DIRECT_QUEUE_BYTES", default_value_t = 256 << 10)]
+    pub direct_queue_bytes: usize,
+
+    /// Most messages each channel's stream keeps for recovery and the history request.
+    #[arg(long, env = "SWITCHBOARD_HISTORY_SIZE", default_value_t = 100)]
+    pub history_size: usize,
+
+    /// Messages older than this are dropped from the streams.
+    #[arg(long, env = "SWITCHBOARD_HISTORY_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub history_ttl: Duration,
+
+    /// Memory the in-memory streams may use together (messages, publish ids, one record
+    /// per channel), in bytes. Over it, the least recently used channels' streams are
+    /// dropped whole and come back with a new epoch.
+    #[arg(long, env = "SWITCHBOARD_HISTORY_MEMORY", default_value_t = 64 << 20)]
+    pub history_memory: usize,
+
+    /// Publish ids each channel's stream remembers, so a resend gets its first offset
+    /// instead of a second copy.
+    #[arg(long, env = "SWITCHBOARD_DEDUPE_WINDOW", default_value_t = 1024)]
+    pub dedupe_window: usize,
+
     /// Sustained frames per second one connection may send; faster frames are refused
     /// with `rate_limited`.
     #[arg(long, env = "SWITCHBOARD_RATE_PER_SEC", default_value_t = 50)]
@@ -191,6 +222,26 @@ impl Config {
             max_subscriptions: self.max_subscriptions,
             rate_per_sec: self.rate_per_sec,
             rate_burst: self.rate_burst,
+            ..Limits::default()
+        }
+    }
+
+    /// Each connection's outbound queue bounds.
+    pub fn queue_bounds(&self) -> crate::queue::Bounds {
+        crate::queue::Bounds {
+            frames: self.queue_capacity,
+            bytes: self.queue_bytes,
+            direct_bytes: self.direct_queue_bytes,
+        }
+    }
+
+    /// How long the in-memory streams keep messages.
+    pub fn retention(&self) -> crate::history::Retention {
+        crate::history::Retention {
+            max_messages: self.history_size,
+            max_age_ms: self.history_ttl.as_millis() as u64,
+            dedupe_window: self.dedupe_window,
+            max_bytes: self.history_memory,
         }
     }
 
@@ -198,6 +249,13 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         if self.queue_capacity == 0 {
             return Err("--queue-capacity must be at least 1".into());
+        }
+        let frame = self.max_frame_bytes as usize;
+        if self.queue_bytes < 2 * frame {
+            return Err("--queue-bytes must be at least twice --max-frame-bytes".into());
+        }
+        if self.direct_queue_bytes < frame + crate::queue::FRAME_OVERHEAD {
+            return Err("--direct-queue-bytes must be at least --max-frame-bytes + 64".into());
         }
         if self.max_frame_bytes < 1024 {
             return Err("--max-frame-bytes must be at least 1024".into());

@@ -5,29 +5,34 @@
 //! to every subscriber's queue.
 //!
 //! Locking: the client map and the channel map are each behind a `std::sync::Mutex` held
-//! only for a lookup; each channel has its own mutex, so deliveries to different channels
-//! do not contend. No `std` lock is held across an `.await`. Membership changes (a node's
-//! first subscriber arriving, its last one leaving) are serialized by an async mutex so the
-//! node's broker subscription always matches its local subscribers; publishing never takes
-//! it.
+//! only for a lookup; each channel has its own state mutex, so deliveries to different
+//! channels do not contend. No `std` lock is held across an `.await`. Membership changes
+//! of one channel (this node's broker subscription, presence joins and leaves) are
+//! serialized by that channel's own async mutex, so subscribes to different channels
+//! never wait for each other; publishing never takes it.
+//!
+//! Exactness: a subscriber is told a stream position and then receives exactly the
+//! stored messages after it. The channel state tracks the position of the last message
+//! it forwarded; a new subscriber is registered and told that position under the same
+//! lock that forwards deliveries. The node's first subscriber subscribes the node at the
+//! broker *before* reading the stream's position, so nothing appended in between is missed,
+//! and deliveries at or below the position are dropped as already seen.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use axum::extract::ws::Utf8Bytes;
 use serde_json::Value;
 use switchboard_protocol::{
     Channel, ClientId, CloseCode, Member, PresenceAction, Sender, ServerFrame, StreamPosition,
-    codec,
 };
 
-use crate::broker::{Broker, BrokerError, BrokerHandler, Publication};
-
+use crate::broker::{Broker, BrokerError, BrokerHandler, Delivery, Publication, Published};
+use crate::clock;
+use crate::frame::Encoded;
 use crate::metrics::Metrics;
-use crate::queue::{self, Inbox, Outbox};
+use crate::queue::{self, Bounds, Class, Inbox, Outbox, SendError};
 
 /// How other parts of the server reach one connection: a shared pointer, so the registry
 /// and every channel the connection is in hold one word each instead of a copy.
@@ -36,8 +41,11 @@ pub struct ClientHandle(Arc<Client>);
 
 /// One connection as the rest of the server sees it.
 pub struct Client {
-    /// The connection's id.
+    /// The connection's id: 128 random bits, the address of `direct` messages.
     pub id: ClientId,
+    /// The session id announced in `welcome`: 128 random bits of its own (a client id is
+    /// public, so nothing may be derived from it).
+    pub session_id: Box<str>,
     /// Its authenticated user, if any.
     pub user_id: Option<String>,
     /// Its bounded outbound queue of encoded frames, which also carries the request to
@@ -58,12 +66,6 @@ impl Client {
     pub fn presence_key(&self) -> String {
         self.user_id.clone().unwrap_or_else(|| self.id.0.clone())
     }
-
-    /// Queues an encoded frame. Returns false when the queue was full or closed: the caller
-    /// decides whether that drops the frame (ephemeral) or the connection.
-    fn offer(&self, text: &Utf8Bytes) -> bool {
-        self.outbox.try_send(text.clone()).is_ok()
-    }
 }
 
 /// Result of a subscribe.
@@ -72,6 +74,15 @@ pub enum SubscribeOutcome {
     Subscribed(ServerFrame),
     /// The client already was.
     AlreadySubscribed,
+}
+
+/// Why a `direct` was not delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirectError {
+    /// No such connection.
+    Gone,
+    /// The receiver's budget for direct messages is used up.
+    Busy,
 }
 
 /// The server's shared state (a cheap clone).
@@ -83,65 +94,82 @@ pub struct Hub {
 struct Inner {
     /// Every live connection, by id: the address book for `direct` and shutdown.
     clients: Mutex<HashMap<ClientId, ClientHandle>>,
-    /// Channels with at least one local subscriber.
-    channels: Mutex<HashMap<Channel, Arc<Mutex<ChannelState>>>>,
-    /// Serializes changes of which channels this node is subscribed to at the broker.
-    membership: tokio::sync::Mutex<()>,
+    /// Channels with local subscribers (or a subscribe in progress).
+    channels: Mutex<HashMap<Channel, Arc<ChannelEntry>>>,
     /// Streams, delivery and presence.
     broker: Arc<dyn Broker>,
-    /// Distinguishes this process's connection ids from an earlier run's.
-    epoch: String,
-    /// Source of connection ids.
-    next_id: AtomicU64,
+    /// Set by shutdown: connections arriving afterwards are closed at once.
+    closing: AtomicBool,
     /// Admitted connections per client IP (the per-IP cap) and in total (the global cap).
     admitted: Mutex<(usize, HashMap<IpAddr, usize>)>,
     metrics: Arc<Metrics>,
 }
 
-struct ChannelState {
-    /// The stream position after the last stored message delivered here: what a new
-    /// subscriber is told, since it receives every later message.
-    position: StreamPosition,
-    /// Local subscribers, and whether each joined presence.
-    subscribers: HashMap<ClientId, (ClientHandle, bool)>,
+struct ChannelEntry {
+    /// Serializes this channel's membership changes: the node's broker subscription and
+    /// presence joins and leaves. Async, since they wait on the broker; per channel, so
+    /// channels do not wait for each other.
+    membership: Arc<tokio::sync::Mutex<()>>,
+    state: Mutex<ChannelState>,
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+#[derive(Default)]
+struct ChannelState {
+    /// The position of the last stored message forwarded here; `None` until the node's
+    /// broker subscription is in place and positioned.
+    position: Option<StreamPosition>,
+    /// While positioning: the newest position delivered meanwhile.
+    seen: Option<StreamPosition>,
+    /// Local subscribers, and whether each joined presence.
+    subscribers: HashMap<ClientId, (ClientHandle, bool)>,
+    /// Removed from the channel map: a subscribe that waited for it starts over.
+    retired: bool,
 }
 
 /// Hands broker deliveries to the hub without keeping it alive.
 struct Node(Weak<Inner>);
 
 impl BrokerHandler for Node {
-    fn deliver(
-        &self,
-        channel: &Channel,
-        frame: &Utf8Bytes,
-        position: Option<&StreamPosition>,
-        droppable: bool,
-        except: Option<&ClientId>,
-    ) {
+    fn deliver(&self, channel: &Channel, delivery: &Delivery) {
         let Some(inner) = self.0.upgrade() else {
             return;
         };
-        let Some(state) = lock(&inner.channels).get(channel).cloned() else {
+        let Some(entry) = lock(&inner.channels).get(channel).cloned() else {
             return;
         };
-        let mut st = lock(&state);
-        if let Some(pos) = position {
-            st.position = pos.clone();
+        let mut st = lock(&entry.state);
+        if let Some(pos) = &delivery.position {
+            match &st.position {
+                None => {
+                    // Positioning: remember how far the stream got; nobody to deliver to.
+                    if st.seen.as_ref().is_none_or(|s| newer(pos, s)) {
+                        st.seen = Some(pos.clone());
+                    }
+                    return;
+                }
+                Some(cur) if cur.epoch == pos.epoch && pos.offset <= cur.offset => {
+                    return; // at or below what every subscriber was told: seen
+                }
+                Some(cur) if cur.epoch == pos.epoch && pos.offset > cur.offset + 1 => {
+                    inner.metrics.gaps.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(_) => {}
+            }
+            st.position = Some(pos.clone());
+        } else if st.position.is_none() {
+            return;
         }
         for (client, _) in st.subscribers.values() {
-            if Some(&client.id) != except {
-                inner.deliver(client, frame, droppable);
+            if Some(&client.id) != delivery.except.as_ref() {
+                inner.deliver(client, &delivery.frame, delivery.droppable);
             }
         }
     }
+}
+
+/// Whether `a` is after `b` in the same epoch.
+fn newer(a: &StreamPosition, b: &StreamPosition) -> bool {
+    a.epoch == b.epoch && a.offset > b.offset
 }
 
 impl Hub {
@@ -150,10 +178,8 @@ impl Hub {
         let inner = Arc::new(Inner {
             clients: Mutex::default(),
             channels: Mutex::default(),
-            membership: tokio::sync::Mutex::new(()),
             broker,
-            epoch: format!("{:x}", now_ms()),
-            next_id: AtomicU64::new(1),
+            closing: AtomicBool::new(false),
             admitted: Mutex::default(),
             metrics,
         });
@@ -166,18 +192,26 @@ impl Hub {
         &self.inner.metrics
     }
 
+    /// The broker (streams, fan-out, presence).
+    pub fn broker(&self) -> &dyn Broker {
+        &*self.inner.broker
+    }
+
     /// Registers a new connection and returns its handle and the receiving end of its
     /// outbound queue.
-    pub fn connect(&self, user_id: Option<String>, capacity: usize) -> (ClientHandle, Inbox) {
-        let n = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let id = ClientId(format!("c{n:x}-{}", &self.inner.epoch));
-        let (outbox, rx) = queue::bounded(capacity);
+    pub fn connect(&self, user_id: Option<String>, bounds: Bounds) -> (ClientHandle, Inbox) {
+        let id = ClientId(clock::random_id());
+        let (outbox, rx) = queue::bounded(bounds);
         let handle = ClientHandle(Arc::new(Client {
             id: id.clone(),
+            session_id: clock::random_id().into(),
             user_id,
             outbox,
         }));
         lock(&self.inner.clients).insert(id, handle.clone());
+        if self.inner.closing.load(Ordering::Acquire) {
+            handle.outbox.close_after_drain(CloseCode::GOING_AWAY);
+        }
         (handle, rx)
     }
 
@@ -208,6 +242,7 @@ impl Hub {
         // The same connection (the same queue) under its new user.
         let handle = ClientHandle(Arc::new(Client {
             id: client.id.clone(),
+            session_id: client.session_id.clone(),
             user_id,
             outbox: client.outbox.clone(),
         }));
@@ -235,22 +270,111 @@ impl Hub {
         lock(&self.inner.clients).len()
     }
 
-    /// Frames waiting in the outbound queues, in total and in the deepest one.
+    /// Frames and bytes waiting in the outbound queues, in total and in the deepest one.
     pub fn queue_depths(&self) -> crate::metrics::QueueDepths {
-        let clients = lock(&self.inner.clients);
+        let clients: Vec<_> = lock(&self.inner.clients).values().cloned().collect();
         let mut depths = crate::metrics::QueueDepths::default();
-        for c in clients.values() {
-            let depth = c.outbox.len();
-            depths.total += depth;
-            depths.max = depths.max.max(depth);
+        for c in clients {
+            let (frames, bytes) = (c.outbox.len(), c.outbox.bytes());
+            depths.total += frames;
+            depths.max = depths.max.max(frames);
+            depths.bytes += bytes;
+            depths.max_bytes = depths.max_bytes.max(bytes);
         }
         depths
     }
 
-    /// Asks every connection to close with `code` (graceful shutdown).
+    /// Shutdown: asks every connection, and every one that arrives later, to close with
+    /// `code` once what is already queued for it has been written.
     pub fn close_all(&self, code: CloseCode) {
+        self.inner.closing.store(true, Ordering::Release);
+        for client in lock(&self.inner.clients).values() {
+            client.outbox.close_after_drain(code);
+        }
+    }
+
+    /// Asks every connection to close with `code` at once, dropping what is queued (after
+    /// the drain timeout).
+    pub fn kill_all(&self, code: CloseCode) {
         for client in lock(&self.inner.clients).values() {
             client.outbox.kill(code);
+        }
+    }
+
+    /// The channel's entry, inserted if missing.
+    fn entry(&self, channel: &Channel) -> Arc<ChannelEntry> {
+        lock(&self.inner.channels)
+            .entry(channel.clone())
+            .or_insert_with(|| {
+                Arc::new(ChannelEntry {
+                    membership: Arc::default(),
+                    state: Mutex::default(),
+                })
+            })
+            .clone()
+    }
+
+    /// Removes an entry that has no subscribers from the map, and unsubscribes the node if
+    /// it was subscribed. Called with the entry's membership lock held.
+    async fn retire(
+        &self,
+        channel: &Channel,
+        entry: &Arc<ChannelEntry>,
+    ) -> Result<(), BrokerError> {
+        let was_subscribed = {
+            let mut st = lock(&entry.state);
+            if !st.subscribers.is_empty() || st.retired {
+                return Ok(());
+            }
+            st.retired = true;
+            st.position.take().is_some()
+        };
+        {
+            let mut channels = lock(&self.inner.channels);
+            if channels.get(channel).is_some_and(|e| Arc::ptr_eq(e, entry)) {
+                channels.remove(channel);
+            }
+        }
+        if was_subscribed {
+            self.inner.broker.unsubscribe(channel).await?;
+        }
+        Ok(())
+    }
+
+    /// Subscribes this node at the broker and reads the stream position, unless it already
+    /// is. Called with the entry's membership lock held.
+    async fn position(
+        &self,
+        channel: &Channel,
+        entry: &Arc<ChannelEntry>,
+    ) -> Result<(), BrokerError> {
+        if lock(&entry.state).position.is_some() {
+            return Ok(());
+        }
+        let broker = &self.inner.broker;
+        if let Err(e) = broker.subscribe(channel).await {
+            let _ = self.retire(channel, entry).await;
+            return Err(e);
+        }
+        let read = broker.history().position(channel).await;
+        let mut st = lock(&entry.state);
+        match read {
+            Ok(mut position) => {
+                if let Some(seen) = st.seen.take()
+                    && newer(&seen, &position)
+                {
+                    position = seen;
+                }
+                st.position = Some(position);
+                Ok(())
+            }
+            Err(e) => {
+                // Subscribed at the broker but not positioned: undo the subscription.
+                drop(st);
+                let _ = broker.unsubscribe(channel).await;
+                let _ = self.retire(channel, entry).await;
+                Err(e.into())
+            }
         }
     }
 
@@ -261,63 +385,58 @@ impl Hub {
         channel: &Channel,
         presence: Option<Value>,
     ) -> Result<SubscribeOutcome, BrokerError> {
-        let inner = &self.inner;
-        let guard = inner.membership.lock().await;
-        let existing = lock(&inner.channels).get(channel).cloned();
-        let state = match existing {
-            Some(state) => {
-                if lock(&state).subscribers.contains_key(&client.id) {
-                    return Ok(SubscribeOutcome::AlreadySubscribed);
-                }
-                state
-            }
-            None => {
-                let position = inner.broker.subscribe(channel).await?;
-                let state = Arc::new(Mutex::new(ChannelState {
-                    position,
-                    subscribers: HashMap::new(),
-                }));
-                lock(&inner.channels).insert(channel.clone(), state.clone());
-                state
+        let broker = &self.inner.broker;
+        let (entry, guard) = loop {
+            let entry = self.entry(channel);
+            let guard = entry.membership.clone().lock_owned().await;
+            if !lock(&entry.state).retired {
+                break (entry, guard);
             }
         };
+        if lock(&entry.state).subscribers.contains_key(&client.id) {
+            return Ok(SubscribeOutcome::AlreadySubscribed);
+        }
+        self.position(channel, &entry).await?;
         // Presence first, so the others hear of the join and the joiner does not.
         if let Some(info) = &presence {
             let key = client.presence_key();
-            let joined = inner
-                .broker
+            let joined = broker
                 .presence_join(channel, &key, client.id.as_str(), info.clone())
                 .await;
-            let change = match joined {
-                Ok(change) => change,
-                Err(e) => {
-                    // Nobody was added: leave no empty channel behind.
-                    if lock(&state).subscribers.is_empty() {
-                        lock(&inner.channels).remove(channel);
-                        let _ = inner.broker.unsubscribe(channel).await;
-                    }
-                    return Err(e);
+            let announced = match joined {
+                Ok(change) if change.announce => {
+                    let frame = ServerFrame::Presence {
+                        channel: channel.clone(),
+                        action: PresenceAction::Join,
+                        member: change.member,
+                        count: change.count,
+                    };
+                    broker.broadcast(channel, Encoded::new(&frame)).await
                 }
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
             };
-            if change.announce {
-                let frame = ServerFrame::Presence {
-                    channel: channel.clone(),
-                    action: PresenceAction::Join,
-                    member: change.member,
-                    count: change.count,
-                };
-                inner.broker.broadcast(channel, encode(&frame)).await?;
+            if let Err(e) = announced {
+                // Leave no ghost member and no empty channel behind.
+                let _ = broker
+                    .presence_leave(channel, &key, client.id.as_str())
+                    .await;
+                let _ = self.retire(channel, &entry).await;
+                return Err(e);
             }
         }
         let position = {
-            let mut st = lock(&state);
+            let mut st = lock(&entry.state);
             st.subscribers
                 .insert(client.id.clone(), (client.clone(), presence.is_some()));
-            st.position.clone()
+            st.position.clone().unwrap_or_else(|| StreamPosition {
+                offset: 0,
+                epoch: String::new(),
+            })
         };
         drop(guard);
         let snapshot = match presence {
-            Some(_) => match inner.broker.presence(channel).await {
+            Some(_) => match broker.presence(channel).await {
                 Ok(members) => Some(members),
                 Err(e) => {
                     // Undo, so the hub and the session agree the client is not subscribed.
@@ -335,61 +454,76 @@ impl Hub {
         }))
     }
 
-    /// Removes `client` from `channel`. Returns false when it was not subscribed.
+    /// Removes `client` from `channel`, and from its presence even when the broker fails
+    /// to unsubscribe the node. Returns false when it was not subscribed; an error after
+    /// the client was removed locally.
     pub async fn unsubscribe(
         &self,
         client: &ClientHandle,
         channel: &Channel,
     ) -> Result<bool, BrokerError> {
-        let inner = &self.inner;
-        let guard = inner.membership.lock().await;
-        let Some(state) = lock(&inner.channels).get(channel).cloned() else {
+        let broker = &self.inner.broker;
+        let Some(entry) = lock(&self.inner.channels).get(channel).cloned() else {
             return Ok(false);
         };
-        let (present, empty) = {
-            let mut st = lock(&state);
-            let Some((_, present)) = st.subscribers.remove(&client.id) else {
-                return Ok(false);
-            };
-            (present, st.subscribers.is_empty())
+        let _guard = entry.membership.lock().await;
+        let Some((_, present)) = lock(&entry.state).subscribers.remove(&client.id) else {
+            return Ok(false);
         };
-        if empty {
-            lock(&inner.channels).remove(channel);
-            inner.broker.unsubscribe(channel).await?;
-        }
-        drop(guard);
-        if present {
+        let unsubscribed = self.retire(channel, &entry).await;
+        let left = if present {
             let key = client.presence_key();
-            let change = inner
-                .broker
+            match broker
                 .presence_leave(channel, &key, client.id.as_str())
-                .await?;
-            if let Some(change) = change.filter(|c| c.announce) {
-                let frame = ServerFrame::Presence {
-                    channel: channel.clone(),
-                    action: PresenceAction::Leave,
-                    member: change.member,
-                    count: change.count,
-                };
-                inner.broker.broadcast(channel, encode(&frame)).await?;
+                .await
+            {
+                Ok(Some(change)) if change.announce => {
+                    let frame = ServerFrame::Presence {
+                        channel: channel.clone(),
+                        action: PresenceAction::Leave,
+                        member: change.member,
+                        count: change.count,
+                    };
+                    broker.broadcast(channel, Encoded::new(&frame)).await
+                }
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
             }
-        }
-        Ok(true)
+        } else {
+            Ok(())
+        };
+        unsubscribed.and(left).map(|()| true)
     }
 
-    /// Publishes a message through the broker; returns its offset (None when ephemeral).
-    pub async fn publish(&self, publication: Publication) -> Result<Option<u64>, BrokerError> {
+    /// Publishes a message through the broker.
+    pub async fn publish(&self, publication: Publication) -> Result<Published, BrokerError> {
         self.inner.broker.publish(publication).await
     }
 
-    /// Delivers `data` to one connection. Returns false when it is not connected.
-    pub fn direct(&self, to: &ClientId, from: Sender, data: Value) -> bool {
+    /// Delivers `data` to one connection, within the receiver's budget for direct
+    /// messages: a receiver that is not reading is never closed because of them.
+    pub fn direct(&self, to: &ClientId, from: Sender, data: Value) -> Result<(), DirectError> {
         let Some(target) = lock(&self.inner.clients).get(to).cloned() else {
-            return false;
+            return Err(DirectError::Gone);
         };
-        let text = encode(&ServerFrame::Direct { from, data });
-        self.inner.deliver(&target, &text, false);
-        true
+        let frame = Encoded::new(&ServerFrame::Direct { from, data });
+        match target.outbox.try_send(frame, Class::Direct) {
+            Ok(()) => {
+                self.inner
+                    .metrics
+                    .deliveries
+                    .fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(SendError::Full) => {
+                self.inner
+                    .metrics
+                    .directs_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(DirectError::Busy)
+            }
+            Err(SendError::Closed) => Err(DirectError::Gone),
+        }
     }
 
     /// The presence set of a channel, sorted by user id.
@@ -405,7 +539,7 @@ impl Hub {
             .collect();
         let mut out: Vec<_> = all
             .into_iter()
-            .map(|(name, state)| (name, lock(&state).subscribers.len()))
+            .map(|(name, entry)| (name, lock(&entry.state).subscribers.len()))
             .filter(|(_, n)| *n > 0)
             .collect();
         out.sort();
@@ -414,19 +548,25 @@ impl Hub {
 }
 
 impl Inner {
-    /// Queues `text` for `client`. A full queue drops a droppable (ephemeral) frame and
+    /// Queues `frame` for `client`. A full queue drops a droppable (ephemeral) frame and
     /// counts it; for anything else it closes the connection as a slow consumer, because a
     /// silently missing message is worse than a reconnect.
-    fn deliver(&self, client: &ClientHandle, text: &Utf8Bytes, droppable: bool) {
+    fn deliver(&self, client: &ClientHandle, frame: &Encoded, droppable: bool) {
         let m = &self.metrics;
-        if client.offer(text) {
-            m.deliveries.fetch_add(1, Ordering::Relaxed);
-        } else if client.outbox.is_closed() {
+        match client.outbox.try_send(frame.clone(), Class::Normal) {
+            Ok(()) => {
+                m.deliveries.fetch_add(1, Ordering::Relaxed);
+            }
             // The session is ending; its own cleanup removes it.
-        } else if droppable {
-            m.dropped_ephemeral.fetch_add(1, Ordering::Relaxed);
-        } else if client.outbox.kill(CloseCode::SLOW_CONSUMER) {
-            m.slow_consumers.fetch_add(1, Ordering::Relaxed);
+            Err(SendError::Closed) => {}
+            Err(SendError::Full) if droppable => {
+                m.dropped_ephemeral.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(SendError::Full) => {
+                if client.outbox.kill(CloseCode::SLOW_CONSUMER) {
+                    m.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                }
+            }
         }
     }
 }
@@ -451,13 +591,8 @@ impl Drop for Admission {
     }
 }
 
-/// Encodes a frame once into shareable bytes.
-pub fn encode(frame: &ServerFrame) -> Utf8Bytes {
-    codec::encode(frame).into()
-}
-
 /// Locks a mutex, ignoring poisoning: every critical section here leaves the state
 /// consistent, so a panic elsewhere must not take the whole hub down.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -4,22 +4,31 @@
 //! - [`config`]: every option, as flags and `SWITCHBOARD_*` variables (clap).
 //! - [`run`] / [`app`] (this file): the router: `/ws`, `/healthz`, `/metrics`, and the
 //!   bundle at `/` with a fallback to `index.html` for client-side routes.
-//! - `session` (private): one connection's task: decode, dispatch, reply, heartbeat, close.
+//! - `session` (private): one connection: `session/core.rs` is its logic (frames in,
+//!   frames and close decisions out, timers), testable without a socket; `session/mod.rs`
+//!   is the socket glue around it.
 //! - [`hub`]: this node's connections and local subscribers; fan-out.
-//! - [`queue`]: each connection's bounded outbound queue (allocates only when used).
-//! - [`broker`]: the seam for what nodes share (streams, delivery, presence);
+//! - [`queue`]: each connection's outbound queue, bounded in frames and bytes.
+//! - [`frame`]: encoded frames, the bytes the hub, broker and history carry.
+//! - [`broker`]: the seam for what nodes share (delivery, presence, streams);
 //!   [`broker::MemoryBroker`] is the single-node default.
+//! - [`history`]: channel streams (offsets, epochs, the idempotent-publish window) behind
+//!   the [`history::History`] trait; [`history::MemoryHistory`] keeps them in memory.
 //! - [`methods`]: request/response handlers (`time`, `channels`, `presence`, and yours).
 //! - [`auth`]: JWT verification and channel permissions.
 //! - [`api`]: the HTTP publishing endpoint and the demo ticker.
 //! - [`metrics`]: counters for `/metrics`.
+//! - [`clock`]: wall-clock time and random ids.
 //!
 //! Start reading at [`run`], then `session.rs`.
 
 pub mod api;
 pub mod auth;
 pub mod broker;
+pub mod clock;
 pub mod config;
+pub mod frame;
+pub mod history;
 pub mod hub;
 pub mod methods;
 pub mod metrics;
@@ -39,12 +48,13 @@ use axum::serve::ListenerExt;
 use serde::Deserialize;
 use switchboard_protocol::{CloseCode, WS_PATH};
 use tokio::net::TcpListener;
-use tokio::time::{Instant, sleep};
+use tokio_util::task::TaskTracker;
 use tower_http::services::{ServeDir, ServeFile};
 
 use auth::Auth;
 use broker::{Broker, MemoryBroker};
 pub use config::Config;
+use history::MemoryHistory;
 pub use hub::Hub;
 pub use methods::Methods;
 use metrics::Metrics;
@@ -60,6 +70,8 @@ pub struct AppState {
     pub methods: Arc<Methods>,
     /// Token checking.
     pub auth: Arc<Auth>,
+    /// Every connection's task, so shutdown can wait for them to write what is queued.
+    pub sessions: TaskTracker,
 }
 
 impl AppState {
@@ -70,7 +82,12 @@ impl AppState {
 
     /// State for `config` with your own method table.
     pub fn with_methods(config: Config, methods: Methods) -> Self {
-        Self::with_broker(config, methods, Arc::new(MemoryBroker::new()))
+        let history = Arc::new(MemoryHistory::new(config.retention()));
+        Self::with_broker(
+            config,
+            methods,
+            Arc::new(MemoryBroker::with_history(history)),
+        )
     }
 
     /// State for `config` with your own method table and broker.
@@ -80,6 +97,7 @@ impl AppState {
             config: Arc::new(config),
             hub: Hub::new(Arc::new(Metrics::default()), broker),
             methods: Arc::new(methods),
+            sessions: TaskTracker::new(),
         }
     }
 }
@@ -111,14 +129,16 @@ pub fn app(state: AppState) -> Router {
     router.with_state(state)
 }
 
-/// Serves `app(state)` on `listener` until `shutdown` resolves; then closes every
-/// connection with 1001 (going away) and waits up to the drain timeout for them to end.
+/// Serves `app(state)` on `listener` until `shutdown` resolves; then asks every
+/// connection to write what is queued for it and close with 1001 (going away), and waits
+/// up to the drain timeout for them; connections still open then are closed at once.
 pub async fn run(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let hub = state.hub.clone();
+    let sessions = state.sessions.clone();
     let drain = state.config.drain_timeout;
     let ticker = state
         .config
@@ -143,11 +163,16 @@ pub async fn run(
     if let Some(ticker) = ticker {
         ticker.abort();
     }
-    // Upgraded connections live in their own tasks: wait for them to say goodbye.
-    let deadline = Instant::now() + drain;
-    while hub.connection_count() > 0 && Instant::now() < deadline {
-        hub.close_all(CloseCode::GOING_AWAY);
-        sleep(std::time::Duration::from_millis(10)).await;
+    // Upgraded connections live in their own tasks: wait for them to write what is
+    // queued and say goodbye.
+    sessions.close();
+    if tokio::time::timeout(drain, sessions.wait()).await.is_err() {
+        tracing::warn!(
+            left = hub.connection_count(),
+            "drain timeout: closing the rest at once"
+        );
+        hub.kill_all(CloseCode::GOING_AWAY);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), sessions.wait()).await;
     }
     tracing::info!(left = hub.connection_count(), "stopped");
     Ok(())
@@ -205,11 +230,14 @@ async fn ws_upgrade(
         auth,
         admission,
     });
+    let sessions = pending.state.sessions.clone();
     ws.max_message_size(max)
         .max_frame_size(max)
         .read_buffer_size(read_buffer)
         .write_buffer_size(WRITE_BUFFER_BYTES)
-        .on_upgrade(move |socket| session::run(socket, pending))
+        // Backpressure instead of growth: at most one frame beyond the buffer is held.
+        .max_write_buffer_size(WRITE_BUFFER_BYTES + 2 * max)
+        .on_upgrade(move |socket| sessions.track_future(session::run(socket, pending)))
 }
 
 /// Cross-site WebSocket hijacking guard. Browsers always send `Origin`; it must be the

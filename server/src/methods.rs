@@ -25,7 +25,8 @@ use serde_json::{Value, json};
 use switchboard_protocol::{Channel, ClientId, ErrorCode, limits::validate_channel};
 
 use crate::auth::Grants;
-use crate::hub::{Hub, now_ms};
+use crate::clock::now_ms;
+use crate::hub::Hub;
 
 /// What a handler knows about the caller.
 #[derive(Clone)]

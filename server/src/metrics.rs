@@ -36,6 +36,12 @@ pub struct Metrics {
     pub dropped_ephemeral: AtomicU64,
     /// Connections closed because their queue overflowed or a write timed out.
     pub slow_consumers: AtomicU64,
+    /// `direct` messages refused because the receiver's budget for them was used up.
+    pub directs_refused: AtomicU64,
+    /// Stored messages that reached this node past a gap in their stream's offsets.
+    pub gaps: AtomicU64,
+    /// Request handlers that panicked (answered with `internal`).
+    pub handler_panics: AtomicU64,
     /// `error` frames sent, by code (indexed like [`ErrorCode::ALL`]).
     errors: [AtomicU64; ErrorCode::ALL.len()],
     /// Connections the server closed, by code (indexed like `CLOSE_CODES`).
@@ -49,8 +55,12 @@ pub struct Metrics {
 pub struct QueueDepths {
     /// Frames waiting in all connections' queues together.
     pub total: usize,
-    /// The deepest single queue.
+    /// The deepest single queue, in frames.
     pub max: usize,
+    /// Bytes charged for all queued frames together.
+    pub bytes: usize,
+    /// The most bytes charged in a single queue.
+    pub max_bytes: usize,
 }
 
 impl Metrics {
@@ -99,6 +109,21 @@ impl Metrics {
             "switchboard_slow_consumers_total",
             "Connections closed as slow consumers.",
             &self.slow_consumers,
+        );
+        counter(
+            "switchboard_directs_refused_total",
+            "Direct messages refused because the receiver's budget for them was full.",
+            &self.directs_refused,
+        );
+        counter(
+            "switchboard_stream_gaps_total",
+            "Stored messages that arrived past a gap in their stream's offsets.",
+            &self.gaps,
+        );
+        counter(
+            "switchboard_handler_panics_total",
+            "Request handlers that panicked.",
+            &self.handler_panics,
         );
         counter(
             "switchboard_origin_refused_total",
@@ -150,6 +175,16 @@ impl Metrics {
             out,
             "# HELP switchboard_queue_depth_max The deepest outbound queue.\n# TYPE switchboard_queue_depth_max gauge\nswitchboard_queue_depth_max {}",
             queues.max
+        );
+        let _ = writeln!(
+            out,
+            "# HELP switchboard_queued_bytes Bytes waiting in outbound queues.\n# TYPE switchboard_queued_bytes gauge\nswitchboard_queued_bytes {}",
+            queues.bytes
+        );
+        let _ = writeln!(
+            out,
+            "# HELP switchboard_queue_bytes_max The most bytes waiting in one outbound queue.\n# TYPE switchboard_queue_bytes_max gauge\nswitchboard_queue_bytes_max {}",
+            queues.max_bytes
         );
         out
     }

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use jsonwebtoken::{EncodingKey, Header, encode};
 use serde_json::{Value, json};
 use switchboard_protocol::{ErrorCode, ServerFrame};
-use switchboard_server::hub::now_ms;
+use switchboard_server::clock::now_ms;
 use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -120,7 +120,22 @@ async fn the_same_user_in_two_tabs_is_one_member() {
     }
     // closing one tab is no leave; closing the second is
     drop(tab1);
-    watcher.sync().await;
+    let hub = server.state.hub.clone();
+    let room = switchboard_protocol::Channel::from("room:a");
+    let mut one_left = false;
+    for _ in 0..300 {
+        let members = hub.presence(&room).await.unwrap();
+        if members
+            .iter()
+            .any(|m| m.user_id == "u1" && m.connections == 1)
+        {
+            one_left = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(one_left, "the server saw the first tab go");
+    watcher.sync().await; // and told the watcher nothing
     drop(tab2);
     match watcher.next().await {
         ServerFrame::Presence { count, member, .. } => {

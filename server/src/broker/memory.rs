@@ -1,45 +1,51 @@
-//! The in-process broker: one node, no external service. Streams keep their offset while
-//! the node is subscribed and keep no history; when the node unsubscribes a stream is
-//! dropped, and it comes back with a new epoch. Use a cross-node broker to run several
-//! servers.
+//! The in-process broker. One [`MemoryBroker`] is one node; [`MemoryBroker::node`] makes
+//! another node on the same in-process backend (streams, presence, subscriptions), which
+//! lets tests run two hubs against one broker without a network.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use axum::extract::ws::Utf8Bytes;
 use futures::future::BoxFuture;
 use serde_json::Value;
-use switchboard_protocol::{Channel, Member, ServerFrame, StreamPosition, codec};
+use switchboard_protocol::{Channel, Member};
 
-use super::{Broker, BrokerError, BrokerHandler, DEDUPE_WINDOW, PresenceChange, Publication};
-use crate::hub::now_ms;
+use super::{Broker, BrokerError, BrokerHandler, Delivery, PresenceChange, Publication, Published};
+use crate::clock::now_ms;
+use crate::frame::{Encoded, message_body};
+use crate::history::{History, MemoryHistory};
 
-/// The default broker: everything in this process.
+/// A node on an in-process backend.
 pub struct MemoryBroker {
-    /// The hub to deliver to (set once by [`Broker::start`]).
-    handler: OnceLock<Arc<dyn BrokerHandler>>,
-    /// Streams of the channels this node is subscribed to. The map is locked only to find a
-    /// stream; each stream has its own lock, held while a message is numbered and
-    /// delivered, so channels do not contend with each other.
-    streams: Mutex<HashMap<Channel, Arc<Mutex<Stream>>>>,
-    /// Presence per channel, by user.
-    presence: Mutex<HashMap<Channel, HashMap<String, Present>>>,
-    /// Distinguishes this process's epochs from an earlier run's.
-    epoch_base: String,
-    /// Makes every stream incarnation's epoch unique within the process.
-    next_epoch: AtomicU64,
+    bus: Arc<Bus>,
+    node: Arc<Node>,
 }
 
-struct Stream {
-    epoch: String,
-    offset: u64,
-    /// Recent publish ids with their offsets, oldest first (see [`DEDUPE_WINDOW`]).
-    recent: VecDeque<(String, u64)>,
+/// One node's end: where its deliveries go.
+#[derive(Default)]
+struct Node {
+    handler: OnceLock<Arc<dyn BrokerHandler>>,
+}
+
+/// What the nodes of one backend share.
+struct Bus {
+    history: Arc<dyn History>,
+    /// Channels that have subscribed nodes or a publish in progress.
+    channels: Mutex<HashMap<Channel, Arc<ChannelBus>>>,
+    /// Presence per channel, by user.
+    presence: Mutex<HashMap<Channel, BTreeMap<String, Present>>>,
+}
+
+struct ChannelBus {
+    /// Held while a message is numbered and delivered, so every node gets the channel's
+    /// messages in offset order.
+    order: tokio::sync::Mutex<()>,
+    /// The nodes subscribed to the channel.
+    nodes: Mutex<Vec<Arc<Node>>>,
 }
 
 struct Present {
-    info: Value,
+    /// The member's info as JSON text: its size is what `limits.max_presence_bytes` caps.
+    info: String,
     conns: HashSet<String>,
 }
 
@@ -50,35 +56,69 @@ impl Default for MemoryBroker {
 }
 
 impl MemoryBroker {
-    /// A broker with no channels.
+    /// A node on a new backend whose streams live in a [`MemoryHistory`] with default
+    /// retention.
     pub fn new() -> Self {
+        Self::with_history(Arc::new(MemoryHistory::default()))
+    }
+
+    /// A node on a new backend with its streams in `history`.
+    pub fn with_history(history: Arc<dyn History>) -> Self {
         Self {
-            handler: OnceLock::new(),
-            streams: Mutex::default(),
-            presence: Mutex::default(),
-            epoch_base: format!("{:x}", now_ms()),
-            next_epoch: AtomicU64::new(1),
+            bus: Arc::new(Bus {
+                history,
+                channels: Mutex::default(),
+                presence: Mutex::default(),
+            }),
+            node: Arc::default(),
         }
     }
 
-    fn new_stream(&self) -> Stream {
-        let n = self.next_epoch.fetch_add(1, Ordering::Relaxed);
-        Stream {
-            epoch: format!("{}-{n:x}", self.epoch_base),
-            offset: 0,
-            recent: VecDeque::new(),
+    /// Another node on the same backend.
+    pub fn node(&self) -> Self {
+        Self {
+            bus: self.bus.clone(),
+            node: Arc::default(),
+        }
+    }
+}
+
+impl Bus {
+    fn entry(&self, channel: &Channel) -> Arc<ChannelBus> {
+        lock(&self.channels)
+            .entry(channel.clone())
+            .or_insert_with(|| {
+                Arc::new(ChannelBus {
+                    order: tokio::sync::Mutex::new(()),
+                    nodes: Mutex::default(),
+                })
+            })
+            .clone()
+    }
+
+    /// Forgets `channel`'s entry if no node is subscribed and nobody else holds it.
+    fn release(&self, channel: &Channel, entry: Arc<ChannelBus>) {
+        let mut channels = lock(&self.channels);
+        // Ours and the map's: nobody else is between `entry` and `release`.
+        if Arc::strong_count(&entry) == 2 && lock(&entry.nodes).is_empty() {
+            channels.remove(channel);
         }
     }
 
-    fn stream(&self, channel: &Channel) -> Option<Arc<Mutex<Stream>>> {
-        lock(&self.streams).get(channel).cloned()
+    fn deliver(&self, entry: &ChannelBus, channel: &Channel, delivery: &Delivery) {
+        let nodes = lock(&entry.nodes).clone();
+        for node in nodes {
+            if let Some(handler) = node.handler.get() {
+                handler.deliver(channel, delivery);
+            }
+        }
     }
 }
 
 fn member(user: &str, p: &Present) -> Member {
     Member {
         user_id: user.to_owned(),
-        info: p.info.clone(),
+        info: serde_json::from_str(&p.info).unwrap_or(Value::Null),
         connections: p.conns.len() as u32,
     }
 }
@@ -86,100 +126,98 @@ fn member(user: &str, p: &Present) -> Member {
 impl Broker for MemoryBroker {
     fn start(&self, handler: Arc<dyn BrokerHandler>) {
         assert!(
-            self.handler.set(handler).is_ok(),
+            self.node.handler.set(handler).is_ok(),
             "MemoryBroker::start called twice"
         );
     }
 
-    fn subscribe<'a>(
-        &'a self,
-        channel: &'a Channel,
-    ) -> BoxFuture<'a, Result<StreamPosition, BrokerError>> {
-        let stream = lock(&self.streams)
-            .entry(channel.clone())
-            .or_insert_with(|| Arc::new(Mutex::new(self.new_stream())))
-            .clone();
-        let st = lock(&stream);
-        let pos = StreamPosition {
-            offset: st.offset,
-            epoch: st.epoch.clone(),
-        };
-        Box::pin(async move { Ok(pos) })
-    }
-
-    fn unsubscribe<'a>(&'a self, channel: &'a Channel) -> BoxFuture<'a, Result<(), BrokerError>> {
-        lock(&self.streams).remove(channel);
+    fn subscribe<'a>(&'a self, channel: &'a Channel) -> BoxFuture<'a, Result<(), BrokerError>> {
+        let entry = self.bus.entry(channel);
+        {
+            let mut nodes = lock(&entry.nodes);
+            if !nodes.iter().any(|n| Arc::ptr_eq(n, &self.node)) {
+                nodes.push(self.node.clone());
+            }
+        }
+        self.bus.release(channel, entry);
         Box::pin(async { Ok(()) })
     }
 
-    fn publish(&self, p: Publication) -> BoxFuture<'_, Result<Option<u64>, BrokerError>> {
-        // A channel nobody on this node listens to gets a throwaway stream: the message is
-        // numbered and goes nowhere, as in any pub/sub without subscribers.
-        let shared = self.stream(&p.channel);
-        let scratch = shared.is_none().then(|| Mutex::new(self.new_stream()));
-        let cell = shared.as_deref().or(scratch.as_ref()).expect("one of them");
-        let mut st = lock(cell);
-        let stream = &mut *st;
-        if !p.ephemeral
-            && let Some(id) = &p.id
-            && let Some((_, offset)) = stream.recent.iter().find(|(seen, _)| seen == id)
-        {
-            let offset = *offset;
-            return Box::pin(async move { Ok(Some(offset)) });
-        }
-        let position = (!p.ephemeral).then(|| {
-            stream.offset += 1;
-            if let Some(id) = &p.id {
-                if stream.recent.len() == DEDUPE_WINDOW {
-                    stream.recent.pop_front();
+    fn unsubscribe<'a>(&'a self, channel: &'a Channel) -> BoxFuture<'a, Result<(), BrokerError>> {
+        let entry = self.bus.entry(channel);
+        lock(&entry.nodes).retain(|n| !Arc::ptr_eq(n, &self.node));
+        self.bus.release(channel, entry);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn publish(&self, p: Publication) -> BoxFuture<'_, Result<Published, BrokerError>> {
+        Box::pin(async move {
+            let bus = &self.bus;
+            let entry = bus.entry(&p.channel);
+            let result = async {
+                let _order = entry.order.lock().await;
+                let body = message_body(&p.channel, p.from, p.data, now_ms(), p.ephemeral);
+                if p.ephemeral {
+                    let delivery = Delivery {
+                        frame: Encoded::from_bytes(body).expect("encoded JSON is UTF-8"),
+                        position: None,
+                        droppable: true,
+                        except: p.except,
+                    };
+                    bus.deliver(&entry, &p.channel, &delivery);
+                    return Ok(Published {
+                        position: None,
+                        duplicate: false,
+                    });
                 }
-                stream.recent.push_back((id.clone(), stream.offset));
+                let appended = bus
+                    .history
+                    .append(&p.channel, p.dedupe_key.as_deref(), body)
+                    .await?;
+                if let Some(frame) = appended.frame {
+                    let delivery = Delivery {
+                        frame,
+                        position: Some(appended.position.clone()),
+                        droppable: false,
+                        except: p.except,
+                    };
+                    bus.deliver(&entry, &p.channel, &delivery);
+                }
+                Ok(Published {
+                    position: Some(appended.position),
+                    duplicate: appended.duplicate,
+                })
             }
-            StreamPosition {
-                offset: stream.offset,
-                epoch: stream.epoch.clone(),
-            }
-        });
-        if shared.is_some()
-            && let Some(handler) = self.handler.get()
-        {
-            let frame = ServerFrame::Message {
-                channel: p.channel.clone(),
-                offset: position.as_ref().map(|pos| pos.offset),
-                epoch: position.as_ref().map(|pos| pos.epoch.clone()),
-                from: p.from,
-                data: p.data,
-                ts: now_ms(),
-                ephemeral: p.ephemeral,
-            };
-            let text: Utf8Bytes = codec::encode(&frame).into();
-            // Delivered under the state lock: per-channel order is publish order.
-            handler.deliver(
-                &p.channel,
-                &text,
-                position.as_ref(),
-                p.ephemeral,
-                p.except.as_ref(),
-            );
-        }
-        drop(st);
-        let offset = position.map(|pos| pos.offset);
-        Box::pin(async move { Ok(offset) })
+            .await;
+            bus.release(&p.channel, entry);
+            result
+        })
     }
 
     fn broadcast<'a>(
         &'a self,
         channel: &'a Channel,
-        frame: Utf8Bytes,
+        frame: Encoded,
     ) -> BoxFuture<'a, Result<(), BrokerError>> {
-        if let Some(stream) = self.stream(channel)
-            && let Some(handler) = self.handler.get()
-        {
-            // Under the stream's lock, so it is ordered with the channel's messages.
-            let _order = lock(&stream);
-            handler.deliver(channel, &frame, None, false, None);
-        }
-        Box::pin(async { Ok(()) })
+        Box::pin(async move {
+            let entry = self.bus.entry(channel);
+            {
+                let _order = entry.order.lock().await;
+                let delivery = Delivery {
+                    frame,
+                    position: None,
+                    droppable: false,
+                    except: None,
+                };
+                self.bus.deliver(&entry, channel, &delivery);
+            }
+            self.bus.release(channel, entry);
+            Ok(())
+        })
+    }
+
+    fn history(&self) -> &dyn History {
+        &*self.bus.history
     }
 
     fn presence_join<'a>(
@@ -189,15 +227,15 @@ impl Broker for MemoryBroker {
         conn: &'a str,
         info: Value,
     ) -> BoxFuture<'a, Result<PresenceChange, BrokerError>> {
-        let mut presence = lock(&self.presence);
+        let mut presence = lock(&self.bus.presence);
         let members = presence.entry(channel.clone()).or_default();
         let present = members.entry(user.to_owned()).or_insert_with(|| Present {
-            info: Value::Null,
+            info: String::new(),
             conns: HashSet::new(),
         });
         let announce = present.conns.is_empty();
         present.conns.insert(conn.to_owned());
-        present.info = info;
+        present.info = serde_json::to_string(&info).unwrap_or_default();
         let change = PresenceChange {
             member: member(user, present),
             count: members.len() as u32,
@@ -212,7 +250,7 @@ impl Broker for MemoryBroker {
         user: &'a str,
         conn: &'a str,
     ) -> BoxFuture<'a, Result<Option<PresenceChange>, BrokerError>> {
-        let mut presence = lock(&self.presence);
+        let mut presence = lock(&self.bus.presence);
         let change = presence.get_mut(channel).and_then(|members| {
             let present = members.get_mut(user)?;
             if !present.conns.remove(conn) {
@@ -229,7 +267,7 @@ impl Broker for MemoryBroker {
                 announce,
             })
         });
-        if presence.get(channel).is_some_and(HashMap::is_empty) {
+        if presence.get(channel).is_some_and(BTreeMap::is_empty) {
             presence.remove(channel);
         }
         Box::pin(async move { Ok(change) })
@@ -239,16 +277,16 @@ impl Broker for MemoryBroker {
         &'a self,
         channel: &'a Channel,
     ) -> BoxFuture<'a, Result<Vec<Member>, BrokerError>> {
-        let mut members: Vec<Member> = lock(&self.presence)
+        // A BTreeMap: already sorted by user id.
+        let members: Vec<Member> = lock(&self.bus.presence)
             .get(channel)
             .map(|m| m.iter().map(|(user, p)| member(user, p)).collect())
             .unwrap_or_default();
-        members.sort_by(|a, b| a.user_id.cmp(&b.user_id));
         Box::pin(async move { Ok(members) })
     }
 }
 
 /// Locks a mutex, ignoring poisoning: every critical section leaves the state consistent.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -1,68 +1,81 @@
-//! The broker seam: what must be shared between server nodes (channel streams with their
-//! offsets, delivery to every node with subscribers, and presence) behind one small trait.
+//! The broker seam: what server nodes share. Delivery of a channel's messages to every
+//! node with subscribers (fan-out), presence, and the channel streams (a [`History`] the
+//! broker numbers stored messages in), behind one small trait.
 //!
-//! [`MemoryBroker`] is the default: everything in this process, for a single node. A
-//! cross-node broker (Redis) implements the same trait, and `tests/broker_conformance.rs`
-//! runs one suite against every implementation.
+//! [`MemoryBroker`] is the default: everything in this process. Several `MemoryBroker`
+//! nodes can share one in-process backend ([`MemoryBroker::node`]), which is how
+//! `tests/broker_conformance.rs` checks cross-node behaviour without a network. A
+//! cross-node broker (Redis) implements the same trait and runs the same suite.
 //!
-//! The hub (see [`crate::hub`]) owns the local side: which connections on this node are
-//! subscribed, and their queues. It tells the broker which channels this node wants
-//! ([`Broker::subscribe`]), and the broker hands it every delivery for those channels
-//! through [`BrokerHandler::deliver`], encoded once.
+//! The broker knows nothing of the hub or of WebSockets: it carries [`Encoded`] frames.
+//! The hub tells the broker which channels this node wants ([`Broker::subscribe`]), and the
+//! broker hands it every delivery for those channels through [`BrokerHandler::deliver`],
+//! encoded once.
 //!
 //! Guarantees every implementation gives:
-//! - **Order**: per channel, deliveries reach the handler in publish order; stored
-//!   messages in increasing offset order, without gaps while the node stays subscribed.
-//! - **Position**: [`Broker::subscribe`] returns the stream position such that every
-//!   stored message after it is delivered to the handler.
-//! - **At most once** delivery to the handler; stored messages are kept by the stream, so
-//!   a client can recover what it missed where history is supported
-//!   ([`Broker::history_since`]).
+//! - **Numbering**: a stored publish is appended to the channel's stream (offsets 1, 2, 3…
+//!   within an epoch) whether or not any node is subscribed; an ephemeral one is not.
+//! - **Order**: per channel, deliveries reach a node in publish order; stored messages in
+//!   increasing offset order.
+//! - **Subscribe, then read the position**: once [`Broker::subscribe`] has returned, every
+//!   stored message appended after that point is delivered to the node. A node reads the
+//!   stream's position after subscribing, and ignores deliveries at or below it.
+//! - **Idempotent publish**: a stored publish whose dedupe key the stream remembers is not
+//!   appended or delivered again; its first position is returned.
+//! - **At most once** delivery to a handler; what a node misses can be read back from the
+//!   stream ([`History::since`]).
 
 mod memory;
 
 use std::sync::Arc;
 
-use axum::extract::ws::Utf8Bytes;
 use futures::future::BoxFuture;
 use serde_json::Value;
 use switchboard_protocol::{Channel, ClientId, Member, Sender, StreamPosition};
 
-pub use memory::MemoryBroker;
+use crate::frame::Encoded;
+use crate::history::{History, HistoryError};
 
-/// How many recent publish ids a stream remembers for deduplication.
-pub const DEDUPE_WINDOW: usize = 1024;
+pub use memory::MemoryBroker;
 
 /// Why a broker operation failed; clients get `unavailable`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("broker unavailable: {0}")]
 pub struct BrokerError(pub String);
 
+impl From<HistoryError> for BrokerError {
+    fn from(e: HistoryError) -> Self {
+        Self(e.to_string())
+    }
+}
+
+/// One delivery to a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The encoded frame for the channel's local subscribers.
+    pub frame: Encoded,
+    /// For stored messages, the stream position of this message.
+    pub position: Option<StreamPosition>,
+    /// May be dropped for a subscriber whose queue is full (ephemeral messages).
+    pub droppable: bool,
+    /// A connection not to deliver to (the publisher, with `skip_self`).
+    pub except: Option<ClientId>,
+}
+
 /// The node side of a broker: receives deliveries for the channels it subscribed to.
 pub trait BrokerHandler: Send + Sync + 'static {
-    /// One encoded server frame for `channel`'s local subscribers. `position` is set for
-    /// stored messages (the stream position after this message); `droppable` frames may be
-    /// dropped for a subscriber whose queue is full; `except` is a connection not to
-    /// deliver to (the publisher, with `skip_self`).
-    fn deliver(
-        &self,
-        channel: &Channel,
-        frame: &Utf8Bytes,
-        position: Option<&StreamPosition>,
-        droppable: bool,
-        except: Option<&ClientId>,
-    );
+    /// One delivery for `channel`'s local subscribers.
+    fn deliver(&self, channel: &Channel, delivery: &Delivery);
 }
 
 /// A message to publish.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Publication {
-    /// The publisher's message id. A stored message whose id the channel's stream has seen
-    /// recently (the last [`DEDUPE_WINDOW`] ids) is not published again; its original
-    /// offset is returned. This makes a client's resend after a reconnect harmless.
-    pub id: Option<String>,
     /// Target channel.
     pub channel: Channel,
+    /// The idempotency key (the publisher's scope and message id). A stored publish whose
+    /// key the channel's stream remembers is not published again.
+    pub dedupe_key: Option<String>,
     /// The sender; `None` for server-side publishes.
     pub from: Option<Sender>,
     /// The payload.
@@ -71,6 +84,15 @@ pub struct Publication {
     pub ephemeral: bool,
     /// A connection not to deliver to (the publisher, when it asked for `skip_self`).
     pub except: Option<ClientId>,
+}
+
+/// The outcome of a publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The message's stream position; `None` for ephemeral messages.
+    pub position: Option<StreamPosition>,
+    /// The dedupe key was seen: this is the first publish's position, nothing was sent.
+    pub duplicate: bool,
 }
 
 /// The result of a presence change.
@@ -91,36 +113,26 @@ pub trait Broker: Send + Sync + 'static {
     /// Connects the broker to this node's hub. Called once, before anything else.
     fn start(&self, handler: Arc<dyn BrokerHandler>);
 
-    /// This node wants `channel`'s deliveries. Returns the stream position after which
-    /// every stored message will be delivered.
-    fn subscribe<'a>(
-        &'a self,
-        channel: &'a Channel,
-    ) -> BoxFuture<'a, Result<StreamPosition, BrokerError>>;
+    /// This node wants `channel`'s deliveries. Every stored message appended after this
+    /// returns is delivered.
+    fn subscribe<'a>(&'a self, channel: &'a Channel) -> BoxFuture<'a, Result<(), BrokerError>>;
 
     /// This node no longer has subscribers on `channel`.
     fn unsubscribe<'a>(&'a self, channel: &'a Channel) -> BoxFuture<'a, Result<(), BrokerError>>;
 
-    /// Stores (unless ephemeral) and delivers a message to every subscribed node. Returns
-    /// its offset, `None` for ephemeral messages.
-    fn publish(&self, publication: Publication) -> BoxFuture<'_, Result<Option<u64>, BrokerError>>;
+    /// Stores (unless ephemeral) and delivers a message to every subscribed node.
+    fn publish(&self, publication: Publication) -> BoxFuture<'_, Result<Published, BrokerError>>;
 
-    /// Delivers an encoded control frame (presence) to every subscribed node, unstored.
+    /// Delivers an encoded control frame (presence) to every subscribed node, unstored,
+    /// in order with the channel's messages.
     fn broadcast<'a>(
         &'a self,
         channel: &'a Channel,
-        frame: Utf8Bytes,
+        frame: Encoded,
     ) -> BoxFuture<'a, Result<(), BrokerError>>;
 
-    /// The encoded stored messages after `since`, or `None` when they cannot all be
-    /// recovered (other epoch, or trimmed). The default keeps no history.
-    fn history_since<'a>(
-        &'a self,
-        _channel: &'a Channel,
-        _since: &'a StreamPosition,
-    ) -> BoxFuture<'a, Result<Option<Vec<Utf8Bytes>>, BrokerError>> {
-        Box::pin(async { Ok(None) })
-    }
+    /// The channel streams.
+    fn history(&self) -> &dyn History;
 
     /// Adds connection `conn` of user `user` to `channel`'s presence with `info`.
     fn presence_join<'a>(

@@ -1,6 +1,8 @@
 //! Test helpers: a real server on a free loopback port and a real tokio-tungstenite client.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod faulty;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -148,17 +150,24 @@ impl Client {
     }
 
     /// Sends a ping and waits for its pong: everything sent before has been processed.
-    pub async fn sync(&mut self) {
+    /// Returns the frames that arrived before the pong, in order.
+    pub async fn collect(&mut self) -> Vec<ServerFrame> {
         self.send(&ClientFrame::Ping {
             id: Some("sync".into()),
         })
         .await;
+        let mut before = Vec::new();
         loop {
-            if let ServerFrame::Pong { id: Some(id) } = self.next().await
-                && id.as_str() == "sync"
-            {
-                return;
+            match self.next().await {
+                ServerFrame::Pong { id: Some(id) } if id.as_str() == "sync" => return before,
+                other => before.push(other),
             }
         }
+    }
+
+    /// Like [`Client::collect`], and nothing else arrived before the pong.
+    pub async fn sync(&mut self) {
+        let before = self.collect().await;
+        assert!(before.is_empty(), "unexpected frames: {before:?}");
     }
 }

@@ -1,0 +1,141 @@
+//! Encoded server frames: what queues, the broker and history carry. A frame is encoded
+//! once into shared bytes, and the same bytes are offered to every subscriber's queue.
+//!
+//! The hub and the broker deal in [`Encoded`] (a `bytes::Bytes` of JSON text), never in
+//! socket types, so a broker or a store can carry them without knowing about WebSockets.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde_json::Value;
+use switchboard_protocol::{Channel, Sender, ServerFrame, StreamPosition, codec};
+
+/// One server frame, encoded as JSON text, cheap to clone (shared bytes).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Encoded(Bytes);
+
+impl Encoded {
+    /// Encodes `frame`.
+    pub fn new(frame: &ServerFrame) -> Self {
+        Self(Bytes::from(codec::encode(frame)))
+    }
+
+    /// Wraps bytes that already hold one encoded frame (from a store or another node).
+    /// Returns `None` unless they are UTF-8.
+    pub fn from_bytes(bytes: Bytes) -> Option<Self> {
+        std::str::from_utf8(&bytes).is_ok().then_some(Self(bytes))
+    }
+
+    /// The frame's bytes.
+    pub fn bytes(&self) -> &Bytes {
+        &self.0
+    }
+
+    /// The frame's text.
+    pub fn as_str(&self) -> &str {
+        // Constructed from UTF-8 only (see `new` and `from_bytes`).
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True for an empty frame (never produced by [`Encoded::new`]).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Encoded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Encoded({})", self.as_str())
+    }
+}
+
+impl From<&ServerFrame> for Encoded {
+    fn from(frame: &ServerFrame) -> Self {
+        Self::new(frame)
+    }
+}
+
+/// The `message` frame of a publication without its stream position: what a stream
+/// stores. [`with_position`] completes it once the stream has numbered it; an ephemeral
+/// message is sent as it is.
+pub fn message_body(
+    channel: &Channel,
+    from: Option<Sender>,
+    data: Value,
+    ts: u64,
+    ephemeral: bool,
+) -> Bytes {
+    let frame = ServerFrame::Message {
+        channel: channel.clone(),
+        from,
+        data,
+        ts,
+        ephemeral,
+        offset: None,
+        epoch: None,
+    };
+    Bytes::from(codec::encode(&frame))
+}
+
+/// A stored message's body with its position appended: byte for byte what encoding the
+/// `message` frame with `offset` and `epoch` gives, since they are its last fields.
+pub fn with_position(body: &[u8], position: &StreamPosition) -> Encoded {
+    debug_assert_eq!(body.last(), Some(&b'}'));
+    let open = &body[..body.len().saturating_sub(1)];
+    let mut out = BytesMut::with_capacity(body.len() + 40 + position.epoch.len());
+    out.put_slice(open);
+    out.put_slice(b",\"offset\":");
+    out.put_slice(position.offset.to_string().as_bytes());
+    out.put_slice(b",\"epoch\":");
+    // Epochs are made by the server (letters and digits), but encode them properly anyway.
+    out.put_slice(
+        serde_json::to_string(&position.epoch)
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+    out.put_u8(b'}');
+    Encoded(out.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_body_with_its_position_is_the_full_message_frame() {
+        let from = Some(Sender {
+            client_id: "c1".into(),
+            user_id: Some("u1".into()),
+        });
+        let channel = Channel::from("room:a");
+        let body = message_body(&channel, from.clone(), json!({"t": "hi"}), 17, false);
+        let position = StreamPosition {
+            offset: 42,
+            epoch: "ab12".into(),
+        };
+        let full = ServerFrame::Message {
+            channel,
+            from,
+            data: json!({"t": "hi"}),
+            ts: 17,
+            ephemeral: false,
+            offset: Some(42),
+            epoch: Some("ab12".into()),
+        };
+        assert_eq!(
+            with_position(&body, &position).as_str(),
+            codec::encode(&full)
+        );
+    }
+
+    #[test]
+    fn only_utf8_bytes_make_a_frame() {
+        assert!(Encoded::from_bytes(Bytes::from_static(b"{}")).is_some());
+        assert!(Encoded::from_bytes(Bytes::from_static(b"\xff")).is_none());
+    }
+}

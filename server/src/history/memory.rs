@@ -1,0 +1,445 @@
+//! The in-process store: streams in memory, within [`Retention`]. Streams are sharded by
+//! channel name, each shard behind its own mutex (held for one operation, never across an
+//! `.await`), so channels in different shards never contend.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use futures::future::{BoxFuture, ready};
+use switchboard_protocol::{Channel, StreamPosition};
+
+use super::{Appended, History, HistoryError, Page, Retention, Since, Unrecoverable};
+use crate::clock;
+use crate::frame::{Encoded, with_position};
+
+/// Number of independently locked shards.
+const SHARDS: usize = 16;
+
+/// Bytes charged for a stream beyond its name and contents.
+pub const STREAM_OVERHEAD: usize = 256;
+/// Bytes charged for a stored message beyond its frame.
+pub const MESSAGE_OVERHEAD: usize = 64;
+/// Bytes charged for a remembered publish id (a 64-bit keyed hash and an offset).
+pub const DEDUPE_ENTRY: usize = 16;
+
+/// A clock in milliseconds since the Unix epoch (tests pass their own).
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// Streams in this process's memory.
+pub struct MemoryHistory {
+    shards: Vec<Mutex<Shard>>,
+    retention: Retention,
+    clock: Clock,
+    /// Keyed hash of publish ids and of channel names (to pick a shard); the random key
+    /// keeps colliding ids from being crafted.
+    hasher: RandomState,
+}
+
+#[derive(Default)]
+struct Shard {
+    streams: HashMap<Channel, Stream>,
+    /// Streams by last use, least recent first: what goes when over budget.
+    lru: BTreeMap<u64, Channel>,
+    tick: u64,
+    bytes: usize,
+}
+
+struct Stream {
+    epoch: String,
+    top: u64,
+    messages: VecDeque<Stored>,
+    /// Recent publish ids (hashed) with their offsets, oldest first.
+    dedupe: VecDeque<(u64, u64)>,
+    last_used: u64,
+    bytes: usize,
+}
+
+struct Stored {
+    offset: u64,
+    ts: u64,
+    frame: Encoded,
+}
+
+impl Default for MemoryHistory {
+    fn default() -> Self {
+        Self::new(Retention::default())
+    }
+}
+
+impl MemoryHistory {
+    /// Empty, with `retention`.
+    pub fn new(retention: Retention) -> Self {
+        Self::with_clock(retention, Arc::new(clock::now_ms))
+    }
+
+    /// Empty, with `retention`, telling message ages by `clock`.
+    pub fn with_clock(retention: Retention, clock: Clock) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            retention,
+            clock,
+            hasher: RandomState::new(),
+        }
+    }
+
+    /// Bytes charged to all streams together (at most `retention.max_bytes`, give or take
+    /// the one stream being written).
+    pub fn bytes(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).bytes).sum()
+    }
+
+    /// Streams kept.
+    pub fn streams(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).streams.len()).sum()
+    }
+
+    fn shard(&self, channel: &Channel) -> MutexGuard<'_, Shard> {
+        let i = self.hasher.hash_one(channel.as_str()) as usize % SHARDS;
+        lock(&self.shards[i])
+    }
+
+    /// Drops messages over the count or past the age, and charges the shard for it.
+    fn trim(&self, shard: &mut Shard, channel: &Channel) {
+        let Some(stream) = shard.streams.get_mut(channel) else {
+            return;
+        };
+        let oldest = (self.clock)().saturating_sub(self.retention.max_age_ms);
+        let mut freed = 0;
+        while let Some(first) = stream.messages.front() {
+            if stream.messages.len() <= self.retention.max_messages && first.ts >= oldest {
+                break;
+            }
+            freed += first.frame.len() + MESSAGE_OVERHEAD;
+            stream.messages.pop_front();
+        }
+        stream.bytes -= freed;
+        shard.bytes -= freed;
+    }
+
+    /// The stream, created if missing, marked as just used.
+    fn touch<'s>(&self, shard: &'s mut Shard, channel: &Channel) -> &'s mut Stream {
+        shard.tick += 1;
+        let tick = shard.tick;
+        if let Some(stream) = shard.streams.get(channel) {
+            shard.lru.remove(&stream.last_used);
+        } else {
+            let bytes = STREAM_OVERHEAD + channel.as_str().len();
+            shard.bytes += bytes;
+            shard.streams.insert(
+                channel.clone(),
+                Stream {
+                    epoch: clock::random_epoch(),
+                    top: 0,
+                    messages: VecDeque::new(),
+                    dedupe: VecDeque::new(),
+                    last_used: 0,
+                    bytes,
+                },
+            );
+        }
+        shard.lru.insert(tick, channel.clone());
+        let stream = shard.streams.get_mut(channel).expect("just inserted");
+        stream.last_used = tick;
+        stream
+    }
+
+    /// Drops least recently used streams (never `keep`) until the shard is within its
+    /// share of the budget.
+    fn evict(&self, shard: &mut Shard, keep: &Channel) {
+        let budget = self.retention.max_bytes / SHARDS;
+        while shard.bytes > budget {
+            let Some((&tick, victim)) = shard.lru.iter().find(|(_, c)| *c != keep) else {
+                return;
+            };
+            let victim = victim.clone();
+            shard.lru.remove(&tick);
+            if let Some(stream) = shard.streams.remove(&victim) {
+                shard.bytes -= stream.bytes;
+            }
+        }
+    }
+
+    fn append_now(&self, channel: &Channel, dedupe: Option<&str>, body: &[u8]) -> Appended {
+        let key = dedupe.map(|id| self.hasher.hash_one(id));
+        let now = (self.clock)();
+        let mut guard = self.shard(channel);
+        let shard = &mut *guard;
+        let stream = self.touch(shard, channel);
+        if let Some(key) = key
+            && let Some(&(_, offset)) = stream.dedupe.iter().find(|(k, _)| *k == key)
+        {
+            return Appended {
+                position: StreamPosition {
+                    offset,
+                    epoch: stream.epoch.clone(),
+                },
+                duplicate: true,
+                frame: None,
+            };
+        }
+        stream.top += 1;
+        let position = StreamPosition {
+            offset: stream.top,
+            epoch: stream.epoch.clone(),
+        };
+        let frame = with_position(body, &position);
+        let mut charged = frame.len() + MESSAGE_OVERHEAD;
+        if self.retention.max_messages > 0 {
+            stream.messages.push_back(Stored {
+                offset: stream.top,
+                ts: now,
+                frame: frame.clone(),
+            });
+        } else {
+            charged = 0;
+        }
+        if let Some(key) = key
+            && self.retention.dedupe_window > 0
+        {
+            if stream.dedupe.len() >= self.retention.dedupe_window {
+                stream.dedupe.pop_front();
+                charged -= DEDUPE_ENTRY.min(charged);
+            }
+            stream.dedupe.push_back((key, stream.top));
+            charged += DEDUPE_ENTRY;
+        }
+        stream.bytes += charged;
+        shard.bytes += charged;
+        self.trim(shard, channel);
+        self.evict(shard, channel);
+        Appended {
+            position,
+            duplicate: false,
+            frame: Some(frame),
+        }
+    }
+}
+
+impl History for MemoryHistory {
+    fn append<'a>(
+        &'a self,
+        channel: &'a Channel,
+        dedupe: Option<&'a str>,
+        body: Bytes,
+    ) -> BoxFuture<'a, Result<Appended, HistoryError>> {
+        Box::pin(ready(Ok(self.append_now(channel, dedupe, &body))))
+    }
+
+    fn position<'a>(
+        &'a self,
+        channel: &'a Channel,
+    ) -> BoxFuture<'a, Result<StreamPosition, HistoryError>> {
+        let mut guard = self.shard(channel);
+        let shard = &mut *guard;
+        let stream = self.touch(shard, channel);
+        let position = StreamPosition {
+            offset: stream.top,
+            epoch: stream.epoch.clone(),
+        };
+        self.evict(shard, channel);
+        Box::pin(ready(Ok(position)))
+    }
+
+    fn since<'a>(
+        &'a self,
+        channel: &'a Channel,
+        since: &'a StreamPosition,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Since, HistoryError>> {
+        let mut guard = self.shard(channel);
+        let shard = &mut *guard;
+        self.trim(shard, channel);
+        let stream = self.touch(shard, channel);
+        let position = StreamPosition {
+            offset: stream.top,
+            epoch: stream.epoch.clone(),
+        };
+        let first_kept = stream.messages.front().map_or(stream.top + 1, |m| m.offset);
+        let answer = if since.epoch != stream.epoch || since.offset > stream.top {
+            Since::Unrecoverable(Unrecoverable::Epoch, position)
+        } else if since.offset + 1 < first_kept {
+            Since::Unrecoverable(Unrecoverable::Trimmed, position)
+        } else if stream.top - since.offset > limit as u64 {
+            Since::Unrecoverable(Unrecoverable::TooMany, position)
+        } else {
+            let messages = stream
+                .messages
+                .iter()
+                .filter(|m| m.offset > since.offset)
+                .map(|m| m.frame.clone())
+                .collect();
+            Since::Complete(Page { messages, position })
+        };
+        self.evict(shard, channel);
+        Box::pin(ready(Ok(answer)))
+    }
+
+    fn latest<'a>(
+        &'a self,
+        channel: &'a Channel,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Page, HistoryError>> {
+        let mut guard = self.shard(channel);
+        let shard = &mut *guard;
+        self.trim(shard, channel);
+        let stream = self.touch(shard, channel);
+        let skip = stream.messages.len().saturating_sub(limit);
+        let page = Page {
+            messages: stream
+                .messages
+                .iter()
+                .skip(skip)
+                .map(|m| m.frame.clone())
+                .collect(),
+            position: StreamPosition {
+                offset: stream.top,
+                epoch: stream.epoch.clone(),
+            },
+        };
+        self.evict(shard, channel);
+        Box::pin(ready(Ok(page)))
+    }
+}
+
+/// Locks a mutex, ignoring poisoning: every critical section leaves the state consistent.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use futures::executor::block_on;
+    use serde_json::json;
+    use switchboard_protocol::{ServerFrame, codec};
+
+    use super::*;
+    use crate::frame::message_body;
+
+    fn body(n: u64) -> Bytes {
+        message_body(&"c".into(), None, json!(n), 0, false)
+    }
+
+    fn offsets(page: &Page) -> Vec<u64> {
+        page.messages
+            .iter()
+            .map(
+                |f| match codec::decode_server(f.as_str()).remove(0).unwrap() {
+                    ServerFrame::Message { offset, .. } => offset.unwrap(),
+                    other => panic!("{other:?}"),
+                },
+            )
+            .collect()
+    }
+
+    #[test]
+    fn offsets_count_up_within_an_epoch_and_duplicates_keep_their_first_offset() {
+        let h = MemoryHistory::default();
+        let ch = Channel::from("c");
+        let start = block_on(h.position(&ch)).unwrap();
+        assert_eq!(start.offset, 0);
+        let a = block_on(h.append(&ch, Some("u:1/m1"), body(1))).unwrap();
+        let b = block_on(h.append(&ch, None, body(2))).unwrap();
+        let again = block_on(h.append(&ch, Some("u:1/m1"), body(1))).unwrap();
+        assert_eq!((a.position.offset, b.position.offset), (1, 2));
+        assert_eq!(a.position.epoch, start.epoch, "position fixed the epoch");
+        assert!(again.duplicate && again.frame.is_none());
+        assert_eq!(again.position, a.position);
+        assert_eq!(block_on(h.position(&ch)).unwrap().offset, 2);
+    }
+
+    #[test]
+    fn since_is_exact_or_says_why_not() {
+        let retention = Retention {
+            max_messages: 5,
+            ..Retention::default()
+        };
+        let h = MemoryHistory::new(retention);
+        let ch = Channel::from("c");
+        for i in 0..8 {
+            block_on(h.append(&ch, None, body(i))).unwrap();
+        }
+        let top = block_on(h.position(&ch)).unwrap();
+        let at = |offset| StreamPosition {
+            offset,
+            epoch: top.epoch.clone(),
+        };
+        match block_on(h.since(&ch, &at(5), 10)).unwrap() {
+            Since::Complete(page) => assert_eq!(offsets(&page), [6, 7, 8]),
+            other => panic!("{other:?}"),
+        }
+        match block_on(h.since(&ch, &at(8), 10)).unwrap() {
+            Since::Complete(page) => assert!(page.messages.is_empty()),
+            other => panic!("{other:?}"),
+        }
+        let why = |since: &StreamPosition, limit| match block_on(h.since(&ch, since, limit)) {
+            Ok(Since::Unrecoverable(why, pos)) => {
+                assert_eq!(pos, top);
+                why
+            }
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(why(&at(2), 10), Unrecoverable::Trimmed, "1..=3 are gone");
+        assert_eq!(why(&at(4), 2), Unrecoverable::TooMany);
+        assert_eq!(why(&at(9), 10), Unrecoverable::Epoch, "beyond the top");
+        let other = StreamPosition {
+            offset: 5,
+            epoch: "other".into(),
+        };
+        assert_eq!(why(&other, 10), Unrecoverable::Epoch);
+        assert_eq!(offsets(&block_on(h.latest(&ch, 2)).unwrap()), [7, 8]);
+    }
+
+    #[test]
+    fn messages_past_their_age_are_dropped() {
+        let now = Arc::new(AtomicU64::new(1_000_000));
+        let clock = {
+            let now = now.clone();
+            Arc::new(move || now.load(Ordering::Relaxed))
+        };
+        let retention = Retention {
+            max_age_ms: 1000,
+            ..Retention::default()
+        };
+        let h = MemoryHistory::with_clock(retention, clock);
+        let ch = Channel::from("c");
+        block_on(h.append(&ch, None, body(1))).unwrap();
+        now.fetch_add(600, Ordering::Relaxed);
+        block_on(h.append(&ch, None, body(2))).unwrap();
+        now.fetch_add(600, Ordering::Relaxed);
+        assert_eq!(offsets(&block_on(h.latest(&ch, 10)).unwrap()), [2]);
+    }
+
+    #[test]
+    fn memory_stays_within_the_budget_by_dropping_least_recently_used_streams() {
+        let retention = Retention {
+            max_bytes: SHARDS * 8192,
+            max_messages: 5,
+            ..Retention::default()
+        };
+        let h = MemoryHistory::new(retention);
+        let busy = Channel::from("busy");
+        let first = block_on(h.position(&busy)).unwrap();
+        for i in 0..2000u64 {
+            let ch = Channel::from(format!("spray-{i}"));
+            block_on(h.append(&ch, Some(&format!("id{i}")), body(i))).unwrap();
+            if i % 10 == 0 {
+                block_on(h.append(&busy, None, body(i))).unwrap();
+            }
+            assert!(h.bytes() <= retention.max_bytes, "{}", h.bytes());
+        }
+        assert!(h.streams() < 2000, "streams were evicted");
+        assert_eq!(
+            block_on(h.position(&busy)).unwrap().epoch,
+            first.epoch,
+            "the recently used stream stayed"
+        );
+        // An evicted stream comes back with a new epoch: its offsets never mix.
+        let gone = Channel::from("spray-0");
+        let pos = block_on(h.position(&gone)).unwrap();
+        assert_eq!(pos.offset, 0);
+    }
+}

@@ -1,0 +1,563 @@
+//! The session's logic, apart from the socket: decoded frames and clock ticks in; frames
+//! to write, close decisions and the next deadline out. The driver (`super`) owns the
+//! socket and the timer and feeds this; tests drive it directly, without a socket.
+//!
+//! The core talks to the hub (subscribe, publish, …), which may wait on the broker, so its
+//! frame handler is `async`; it never waits on the client. Replies go to [`Core::take_out`]
+//! and the driver writes them before it reads the next frame, so a client that floods
+//! requests waits on its own TCP window and this buffer holds one frame's replies.
+
+use std::collections::HashSet;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
+use std::time::Duration;
+
+use futures::FutureExt;
+use switchboard_protocol::codec::Decoded;
+use switchboard_protocol::{
+    Channel, ClientFrame, CloseCode, ErrorCode, Limits, PROTOCOL_VERSION, RequestId, Sender,
+    ServerFrame, SessionId,
+};
+use tokio::time::Instant;
+
+use super::bucket::TokenBucket;
+use crate::AppState;
+use crate::auth::{AuthError, Grants, Identity};
+use crate::broker::Publication;
+use crate::clock::now_ms;
+use crate::frame::Encoded;
+use crate::hub::{ClientHandle, DirectError, SubscribeOutcome};
+use crate::methods::{MethodError, RequestCtx};
+
+/// Anonymous publish ids at least this long are deduplicated across connections.
+const GLOBAL_ID_LEN: usize = 24;
+
+/// Most requests of one connection whose handlers run beside the session at once (those
+/// that did not finish when first polled). More are refused with `rate_limited`.
+pub(crate) const MAX_INFLIGHT_REQUESTS: usize = 16;
+
+/// What the timer decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tick {
+    /// Nothing is due.
+    Nothing,
+    /// Send a WebSocket ping (the connection was quiet for a heartbeat).
+    Ping,
+}
+
+/// One connection's protocol state.
+pub(crate) struct Core {
+    state: AppState,
+    client: ClientHandle,
+    subscriptions: HashSet<Channel>,
+    bucket: TokenBucket,
+    /// Who is connected; `None` while a required token has not arrived yet.
+    identity: Option<Identity>,
+    /// When the connection must have (re)authenticated: the token's expiry, or the auth
+    /// timeout while no identity is established.
+    deadline: Option<Instant>,
+    /// When the next WebSocket ping is due.
+    next_ping: Instant,
+    /// When the client was last heard from (any frame, ping or pong).
+    last_heard: Instant,
+    /// An `error` to send right after `welcome` (a token the server cannot check).
+    after_welcome: Option<AuthError>,
+    /// Requests whose handlers run beside the session; shared with those tasks, created
+    /// with the first one.
+    inflight: Option<Arc<AtomicUsize>>,
+    /// Frames to write, in order.
+    out: Vec<Encoded>,
+    /// Set once the hub has forgotten the connection.
+    finished: bool,
+}
+
+impl Core {
+    /// The state of a connection just registered as `client`.
+    pub(crate) fn new(
+        state: AppState,
+        client: ClientHandle,
+        identity: Option<Identity>,
+        after_welcome: Option<AuthError>,
+        now: Instant,
+    ) -> Self {
+        let limits = state.config.limits();
+        let deadline = match &identity {
+            Some(identity) => expiry_deadline(identity, now),
+            None => Some(now + state.config.auth_timeout),
+        };
+        Self {
+            bucket: TokenBucket::new(limits.rate_per_sec, limits.rate_burst, now),
+            next_ping: now + state.config.heartbeat,
+            last_heard: now,
+            deadline,
+            identity,
+            after_welcome,
+            client,
+            state,
+            subscriptions: HashSet::new(),
+            inflight: None,
+            out: Vec::new(),
+            finished: false,
+        }
+    }
+
+    /// The connection's handle.
+    pub(crate) fn client(&self) -> &ClientHandle {
+        &self.client
+    }
+
+    /// The server's state.
+    pub(crate) fn app(&self) -> &AppState {
+        &self.state
+    }
+
+    /// The limits frames are decoded with.
+    pub(crate) fn limits(&self) -> Limits {
+        self.state.config.limits()
+    }
+
+    /// Frames to write, in order; the buffer is left empty.
+    pub(crate) fn take_out(&mut self) -> Vec<Encoded> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// Queues the `welcome` (and an error about the token, if any).
+    pub(crate) fn welcome(&mut self) {
+        let welcome = self.welcome_frame();
+        self.push(&welcome);
+        if let Some(e) = self.after_welcome.take() {
+            self.error(None, ErrorCode::Unauthorized, &e.to_string());
+        }
+    }
+
+    /// The client was heard from at `now`.
+    pub(crate) fn heard(&mut self, now: Instant) {
+        self.last_heard = now;
+    }
+
+    /// When [`Core::on_timer`] must run next.
+    pub(crate) fn next_wake(&self) -> Instant {
+        self.deadline
+            .map_or(self.next_ping, |d| d.min(self.next_ping))
+    }
+
+    /// The timer fired at `now`.
+    pub(crate) fn on_timer(&mut self, now: Instant) -> Result<Tick, CloseCode> {
+        if self.deadline.is_some_and(|d| now >= d) {
+            return Err(match self.identity {
+                Some(_) => CloseCode::TOKEN_EXPIRED,
+                None => CloseCode::UNAUTHORIZED,
+            });
+        }
+        if now < self.next_ping {
+            return Ok(Tick::Nothing);
+        }
+        if now.saturating_duration_since(self.last_heard) >= self.state.config.idle_timeout {
+            return Err(CloseCode::HEARTBEAT_TIMEOUT);
+        }
+        self.next_ping = now + self.state.config.heartbeat;
+        Ok(Tick::Ping)
+    }
+
+    /// A WebSocket ping from the client: it counts against the rate limit like a frame
+    /// (tungstenite answers it), but is not answered with an error.
+    pub(crate) fn on_control(&mut self, now: Instant) -> Result<(), CloseCode> {
+        self.heard(now);
+        if !self.bucket.take(now) && self.bucket.strikes >= self.limits().rate_burst {
+            return Err(CloseCode::RATE_LIMITED);
+        }
+        Ok(())
+    }
+
+    /// A binary message: not part of the protocol; counted against the rate limit.
+    pub(crate) fn on_binary(&mut self, now: Instant) -> Result<(), CloseCode> {
+        self.heard(now);
+        if !self.admit(None, now)? {
+            return Ok(());
+        }
+        self.error(
+            None,
+            ErrorCode::BadFrame,
+            "binary messages are not supported; send JSON text",
+        );
+        Ok(())
+    }
+
+    /// One decoded frame (or decoding error) of a text message.
+    pub(crate) async fn on_decoded(
+        &mut self,
+        decoded: Decoded<ClientFrame>,
+        now: Instant,
+    ) -> Result<(), CloseCode> {
+        self.heard(now);
+        self.state
+            .hub
+            .metrics()
+            .frames_in
+            .fetch_add(1, Ordering::Relaxed);
+        let id = match &decoded {
+            Ok(frame) => frame.id().cloned(),
+            Err(e) => e.id.clone(),
+        };
+        if !self.admit(id, now)? {
+            return Ok(());
+        }
+        match decoded {
+            Ok(frame) => self.on_frame(frame, now).await,
+            Err(e) => {
+                self.state.hub.metrics().error(e.code);
+                self.push(&e.into_frame());
+                Ok(())
+            }
+        }
+    }
+
+    /// The rate limit: true to go on; false after answering `rate_limited`; a close for
+    /// a connection that keeps sending into the refusal.
+    fn admit(&mut self, id: Option<RequestId>, now: Instant) -> Result<bool, CloseCode> {
+        if self.bucket.take(now) {
+            return Ok(true);
+        }
+        let limits = self.limits();
+        if self.bucket.strikes >= limits.rate_burst {
+            return Err(CloseCode::RATE_LIMITED);
+        }
+        let msg = format!("over {} frames per second", limits.rate_per_sec);
+        self.error(id, ErrorCode::RateLimited, &msg);
+        Ok(false)
+    }
+
+    async fn on_frame(&mut self, frame: ClientFrame, now: Instant) -> Result<(), CloseCode> {
+        if self.identity.is_none()
+            && !matches!(frame, ClientFrame::Hello { .. } | ClientFrame::Ping { .. })
+        {
+            let id = frame.id().cloned();
+            let msg = "authenticate first: send hello with a token";
+            self.error(id, ErrorCode::Unauthorized, msg);
+            return Ok(());
+        }
+        match frame {
+            ClientFrame::Hello { token: None, .. } => {
+                let welcome = self.welcome_frame();
+                self.push(&welcome);
+            }
+            ClientFrame::Hello {
+                token: Some(token), ..
+            } => self.on_token(&token, now),
+            ClientFrame::Ping { id } => self.push(&ServerFrame::Pong { id }),
+            ClientFrame::Subscribe {
+                channel, presence, ..
+            } => self.on_subscribe(channel, presence).await,
+            ClientFrame::Unsubscribe { channel } => self.on_unsubscribe(channel).await,
+            ClientFrame::Publish {
+                id,
+                channel,
+                data,
+                ephemeral,
+                skip_self,
+            } => {
+                if !self.grants().may_publish(channel.as_str()) {
+                    let msg = format!("no permission to publish on {channel}");
+                    self.error(id, ErrorCode::Forbidden, &msg);
+                    return Ok(());
+                }
+                let publication = Publication {
+                    dedupe_key: id
+                        .as_ref()
+                        .map(|id| format!("{}/{id}", self.dedupe_scope(id))),
+                    channel,
+                    from: Some(self.sender()),
+                    data,
+                    ephemeral,
+                    except: skip_self.then(|| self.client.id.clone()),
+                };
+                match self.state.hub.publish(publication).await {
+                    Ok(published) => {
+                        if let Some(id) = id {
+                            let offset = published.position.map(|p| p.offset);
+                            self.push(&ServerFrame::Ack { id, offset });
+                        }
+                    }
+                    Err(e) => self.error(id, ErrorCode::Unavailable, &e.to_string()),
+                }
+            }
+            ClientFrame::Request { id, method, params } => self.on_request(id, method, params),
+            ClientFrame::Direct { to, data } => {
+                if !self.grants().may_direct() {
+                    self.error(
+                        None,
+                        ErrorCode::Forbidden,
+                        "no permission to send direct messages",
+                    );
+                    return Ok(());
+                }
+                match self.state.hub.direct(&to, self.sender(), data) {
+                    Ok(()) => {}
+                    Err(DirectError::Gone) => {
+                        let msg = format!("client {to} is not connected");
+                        self.error(None, ErrorCode::TargetGone, &msg);
+                    }
+                    Err(DirectError::Busy) => {
+                        let msg = format!("client {to} has too many direct messages waiting");
+                        self.error(None, ErrorCode::TargetBusy, &msg);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_subscribe(&mut self, channel: Channel, presence: Option<serde_json::Value>) {
+        if !self.grants().may_subscribe(channel.as_str()) {
+            let msg = format!("no permission to subscribe to {channel}");
+            self.error(None, ErrorCode::Forbidden, &msg);
+            return;
+        }
+        let presence = presence.map(|info| self.stamp_name(info));
+        let max = self.state.config.max_subscriptions as usize;
+        if self.subscriptions.len() >= max && !self.subscriptions.contains(&channel) {
+            let msg = format!("at most {max} subscriptions per connection");
+            self.error(None, ErrorCode::TooManySubscriptions, &msg);
+            return;
+        }
+        let hub = self.state.hub.clone();
+        match hub.subscribe(&self.client, &channel, presence).await {
+            Ok(SubscribeOutcome::Subscribed(reply)) => {
+                self.subscriptions.insert(channel);
+                self.push(&reply);
+            }
+            Ok(SubscribeOutcome::AlreadySubscribed) => {
+                let msg = format!("already subscribed to {channel}");
+                self.error(None, ErrorCode::AlreadySubscribed, &msg);
+            }
+            Err(e) => self.error(None, ErrorCode::Unavailable, &e.to_string()),
+        }
+    }
+
+    async fn on_unsubscribe(&mut self, channel: Channel) {
+        if !self.subscriptions.remove(&channel) {
+            let msg = format!("not subscribed to {channel}");
+            self.error(None, ErrorCode::NotSubscribed, &msg);
+            return;
+        }
+        let hub = self.state.hub.clone();
+        if let Err(e) = hub.unsubscribe(&self.client, &channel).await {
+            // Locally it is gone either way; say what failed remotely.
+            self.error(None, ErrorCode::Unavailable, &e.to_string());
+        }
+        self.push(&ServerFrame::Unsubscribed { channel });
+    }
+
+    fn on_request(&mut self, id: RequestId, method: String, params: serde_json::Value) {
+        let inflight = self.inflight.get_or_insert_with(Arc::default).clone();
+        if inflight.load(Ordering::Acquire) >= MAX_INFLIGHT_REQUESTS {
+            let msg =
+                format!("at most {MAX_INFLIGHT_REQUESTS} requests may wait for an answer at once");
+            self.error(Some(id), ErrorCode::RateLimited, &msg);
+            return;
+        }
+        let ctx = RequestCtx {
+            hub: self.state.hub.clone(),
+            client_id: self.client.id.clone(),
+            user_id: self.client.user_id.clone(),
+            grants: self.grants_arc(),
+        };
+        let Some(call) = self.state.methods.call(&method, ctx, params) else {
+            let msg = format!("no method {method:?}");
+            self.error(Some(id), ErrorCode::UnknownMethod, &msg);
+            return;
+        };
+        // A handler that panics answers `internal`; the session and its cleanup go on.
+        let mut call = AssertUnwindSafe(call).catch_unwind();
+        // Most handlers finish at once: answer those in place. One that has to wait runs
+        // beside the session and answers through the queue, so reading goes on meanwhile.
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        if let Poll::Ready(outcome) = call.poll_unpin(&mut cx) {
+            let frame = response_frame(&self.state, id, &method, outcome);
+            self.push(&frame);
+            return;
+        }
+        inflight.fetch_add(1, Ordering::AcqRel);
+        let outbox = self.client.outbox.clone();
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            let _done = Decrement(inflight);
+            let frame = response_frame(&state, id, &method, call.await);
+            // Waits for room in the queue: an answer is never dropped.
+            let _ = outbox.send(Encoded::new(&frame)).await;
+        });
+    }
+
+    /// `hello` with a token: authenticate, or refresh the token of the same user.
+    fn on_token(&mut self, token: &str, now: Instant) {
+        let new = match self.state.auth.verify(token) {
+            Ok(identity) => identity,
+            Err(e) => {
+                self.error(None, ErrorCode::Unauthorized, &e.to_string());
+                return;
+            }
+        };
+        let current = self.identity.as_ref().and_then(|i| i.user_id.as_ref());
+        if current.is_some() && current != new.user_id.as_ref() {
+            let msg = "the token is for a different user; open a new connection";
+            self.error(None, ErrorCode::BadRequest, msg);
+            return;
+        }
+        if current.is_none() && !self.subscriptions.is_empty() {
+            let msg = "authenticate before subscribing: unsubscribe everything or reconnect";
+            self.error(None, ErrorCode::BadRequest, msg);
+            return;
+        }
+        if current.is_none() {
+            self.client = self.state.hub.identify(&self.client, new.user_id.clone());
+        }
+        self.deadline = expiry_deadline(&new, now);
+        self.identity = Some(new);
+        let welcome = self.welcome_frame();
+        self.push(&welcome);
+    }
+
+    fn welcome_frame(&self) -> ServerFrame {
+        ServerFrame::Welcome {
+            client_id: self.client.id.clone(),
+            session_id: SessionId(self.client.session_id.to_string()),
+            resumed: false,
+            protocol: PROTOCOL_VERSION,
+            user_id: self.client.user_id.clone(),
+            heartbeat_ms: self.state.config.heartbeat.as_millis() as u64,
+            limits: self.state.config.limits(),
+        }
+    }
+
+    fn grants(&self) -> &Grants {
+        &self
+            .identity
+            .as_ref()
+            .expect("frames other than hello and ping need an identity")
+            .grants
+    }
+
+    fn grants_arc(&self) -> Arc<Grants> {
+        self.identity
+            .as_ref()
+            .map(|i| i.grants.clone())
+            .expect("requests need an identity")
+    }
+
+    /// Presence info carries the token's name, so nobody appears under another's name.
+    fn stamp_name(&self, info: serde_json::Value) -> serde_json::Value {
+        let Some(name) = self.identity.as_ref().and_then(|i| i.name.clone()) else {
+            return info;
+        };
+        let mut info = match info {
+            serde_json::Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        };
+        info.insert("name".into(), name.into());
+        serde_json::Value::Object(info)
+    }
+
+    /// The scope publish ids are deduplicated in, so one client's id never suppresses
+    /// another's message: the user when authenticated; for anonymous connections, ids of
+    /// [`GLOBAL_ID_LEN`]+ characters (random ids, as the web client makes) share one
+    /// anonymous scope, which survives reconnects, while short ids (`"m1"` typed into
+    /// wscat) are scoped to the connection.
+    fn dedupe_scope(&self, id: &RequestId) -> String {
+        match &self.client.user_id {
+            Some(user) => format!("u:{user}"),
+            None if id.as_str().len() >= GLOBAL_ID_LEN => "anonymous".into(),
+            None => format!("c:{}", self.client.id),
+        }
+    }
+
+    fn sender(&self) -> Sender {
+        Sender {
+            client_id: self.client.id.clone(),
+            user_id: self.client.user_id.clone(),
+        }
+    }
+
+    fn error(&mut self, id: Option<RequestId>, code: ErrorCode, message: &str) {
+        self.state.hub.metrics().error(code);
+        self.push(&ServerFrame::error(id, code, message));
+    }
+
+    fn push(&mut self, frame: &ServerFrame) {
+        self.out.push(Encoded::new(frame));
+    }
+
+    /// Removes the connection from the hub: its channels (with presence leaves) and the
+    /// registry. Runs once; if the session's task ends without it (a panic, an abort),
+    /// dropping the core does it.
+    pub(crate) async fn finish(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        let subs = std::mem::take(&mut self.subscriptions);
+        self.state.hub.disconnect(&self.client, subs).await;
+    }
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let subs = std::mem::take(&mut self.subscriptions);
+        let hub = self.state.hub.clone();
+        let client = self.client.clone();
+        tracing::warn!(client = %client.id, "session ended without cleanup; cleaning up");
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { hub.disconnect(&client, subs).await });
+        }
+    }
+}
+
+/// Gives an in-flight request's slot back when its task ends, however it ends.
+struct Decrement(Arc<AtomicUsize>);
+
+impl Drop for Decrement {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// When a token-bearing identity must be refreshed.
+fn expiry_deadline(identity: &Identity, now: Instant) -> Option<Instant> {
+    identity.expires_at.map(|exp| {
+        let left_ms = exp.saturating_mul(1000).saturating_sub(now_ms());
+        now + Duration::from_millis(left_ms)
+    })
+}
+
+/// The `response`, or the `error`, that answers a request; a panic in the handler is an
+/// `internal` error.
+fn response_frame(
+    state: &AppState,
+    id: RequestId,
+    method: &str,
+    outcome: std::thread::Result<Result<serde_json::Value, MethodError>>,
+) -> ServerFrame {
+    let metrics = state.hub.metrics();
+    match outcome {
+        Ok(Ok(result)) => ServerFrame::Response { id, result },
+        Ok(Err(e)) => {
+            metrics.error(e.code());
+            ServerFrame::error(Some(id), e.code(), e.to_string())
+        }
+        Err(_panic) => {
+            tracing::error!(method, "request handler panicked");
+            metrics.handler_panics.fetch_add(1, Ordering::Relaxed);
+            metrics.error(ErrorCode::Internal);
+            ServerFrame::error(
+                Some(id),
+                ErrorCode::Internal,
+                format!("the {method} handler failed on the server"),
+            )
+        }
+    }
+}
