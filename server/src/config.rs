@@ -8,6 +8,8 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use switchboard_protocol::Limits;
 
+use crate::edge::ProxyNet;
+
 /// Switchboard's server: the WebSocket hub at `/ws` plus the web bundle at `/`.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "switchboard-server", version, about)]
@@ -102,17 +104,30 @@ pub struct Config {
     pub api_key: Option<Secret>,
 
     /// Origins allowed to open the WebSocket (comma-separated, e.g.
-    /// `https://app.example.com`; `*` allows any). The server's own origin and the
-    /// `trunk serve` origins (http://127.0.0.1:8080, http://localhost:8080) are always
-    /// allowed; requests without an Origin header (non-browser clients) are allowed.
+    /// `https://app.example.com`; `*` allows any). The server's own origin is always
+    /// allowed, and so are requests without an Origin header (non-browser clients).
     #[arg(long, env = "SWITCHBOARD_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
+
+    /// Development mode: also allow the `trunk serve` origins (http://127.0.0.1:8080,
+    /// http://localhost:8080), for a server behind `trunk serve`'s proxy. Never in
+    /// production: any page served on those origins could then connect.
+    #[arg(long, env = "SWITCHBOARD_DEV")]
+    pub dev: bool,
+
+    /// Proxies whose `X-Forwarded-For` is believed (comma-separated addresses or CIDR
+    /// networks, e.g. `10.0.0.0/8,::1`). A connection from one of them is counted and
+    /// logged under the forwarded client address: the header's entries are read right to
+    /// left, skipping trusted ones. From anyone else the header is ignored. Defaults to
+    /// none.
+    #[arg(long, env = "SWITCHBOARD_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<ProxyNet>,
 
     /// Most simultaneous connections; more are closed with 4113 (server full).
     #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
 
-    /// Most simultaneous connections from one IP address; more are closed with 4113.
+    /// Most simultaneous connections from one client address; more are closed with 4113.
     #[arg(
         long,
         env = "SWITCHBOARD_MAX_CONNECTIONS_PER_IP",

@@ -5,6 +5,7 @@
 //! - [`run`] / [`app`] (this file): the router: `/ws`, `/healthz`, `/metrics`, and the
 //!   bundle at `/` with a fallback to `index.html` for client-side routes.
 //! - `session` (private): one connection's task: decode, dispatch, reply, heartbeat, close.
+//! - [`edge`]: the client's address behind trusted proxies, and the Origin check.
 //! - [`hub`]: this node's connections and local subscribers; fan-out.
 //! - [`queue`]: each connection's bounded outbound queue (allocates only when used).
 //! - [`broker`]: the seam for what nodes share (streams, delivery, presence);
@@ -20,6 +21,7 @@ pub mod api;
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub mod edge;
 pub mod hub;
 pub mod methods;
 pub mod metrics;
@@ -31,6 +33,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::ws::WebSocket;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
@@ -41,6 +44,7 @@ use switchboard_protocol::{CloseCode, WS_PATH};
 use tokio::net::TcpListener;
 use tokio::time::{Instant, sleep};
 use tower_http::services::{ServeDir, ServeFile};
+use tracing::Instrument;
 
 use auth::Auth;
 use broker::{Broker, MemoryBroker};
@@ -176,25 +180,19 @@ async fn ws_upgrade(
     Query(query): Query<WsQuery>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if let Err(origin) = check_origin(&state.config, &headers) {
-        tracing::info!(%peer, origin, "refused a WebSocket from a foreign origin");
-        state
-            .hub
-            .metrics()
-            .origin_refused
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        return (
-            StatusCode::FORBIDDEN,
-            format!("origin {origin} is not allowed"),
-        )
-            .into_response();
+    let client_ip = edge::client_ip(peer.ip(), &headers, &state.config.trusted_proxies);
+    if let Some(forbidden) = edge::refuse_foreign_origin(&state, &headers, peer, client_ip) {
+        return forbidden;
     }
     let config = &state.config;
     let admission = state.hub.admit(
-        peer.ip(),
+        client_ip,
         config.max_connections,
         config.max_connections_per_ip,
     );
+    if admission.is_none() {
+        tracing::info!(%client_ip, %peer, "refused a connection over a cap (4113)");
+    }
     let auth = match &query.token {
         Some(token) => state.auth.verify(token),
         None => state.auth.anonymous(),
@@ -205,60 +203,48 @@ async fn ws_upgrade(
         auth,
         admission,
     });
+    // Every log line of the session carries the client's address.
+    let span = tracing::debug_span!("ws", %client_ip);
     ws.max_message_size(max)
         .max_frame_size(max)
         .read_buffer_size(read_buffer)
         .write_buffer_size(WRITE_BUFFER_BYTES)
-        .on_upgrade(move |socket| session::run(socket, pending))
-}
-
-/// Cross-site WebSocket hijacking guard. Browsers always send `Origin`; it must be the
-/// server's own origin, a `trunk serve` dev origin, or in `--allowed-origins`.
-fn check_origin(config: &Config, headers: &HeaderMap) -> Result<(), String> {
-    let Some(origin) = headers.get(header::ORIGIN) else {
-        return Ok(()); // not a browser: wscat, servers, load generators
-    };
-    let origin = origin.to_str().unwrap_or_default();
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or_default();
-    let own = origin
-        .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"))
-        .is_some_and(|rest| !host.is_empty() && rest == host);
-    const DEV: [&str; 2] = ["http://127.0.0.1:8080", "http://localhost:8080"];
-    let listed = config
-        .allowed_origins
-        .iter()
-        .any(|o| o == "*" || o.trim_end_matches('/') == origin);
-    if own || listed || DEV.contains(&origin) {
-        Ok(())
-    } else {
-        Err(origin.to_owned())
-    }
+        .on_upgrade(move |socket| session::run(socket, pending).instrument(span))
 }
 
 /// The conformance echo: every text and binary message back unchanged. Same read buffer
-/// as `/ws`, but Autobahn's message sizes (up to 16 MiB).
-async fn echo_upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+/// as `/ws`, but Autobahn's message sizes (up to 16 MiB). The same Origin check as `/ws`.
+async fn echo_upgrade(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let client_ip = edge::client_ip(peer.ip(), &headers, &state.config.trusted_proxies);
+    if let Some(forbidden) = edge::refuse_foreign_origin(&state, &headers, peer, client_ip) {
+        return forbidden;
+    }
+    let span = tracing::debug_span!("echo", %client_ip);
     ws.max_message_size(64 << 20)
         .max_frame_size(16 << 20)
         .read_buffer_size(state.config.read_buffer_bytes)
         .write_buffer_size(WRITE_BUFFER_BYTES)
-        .on_upgrade(|mut socket| async move {
-            use axum::extract::ws::Message;
-            while let Some(Ok(msg)) = socket.recv().await {
-                let reply = match msg {
-                    Message::Text(_) | Message::Binary(_) => msg,
-                    // Reading on flushes tungstenite's close reply: a clean handshake.
-                    Message::Close(_) | Message::Ping(_) | Message::Pong(_) => continue,
-                };
-                if socket.send(reply).await.is_err() {
-                    break;
-                }
-            }
-        })
+        .on_upgrade(move |socket| echo(socket).instrument(span))
+}
+
+/// Echoes until the peer goes.
+async fn echo(mut socket: WebSocket) {
+    use axum::extract::ws::Message;
+    while let Some(Ok(msg)) = socket.recv().await {
+        let reply = match msg {
+            Message::Text(_) | Message::Binary(_) => msg,
+            // Reading on flushes tungstenite's close reply: a clean handshake.
+            Message::Close(_) | Message::Ping(_) | Message::Pong(_) => continue,
+        };
+        if socket.send(reply).await.is_err() {
+            break;
+        }
+    }
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
