@@ -12,7 +12,6 @@
 //! it.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -93,8 +92,6 @@ struct Inner {
     epoch: String,
     /// Source of connection ids.
     next_id: AtomicU64,
-    /// Admitted connections per client IP (the per-IP cap) and in total (the global cap).
-    admitted: Mutex<(usize, HashMap<IpAddr, usize>)>,
     metrics: Arc<Metrics>,
 }
 
@@ -154,7 +151,6 @@ impl Hub {
             broker,
             epoch: format!("{:x}", now_ms()),
             next_id: AtomicU64::new(1),
-            admitted: Mutex::default(),
             metrics,
         });
         inner.broker.start(Arc::new(Node(Arc::downgrade(&inner))));
@@ -179,26 +175,6 @@ impl Hub {
         }));
         lock(&self.inner.clients).insert(id, handle.clone());
         (handle, rx)
-    }
-
-    /// Admits a connection from `ip` if both caps allow it. The returned guard gives the
-    /// place back when dropped.
-    pub fn admit(&self, ip: IpAddr, max_total: usize, max_per_ip: usize) -> Option<Admission> {
-        let mut admitted = lock(&self.inner.admitted);
-        let (total, per_ip) = &mut *admitted;
-        let n = per_ip.entry(ip).or_default();
-        if *total >= max_total || *n >= max_per_ip {
-            if *n == 0 {
-                per_ip.remove(&ip);
-            }
-            return None;
-        }
-        *n += 1;
-        *total += 1;
-        Some(Admission {
-            hub: self.clone(),
-            ip,
-        })
     }
 
     /// Records the authenticated user of a connection (after `hello` with a token) and
@@ -427,26 +403,6 @@ impl Inner {
             m.dropped_ephemeral.fetch_add(1, Ordering::Relaxed);
         } else if client.outbox.kill(CloseCode::SLOW_CONSUMER) {
             m.slow_consumers.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
-/// A connection's place under the connection caps; released on drop.
-pub struct Admission {
-    hub: Hub,
-    ip: IpAddr,
-}
-
-impl Drop for Admission {
-    fn drop(&mut self) {
-        let mut admitted = lock(&self.hub.inner.admitted);
-        let (total, per_ip) = &mut *admitted;
-        *total -= 1;
-        if let Some(n) = per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                per_ip.remove(&self.ip);
-            }
         }
     }
 }

@@ -6,6 +6,7 @@
 //!   bundle at `/` with a fallback to `index.html` for client-side routes.
 //! - `session` (private): one connection's task: decode, dispatch, reply, heartbeat, close.
 //! - [`edge`]: the client's address behind trusted proxies, and the Origin check.
+//! - [`admission`]: the connection caps (total, per address, waiting for a token).
 //! - [`hub`]: this node's connections and local subscribers; fan-out.
 //! - [`queue`]: each connection's bounded outbound queue (allocates only when used).
 //! - [`broker`]: the seam for what nodes share (streams, delivery, presence);
@@ -17,6 +18,7 @@
 //!
 //! Start reading at [`run`], then `session.rs`.
 
+pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod broker;
@@ -29,7 +31,7 @@ pub mod queue;
 mod session;
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Router;
@@ -46,7 +48,8 @@ use tokio::time::{Instant, sleep};
 use tower_http::services::{ServeDir, ServeFile};
 use tracing::Instrument;
 
-use auth::Auth;
+use admission::{Admission, Admissions};
+use auth::{Auth, AuthError};
 use broker::{Broker, MemoryBroker};
 pub use config::Config;
 pub use hub::Hub;
@@ -64,6 +67,8 @@ pub struct AppState {
     pub methods: Arc<Methods>,
     /// Token checking.
     pub auth: Arc<Auth>,
+    /// The connection caps every `/ws` (and `/echo`) connection is admitted under.
+    pub admissions: Admissions,
 }
 
 impl AppState {
@@ -81,6 +86,7 @@ impl AppState {
     pub fn with_broker(config: Config, methods: Methods, broker: Arc<dyn Broker>) -> Self {
         Self {
             auth: Arc::new(Auth::from_config(&config)),
+            admissions: Admissions::from_config(&config),
             config: Arc::new(config),
             hub: Hub::new(Arc::new(Metrics::default()), broker),
             methods: Arc::new(methods),
@@ -184,19 +190,15 @@ async fn ws_upgrade(
     if let Some(forbidden) = edge::refuse_foreign_origin(&state, &headers, peer, client_ip) {
         return forbidden;
     }
-    let config = &state.config;
-    let admission = state.hub.admit(
-        client_ip,
-        config.max_connections,
-        config.max_connections_per_ip,
-    );
-    if admission.is_none() {
-        tracing::info!(%client_ip, %peer, "refused a connection over a cap (4113)");
-    }
     let auth = match &query.token {
         Some(token) => state.auth.verify(token),
         None => state.auth.anonymous(),
     };
+    // Without a token where one is required, the connection waits for a `hello`: it
+    // takes a pending-auth slot until then.
+    let pending_auth = matches!(auth, Err(AuthError::Required));
+    let admission = admit(&state, client_ip, peer, pending_auth);
+    let config = &state.config;
     let (max, read_buffer) = (config.max_frame_bytes as usize, config.read_buffer_bytes);
     let pending = Box::new(session::Pending {
         state,
@@ -212,8 +214,26 @@ async fn ws_upgrade(
         .on_upgrade(move |socket| session::run(socket, pending).instrument(span))
 }
 
+/// A place under the caps for a connection from `client_ip`, or `None` (logged) when a
+/// cap is reached: the connection is then upgraded and closed with 4113.
+fn admit(
+    state: &AppState,
+    client_ip: IpAddr,
+    peer: SocketAddr,
+    pending_auth: bool,
+) -> Option<Admission> {
+    state
+        .admissions
+        .admit(client_ip, pending_auth)
+        .inspect_err(|cap| {
+            tracing::info!(%client_ip, %peer, %cap, "refused a connection over a cap (4113)");
+        })
+        .ok()
+}
+
 /// The conformance echo: every text and binary message back unchanged. Same read buffer
-/// as `/ws`, but Autobahn's message sizes (up to 16 MiB). The same Origin check as `/ws`.
+/// as `/ws`, but Autobahn's message sizes (up to 16 MiB). The same Origin check as `/ws`,
+/// and each connection holds a place under the same caps (over a cap: close 4113).
 async fn echo_upgrade(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -224,17 +244,35 @@ async fn echo_upgrade(
     if let Some(forbidden) = edge::refuse_foreign_origin(&state, &headers, peer, client_ip) {
         return forbidden;
     }
+    let admission = admit(&state, client_ip, peer, false);
     let span = tracing::debug_span!("echo", %client_ip);
     ws.max_message_size(64 << 20)
         .max_frame_size(16 << 20)
         .read_buffer_size(state.config.read_buffer_bytes)
         .write_buffer_size(WRITE_BUFFER_BYTES)
-        .on_upgrade(move |socket| echo(socket).instrument(span))
+        .on_upgrade(move |socket| echo(socket, admission, state).instrument(span))
 }
 
-/// Echoes until the peer goes.
-async fn echo(mut socket: WebSocket) {
-    use axum::extract::ws::Message;
+/// Echoes until the peer goes. Over a cap (no `admission`) it closes with 4113 instead;
+/// otherwise the admission is held until the echo ends.
+async fn echo(mut socket: WebSocket, admission: Option<Admission>, state: AppState) {
+    use axum::extract::ws::{CloseFrame, Message};
+    let Some(_admission) = admission else {
+        let code = CloseCode::SERVER_FULL;
+        state.hub.metrics().close(code);
+        let frame = CloseFrame {
+            code: code.0,
+            reason: code.reason().into(),
+        };
+        if socket.send(Message::Close(Some(frame))).await.is_ok() {
+            // Read until the peer's close, so ours is not lost to a reset.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+                while let Some(Ok(_)) = socket.recv().await {}
+            })
+            .await;
+        }
+        return;
+    };
     while let Some(Ok(msg)) = socket.recv().await {
         let reply = match msg {
             Message::Text(_) | Message::Binary(_) => msg,
@@ -249,9 +287,10 @@ async fn echo(mut socket: WebSocket) {
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let hub = &state.hub;
-    let body = hub
+    let mut body = hub
         .metrics()
         .render(hub.connection_count(), hub.queue_depths());
+    state.admissions.write_metrics(&mut body);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
 

@@ -21,9 +21,10 @@ use switchboard_protocol::{
 use tokio::time::{Instant, sleep_until, timeout};
 
 use crate::AppState;
+use crate::admission::Admission;
 use crate::auth::{AuthError, Identity};
 use crate::broker::Publication;
-use crate::hub::{Admission, ClientHandle, SubscribeOutcome, encode, now_ms};
+use crate::hub::{ClientHandle, SubscribeOutcome, encode, now_ms};
 use crate::methods::RequestCtx;
 use crate::queue::{Inbox, Next};
 
@@ -66,8 +67,9 @@ struct Session {
     deadline: Option<Instant>,
     /// An `error` to send right after `welcome` (a token the server cannot check).
     after_welcome: Option<AuthError>,
-    /// The connection's place under the caps, given back when the session ends.
-    _admission: Admission,
+    /// The connection's place under the caps, given back when the session ends; its
+    /// pending-auth slot is given back as soon as a `hello` authenticates.
+    admission: Admission,
 }
 
 /// What the upgrade handler decided before the socket existed: the outcome of the
@@ -151,7 +153,7 @@ pub(crate) fn run(socket: WebSocket, pending: Box<Pending>) -> impl Future<Outpu
         client,
         subscriptions: HashSet::new(),
         after_welcome: disabled_token,
-        _admission: admission,
+        admission,
     };
     Either::Left(session.live(queue))
 }
@@ -520,6 +522,7 @@ impl Session {
         }
         self.deadline = expiry_deadline(&new);
         self.identity = Some(new);
+        self.admission.authenticated();
         self.send_frame(&self.welcome()).await
     }
 
