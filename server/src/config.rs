@@ -8,6 +8,8 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use switchboard_protocol::Limits;
 
+use crate::edge::ProxyNet;
+
 /// Switchboard's server: the WebSocket hub at `/ws` plus the web bundle at `/`.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "switchboard-server", version, about)]
@@ -123,8 +125,11 @@ pub struct Config {
     pub anonymous_publish: Vec<String>,
 
     /// A connection that needs a token and has not sent a valid one within this time is
-    /// closed with 4001.
-    #[arg(long, env = "SWITCHBOARD_AUTH_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    /// closed with 4001. A program sends `hello` one round trip after `welcome` and the
+    /// web client puts its token on the URL, so 5 s is plenty; while a connection waits it
+    /// holds a pending-auth slot (see --max-pending-auth). To type a token by hand
+    /// (wscat), pass a longer one.
+    #[arg(long, env = "SWITCHBOARD_AUTH_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub auth_timeout: Duration,
 
     /// API key for `POST /api/publish` (sent as `Authorization: Bearer <key>`). When unset,
@@ -133,23 +138,52 @@ pub struct Config {
     pub api_key: Option<Secret>,
 
     /// Origins allowed to open the WebSocket (comma-separated, e.g.
-    /// `https://app.example.com`; `*` allows any). The server's own origin and the
-    /// `trunk serve` origins (http://127.0.0.1:8080, http://localhost:8080) are always
-    /// allowed; requests without an Origin header (non-browser clients) are allowed.
+    /// `https://app.example.com`; `*` allows any). The server's own origin is always
+    /// allowed, and so are requests without an Origin header (non-browser clients).
     #[arg(long, env = "SWITCHBOARD_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
+
+    /// Development mode: also allow the `trunk serve` origins (http://127.0.0.1:8080,
+    /// http://localhost:8080), for a server behind `trunk serve`'s proxy. Never in
+    /// production: any page served on those origins could then connect.
+    #[arg(long, env = "SWITCHBOARD_DEV")]
+    pub dev: bool,
+
+    /// Proxies whose `X-Forwarded-For` is believed (comma-separated addresses or CIDR
+    /// networks, e.g. `10.0.0.0/8,::1`). A connection from one of them is counted and
+    /// logged under the forwarded client address: the header's entries are read right to
+    /// left, skipping trusted ones. From anyone else the header is ignored. Defaults to
+    /// none.
+    #[arg(long, env = "SWITCHBOARD_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<ProxyNet>,
 
     /// Most simultaneous connections; more are closed with 4113 (server full).
     #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
 
-    /// Most simultaneous connections from one IP address; more are closed with 4113.
+    /// Most simultaneous connections from one client address (an IPv6 address counts
+    /// with its whole /64); more are closed with 4113.
     #[arg(
         long,
         env = "SWITCHBOARD_MAX_CONNECTIONS_PER_IP",
         default_value_t = 1_000
     )]
     pub max_connections_per_ip: usize,
+
+    /// Most connections still waiting for a token (the server requires one and none came
+    /// in `?token=`); more are closed with 4113. A connection stops waiting when a `hello`
+    /// authenticates it.
+    #[arg(long, env = "SWITCHBOARD_MAX_PENDING_AUTH", default_value_t = 1_000)]
+    pub max_pending_auth: usize,
+
+    /// Most connections waiting for a token from one client address (IPv6: one /64);
+    /// more are closed with 4113.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_PENDING_AUTH_PER_IP",
+        default_value_t = 100
+    )]
+    pub max_pending_auth_per_ip: usize,
 
     /// WebSocket read buffer per connection, in bytes, allocated whole when the connection
     /// opens. tungstenite's default (128 KiB) costs ~134 KiB per idle connection; 512
@@ -262,6 +296,11 @@ impl Config {
         }
         if self.max_connections == 0 || self.max_connections_per_ip == 0 {
             return Err("--max-connections and --max-connections-per-ip must be at least 1".into());
+        }
+        if self.max_pending_auth == 0 || self.max_pending_auth_per_ip == 0 {
+            return Err(
+                "--max-pending-auth and --max-pending-auth-per-ip must be at least 1".into(),
+            );
         }
         if self.read_buffer_bytes < 256 {
             return Err("--read-buffer-bytes must be at least 256".into());

@@ -19,7 +19,6 @@
 //! and deliveries at or below the position are dropped as already seen.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
@@ -100,8 +99,6 @@ struct Inner {
     broker: Arc<dyn Broker>,
     /// Set by shutdown: connections arriving afterwards are closed at once.
     closing: AtomicBool,
-    /// Admitted connections per client IP (the per-IP cap) and in total (the global cap).
-    admitted: Mutex<(usize, HashMap<IpAddr, usize>)>,
     metrics: Arc<Metrics>,
 }
 
@@ -180,7 +177,6 @@ impl Hub {
             channels: Mutex::default(),
             broker,
             closing: AtomicBool::new(false),
-            admitted: Mutex::default(),
             metrics,
         });
         inner.broker.start(Arc::new(Node(Arc::downgrade(&inner))));
@@ -213,26 +209,6 @@ impl Hub {
             handle.outbox.close_after_drain(CloseCode::GOING_AWAY);
         }
         (handle, rx)
-    }
-
-    /// Admits a connection from `ip` if both caps allow it. The returned guard gives the
-    /// place back when dropped.
-    pub fn admit(&self, ip: IpAddr, max_total: usize, max_per_ip: usize) -> Option<Admission> {
-        let mut admitted = lock(&self.inner.admitted);
-        let (total, per_ip) = &mut *admitted;
-        let n = per_ip.entry(ip).or_default();
-        if *total >= max_total || *n >= max_per_ip {
-            if *n == 0 {
-                per_ip.remove(&ip);
-            }
-            return None;
-        }
-        *n += 1;
-        *total += 1;
-        Some(Admission {
-            hub: self.clone(),
-            ip,
-        })
     }
 
     /// Records the authenticated user of a connection (after `hello` with a token) and
@@ -566,26 +542,6 @@ impl Inner {
                 if client.outbox.kill(CloseCode::SLOW_CONSUMER) {
                     m.slow_consumers.fetch_add(1, Ordering::Relaxed);
                 }
-            }
-        }
-    }
-}
-
-/// A connection's place under the connection caps; released on drop.
-pub struct Admission {
-    hub: Hub,
-    ip: IpAddr,
-}
-
-impl Drop for Admission {
-    fn drop(&mut self) {
-        let mut admitted = lock(&self.hub.inner.admitted);
-        let (total, per_ip) = &mut *admitted;
-        *total -= 1;
-        if let Some(n) = per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                per_ip.remove(&self.ip);
             }
         }
     }

@@ -7,6 +7,8 @@
 //! - `session` (private): one connection: `session/core.rs` is its logic (frames in,
 //!   frames and close decisions out, timers), testable without a socket; `session/mod.rs`
 //!   is the socket glue around it.
+//! - [`edge`]: the client's address behind trusted proxies, and the Origin check.
+//! - [`admission`]: the connection caps (total, per address, waiting for a token).
 //! - [`hub`]: this node's connections and local subscribers; fan-out.
 //! - [`queue`]: each connection's outbound queue, bounded in frames and bytes.
 //! - [`frame`]: encoded frames, the bytes the hub, broker and history carry.
@@ -20,13 +22,15 @@
 //! - [`metrics`]: counters for `/metrics`.
 //! - [`clock`]: wall-clock time and random ids.
 //!
-//! Start reading at [`run`], then `session.rs`.
+//! Start reading at [`run`], then `session/core.rs`.
 
+pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod broker;
 pub mod clock;
 pub mod config;
+pub mod edge;
 pub mod frame;
 pub mod history;
 pub mod hub;
@@ -36,10 +40,11 @@ pub mod queue;
 mod session;
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::ws::WebSocket;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
@@ -50,8 +55,10 @@ use switchboard_protocol::{CloseCode, WS_PATH};
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 use tower_http::services::{ServeDir, ServeFile};
+use tracing::Instrument;
 
-use auth::Auth;
+use admission::{Admission, Admissions};
+use auth::{Auth, AuthError};
 use broker::{Broker, MemoryBroker};
 pub use config::Config;
 use history::MemoryHistory;
@@ -72,6 +79,8 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     /// Every connection's task, so shutdown can wait for them to write what is queued.
     pub sessions: TaskTracker,
+    /// The connection caps every `/ws` (and `/echo`) connection is admitted under.
+    pub admissions: Admissions,
 }
 
 impl AppState {
@@ -94,6 +103,7 @@ impl AppState {
     pub fn with_broker(config: Config, methods: Methods, broker: Arc<dyn Broker>) -> Self {
         Self {
             auth: Arc::new(Auth::from_config(&config)),
+            admissions: Admissions::from_config(&config),
             config: Arc::new(config),
             hub: Hub::new(Arc::new(Metrics::default()), broker),
             methods: Arc::new(methods),
@@ -201,29 +211,19 @@ async fn ws_upgrade(
     Query(query): Query<WsQuery>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if let Err(origin) = check_origin(&state.config, &headers) {
-        tracing::info!(%peer, origin, "refused a WebSocket from a foreign origin");
-        state
-            .hub
-            .metrics()
-            .origin_refused
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        return (
-            StatusCode::FORBIDDEN,
-            format!("origin {origin} is not allowed"),
-        )
-            .into_response();
+    let client_ip = edge::client_ip(peer.ip(), &headers, &state.config.trusted_proxies);
+    if let Some(forbidden) = edge::refuse_foreign_origin(&state, &headers, peer, client_ip) {
+        return forbidden;
     }
-    let config = &state.config;
-    let admission = state.hub.admit(
-        peer.ip(),
-        config.max_connections,
-        config.max_connections_per_ip,
-    );
     let auth = match &query.token {
         Some(token) => state.auth.verify(token),
         None => state.auth.anonymous(),
     };
+    // Without a token where one is required, the connection waits for a `hello`: it
+    // takes a pending-auth slot until then.
+    let pending_auth = matches!(auth, Err(AuthError::Required));
+    let admission = admit(&state, client_ip, peer, pending_auth);
+    let config = &state.config;
     let (max, read_buffer) = (config.max_frame_bytes as usize, config.read_buffer_bytes);
     let pending = Box::new(session::Pending {
         state,
@@ -231,69 +231,96 @@ async fn ws_upgrade(
         admission,
     });
     let sessions = pending.state.sessions.clone();
+    // Every log line of the session carries the client's address.
+    let span = tracing::debug_span!("ws", %client_ip);
     ws.max_message_size(max)
         .max_frame_size(max)
         .read_buffer_size(read_buffer)
         .write_buffer_size(WRITE_BUFFER_BYTES)
         // Backpressure instead of growth: at most one frame beyond the buffer is held.
         .max_write_buffer_size(WRITE_BUFFER_BYTES + 2 * max)
-        .on_upgrade(move |socket| sessions.track_future(session::run(socket, pending)))
+        .on_upgrade(move |socket| {
+            sessions.track_future(session::run(socket, pending).instrument(span))
+        })
 }
 
-/// Cross-site WebSocket hijacking guard. Browsers always send `Origin`; it must be the
-/// server's own origin, a `trunk serve` dev origin, or in `--allowed-origins`.
-fn check_origin(config: &Config, headers: &HeaderMap) -> Result<(), String> {
-    let Some(origin) = headers.get(header::ORIGIN) else {
-        return Ok(()); // not a browser: wscat, servers, load generators
-    };
-    let origin = origin.to_str().unwrap_or_default();
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or_default();
-    let own = origin
-        .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"))
-        .is_some_and(|rest| !host.is_empty() && rest == host);
-    const DEV: [&str; 2] = ["http://127.0.0.1:8080", "http://localhost:8080"];
-    let listed = config
-        .allowed_origins
-        .iter()
-        .any(|o| o == "*" || o.trim_end_matches('/') == origin);
-    if own || listed || DEV.contains(&origin) {
-        Ok(())
-    } else {
-        Err(origin.to_owned())
-    }
+/// A place under the caps for a connection from `client_ip`, or `None` (logged) when a
+/// cap is reached: the connection is then upgraded and closed with 4113.
+fn admit(
+    state: &AppState,
+    client_ip: IpAddr,
+    peer: SocketAddr,
+    pending_auth: bool,
+) -> Option<Admission> {
+    state
+        .admissions
+        .admit(client_ip, pending_auth)
+        .inspect_err(|cap| {
+            tracing::info!(%client_ip, %peer, %cap, "refused a connection over a cap (4113)");
+        })
+        .ok()
 }
 
 /// The conformance echo: every text and binary message back unchanged. Same read buffer
-/// as `/ws`, but Autobahn's message sizes (up to 16 MiB).
-async fn echo_upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+/// as `/ws`, but Autobahn's message sizes (up to 16 MiB). The same Origin check as `/ws`,
+/// and each connection holds a place under the same caps (over a cap: close 4113).
+async fn echo_upgrade(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let client_ip = edge::client_ip(peer.ip(), &headers, &state.config.trusted_proxies);
+    if let Some(forbidden) = edge::refuse_foreign_origin(&state, &headers, peer, client_ip) {
+        return forbidden;
+    }
+    let admission = admit(&state, client_ip, peer, false);
+    let span = tracing::debug_span!("echo", %client_ip);
     ws.max_message_size(64 << 20)
         .max_frame_size(16 << 20)
         .read_buffer_size(state.config.read_buffer_bytes)
         .write_buffer_size(WRITE_BUFFER_BYTES)
-        .on_upgrade(|mut socket| async move {
-            use axum::extract::ws::Message;
-            while let Some(Ok(msg)) = socket.recv().await {
-                let reply = match msg {
-                    Message::Text(_) | Message::Binary(_) => msg,
-                    // Reading on flushes tungstenite's close reply: a clean handshake.
-                    Message::Close(_) | Message::Ping(_) | Message::Pong(_) => continue,
-                };
-                if socket.send(reply).await.is_err() {
-                    break;
-                }
-            }
-        })
+        .on_upgrade(move |socket| echo(socket, admission, state).instrument(span))
+}
+
+/// Echoes until the peer goes. Over a cap (no `admission`) it closes with 4113 instead;
+/// otherwise the admission is held until the echo ends.
+async fn echo(mut socket: WebSocket, admission: Option<Admission>, state: AppState) {
+    use axum::extract::ws::{CloseFrame, Message};
+    let Some(_admission) = admission else {
+        let code = CloseCode::SERVER_FULL;
+        state.hub.metrics().close(code);
+        let frame = CloseFrame {
+            code: code.0,
+            reason: code.reason().into(),
+        };
+        if socket.send(Message::Close(Some(frame))).await.is_ok() {
+            // Read until the peer's close, so ours is not lost to a reset.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+                while let Some(Ok(_)) = socket.recv().await {}
+            })
+            .await;
+        }
+        return;
+    };
+    while let Some(Ok(msg)) = socket.recv().await {
+        let reply = match msg {
+            Message::Text(_) | Message::Binary(_) => msg,
+            // Reading on flushes tungstenite's close reply: a clean handshake.
+            Message::Close(_) | Message::Ping(_) | Message::Pong(_) => continue,
+        };
+        if socket.send(reply).await.is_err() {
+            break;
+        }
+    }
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let hub = &state.hub;
-    let body = hub
+    let mut body = hub
         .metrics()
         .render(hub.connection_count(), hub.queue_depths());
+    state.admissions.write_metrics(&mut body);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
 

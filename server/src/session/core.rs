@@ -24,6 +24,7 @@ use tokio::time::Instant;
 
 use super::bucket::TokenBucket;
 use crate::AppState;
+use crate::admission::Admission;
 use crate::auth::{AuthError, Grants, Identity};
 use crate::broker::Publication;
 use crate::clock::now_ms;
@@ -71,6 +72,9 @@ pub(crate) struct Core {
     out: Vec<Encoded>,
     /// Set once the hub has forgotten the connection.
     finished: bool,
+    /// The connection's place under the caps, given back when the session ends; its
+    /// pending-auth slot is given back as soon as a `hello` authenticates.
+    admission: Admission,
 }
 
 impl Core {
@@ -80,6 +84,7 @@ impl Core {
         client: ClientHandle,
         identity: Option<Identity>,
         after_welcome: Option<AuthError>,
+        admission: Admission,
         now: Instant,
     ) -> Self {
         let limits = state.config.limits();
@@ -100,6 +105,7 @@ impl Core {
             inflight: None,
             out: Vec::new(),
             finished: false,
+            admission,
         }
     }
 
@@ -416,6 +422,7 @@ impl Core {
         }
         self.deadline = expiry_deadline(&new, now);
         self.identity = Some(new);
+        self.admission.authenticated();
         let welcome = self.welcome_frame();
         self.push(&welcome);
     }

@@ -23,9 +23,9 @@ use tokio::time::{Instant, sleep_until, timeout};
 
 use self::core::{Core, Tick};
 use crate::AppState;
+use crate::admission::Admission;
 use crate::auth::{AuthError, Identity};
 use crate::frame::Encoded;
-use crate::hub::Admission;
 use crate::queue::{Inbox, Next};
 
 /// Most queued frames written with one flush.
@@ -125,8 +125,15 @@ pub(crate) fn run(socket: WebSocket, pending: Box<Pending>) -> impl Future<Outpu
         .metrics()
         .connections_total
         .fetch_add(1, Ordering::Relaxed);
-    let core = Core::new(state, client, identity, disabled_token, Instant::now());
-    Either::Left(live(socket, core, queue, admission))
+    let core = Core::new(
+        state,
+        client,
+        identity,
+        disabled_token,
+        admission,
+        Instant::now(),
+    );
+    Either::Left(live(socket, core, queue))
 }
 
 /// Refuses a connection: an optional `error` frame, then the close `code`.
@@ -177,14 +184,8 @@ fn text(frame: &Encoded) -> Utf8Bytes {
     clippy::manual_async_fn,
     reason = "an async fn would hold the session twice"
 )]
-fn live(
-    mut socket: WebSocket,
-    mut core: Core,
-    mut queue: Inbox,
-    admission: Admission,
-) -> impl Future<Output = ()> {
+fn live(mut socket: WebSocket, mut core: Core, mut queue: Inbox) -> impl Future<Output = ()> {
     async move {
-        let _admission = admission;
         tracing::debug!(client = %core.client().id, "connected");
         // Not `match serve(..).await`: a scrutinee's temporaries (the serve future) would
         // stay in the task's state while the close is awaited.
