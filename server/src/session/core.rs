@@ -568,3 +568,233 @@ fn response_frame(
         }
     }
 }
+
+/// The session's logic driven directly: frames in, frames out, time passed in. No socket,
+/// no real timers.
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use clap::Parser;
+    use serde_json::json;
+    use switchboard_protocol::{ServerFrame, codec};
+
+    use super::*;
+    use crate::config::Config;
+    use crate::methods::Methods;
+
+    fn config(args: &[&str]) -> Config {
+        let mut argv = vec!["switchboard-server"];
+        argv.extend_from_slice(args);
+        Config::parse_from(argv)
+    }
+
+    fn core_with(state: &AppState, now: Instant) -> (Core, crate::queue::Inbox) {
+        let identity = state.auth.anonymous().ok();
+        let admission = state
+            .admissions
+            .admit(IpAddr::V4(Ipv4Addr::LOCALHOST), identity.is_none())
+            .unwrap();
+        let user = identity.as_ref().and_then(|i| i.user_id.clone());
+        let (client, queue) = state.hub.connect(user, state.config.queue_bounds());
+        let core = Core::new(state.clone(), client, identity, None, admission, now);
+        (core, queue)
+    }
+
+    fn decoded(core: &Core, text: &str) -> Vec<Decoded<ClientFrame>> {
+        codec::decode_client(text, &core.limits())
+    }
+
+    /// Feeds one text message; returns the frames the core wants written.
+    async fn feed(core: &mut Core, text: &str, now: Instant) -> Result<Vec<ServerFrame>, CloseCode> {
+        for d in decoded(core, text) {
+            core.on_decoded(d, now).await?;
+        }
+        Ok(out(core))
+    }
+
+    fn out(core: &mut Core) -> Vec<ServerFrame> {
+        core.take_out()
+            .iter()
+            .map(|f| codec::decode_server(f.as_str()).remove(0).unwrap())
+            .collect()
+    }
+
+    fn codes(frames: &[ServerFrame]) -> Vec<ErrorCode> {
+        frames
+            .iter()
+            .filter_map(|f| match f {
+                ServerFrame::Error { code, .. } => Some(*code),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn welcome_then_frames_in_replies_out() {
+        let state = AppState::new(config(&[]));
+        let t0 = Instant::now();
+        let (mut core, _queue) = core_with(&state, t0);
+        core.welcome();
+        assert!(matches!(out(&mut core).as_slice(), [ServerFrame::Welcome { .. }]));
+        let got = feed(
+            &mut core,
+            r#"[{"type":"ping","id":"1"},{"type":"subscribe","channel":"a"},{"type":"publish","id":"p","channel":"a","data":1}]"#,
+            t0,
+        )
+        .await
+        .unwrap();
+        assert!(matches!(&got[0], ServerFrame::Pong { id: Some(id) } if id.as_str() == "1"));
+        assert!(matches!(&got[1], ServerFrame::Subscribed { .. }));
+        assert!(matches!(&got[2], ServerFrame::Ack { offset: Some(1), .. }));
+        // The message itself went to the queue, not to the replies.
+        assert_eq!(core.client().outbox.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_heartbeat_pings_then_an_idle_client_is_closed_with_4210() {
+        let state = AppState::new(config(&["--heartbeat", "10s", "--idle-timeout", "25s"]));
+        let t0 = Instant::now();
+        let (mut core, _queue) = core_with(&state, t0);
+        assert_eq!(core.next_wake(), t0 + Duration::from_secs(10));
+        assert_eq!(core.on_timer(t0 + Duration::from_secs(5)), Ok(Tick::Nothing));
+        assert_eq!(core.on_timer(t0 + Duration::from_secs(10)), Ok(Tick::Ping));
+        assert_eq!(core.next_wake(), t0 + Duration::from_secs(20));
+        assert_eq!(core.on_timer(t0 + Duration::from_secs(20)), Ok(Tick::Ping));
+        // Silent for 30 s by the third ping.
+        assert_eq!(
+            core.on_timer(t0 + Duration::from_secs(30)),
+            Err(CloseCode::HEARTBEAT_TIMEOUT)
+        );
+        // Anything heard keeps it open.
+        let (mut core, _queue) = core_with(&state, t0);
+        core.heard(t0 + Duration::from_secs(19));
+        assert_eq!(core.on_timer(t0 + Duration::from_secs(20)), Ok(Tick::Ping));
+        assert_eq!(core.on_timer(t0 + Duration::from_secs(30)), Ok(Tick::Ping));
+    }
+
+    #[tokio::test]
+    async fn without_a_token_only_hello_and_ping_work_until_the_auth_timeout() {
+        let state = AppState::new(config(&["--jwt-secret", "s", "--auth-timeout", "3s"]));
+        let t0 = Instant::now();
+        let (mut core, _queue) = core_with(&state, t0);
+        let got = feed(&mut core, r#"{"type":"subscribe","channel":"a"}"#, t0)
+            .await
+            .unwrap();
+        assert_eq!(codes(&got), [ErrorCode::Unauthorized]);
+        let got = feed(&mut core, r#"{"type":"ping"}"#, t0).await.unwrap();
+        assert!(matches!(got.as_slice(), [ServerFrame::Pong { .. }]));
+        assert_eq!(core.next_wake(), t0 + Duration::from_secs(3));
+        assert_eq!(
+            core.on_timer(t0 + Duration::from_secs(3)),
+            Err(CloseCode::UNAUTHORIZED)
+        );
+    }
+
+    #[tokio::test]
+    async fn the_rate_limit_answers_then_closes_and_counts_binary_and_pings() {
+        let state = AppState::new(config(&["--rate-per-sec", "1", "--rate-burst", "3"]));
+        let t0 = Instant::now();
+        let (mut core, _queue) = core_with(&state, t0);
+        for _ in 0..3 {
+            assert!(matches!(
+                feed(&mut core, r#"{"type":"ping"}"#, t0).await.unwrap().as_slice(),
+                [ServerFrame::Pong { .. }]
+            ));
+        }
+        let got = feed(&mut core, r#"{"type":"ping","id":"x"}"#, t0).await.unwrap();
+        assert_eq!(codes(&got), [ErrorCode::RateLimited]);
+        // Binary messages and WebSocket pings count too: the third refusal in a row closes.
+        core.on_binary(t0).unwrap();
+        assert_eq!(codes(&out(&mut core)), [ErrorCode::RateLimited]);
+        assert_eq!(core.on_control(t0), Err(CloseCode::RATE_LIMITED));
+
+        // A second later one token is back: a binary message is answered bad_frame.
+        let (mut core, _queue) = core_with(&state, t0);
+        for _ in 0..3 {
+            core.on_binary(t0).unwrap();
+        }
+        assert_eq!(codes(&out(&mut core)), [ErrorCode::BadFrame; 3]);
+        core.on_binary(t0).unwrap();
+        assert_eq!(codes(&out(&mut core)), [ErrorCode::RateLimited]);
+        core.on_binary(t0 + Duration::from_secs(1)).unwrap();
+        assert_eq!(codes(&out(&mut core)), [ErrorCode::BadFrame]);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_internal_and_the_session_goes_on() {
+        let methods = Methods::with_builtins()
+            .method("boom", |_, _| async { panic!("handler bug") })
+            .method("late_boom", |_, _| async {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                panic!("handler bug after a wait")
+            });
+        let state = AppState::with_methods(config(&[]), methods);
+        let t0 = Instant::now();
+        let (mut core, _queue) = core_with(&state, t0);
+        let got = feed(&mut core, r#"{"type":"request","id":"r1","method":"boom"}"#, t0)
+            .await
+            .unwrap();
+        assert_eq!(codes(&got), [ErrorCode::Internal]);
+        let got = feed(&mut core, r#"{"type":"request","id":"r2","method":"time"}"#, t0)
+            .await
+            .unwrap();
+        assert!(matches!(got.as_slice(), [ServerFrame::Response { .. }]));
+        // One that panics later answers through the queue.
+        let got = feed(&mut core, r#"{"type":"request","id":"r3","method":"late_boom"}"#, t0)
+            .await
+            .unwrap();
+        assert!(got.is_empty());
+        let outbox = core.client().outbox.clone();
+        for _ in 0..500 {
+            if !outbox.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert_eq!(outbox.len(), 1, "the late panic was answered");
+        assert_eq!(state.hub.metrics().handler_panics.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn requests_that_wait_are_capped_per_connection() {
+        let methods = Methods::with_builtins().method("slow", |_, _| async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Ok(json!(null))
+        });
+        let state = AppState::with_methods(config(&[]), methods);
+        let t0 = Instant::now();
+        let (mut core, _queue) = core_with(&state, t0);
+        let batch: Vec<String> = (0..MAX_INFLIGHT_REQUESTS + 2)
+            .map(|i| format!(r#"{{"type":"request","id":"s{i}","method":"slow"}}"#))
+            .collect();
+        let got = feed(&mut core, &format!("[{}]", batch.join(",")), t0)
+            .await
+            .unwrap();
+        assert_eq!(codes(&got), [ErrorCode::RateLimited; 2]);
+    }
+
+    #[tokio::test]
+    async fn dropping_a_core_without_finishing_still_cleans_up() {
+        let state = AppState::new(config(&[]));
+        let t0 = Instant::now();
+        let (mut core, _queue) = core_with(&state, t0);
+        feed(&mut core, r#"{"type":"subscribe","channel":"room:x","presence":{}}"#, t0)
+            .await
+            .unwrap();
+        let room = Channel::from("room:x");
+        assert_eq!(state.hub.presence(&room).await.unwrap().len(), 1);
+        // As when the session's task panics or is aborted.
+        drop(core);
+        for _ in 0..500 {
+            if state.hub.presence(&room).await.unwrap().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert!(state.hub.presence(&room).await.unwrap().is_empty());
+        assert_eq!(state.hub.connection_count(), 0);
+        assert!(state.hub.channels().is_empty());
+        assert_eq!(state.admissions.connections(), 0);
+    }
+}
