@@ -1,40 +1,64 @@
-//! Authentication (JWT, HS256) and channel permissions.
+//! Authentication (JSON Web Tokens) and channel permissions.
 //!
 //! A token is presented as `?token=` on the WebSocket URL or in a `hello` frame. Its claims:
 //!
 //! ```json
-//! {"sub": "u42", "name": "Ada", "exp": 1767225600,
-//!  "subscribe": ["room:*", "news"], "publish": ["room:*"]}
+//! {"sub": "u42", "name": "Ada", "exp": 1767225600, "aud": "chat",
+//!  "subscribe": ["room:*", "news"], "publish": ["room:*"], "direct": true}
 //! ```
 //!
-//! `sub` is the user id presence counts by; `name`, when present, is put into the member's
-//! presence info as `name` (so nobody can appear under another's name); `exp` is enforced
-//! while connected. `subscribe` and `publish` list channel patterns: an exact name, a prefix
-//! ending in `*` (`room:*`), or `*` for all; when a list is absent it means `["*"]`.
+//! - `sub` (required) is the user id presence counts by. `name`, when present, is put into
+//!   the member's presence info as `name`, so nobody can appear under another's name. Each
+//!   is at most 256 bytes; a longer one makes the token invalid.
+//! - `exp` (required) is enforced while connected. `nbf`, when present, must have passed.
+//!   Both allow `--jwt-leeway` of clock skew.
+//! - `aud`: with `--jwt-audience`, required and must name one of those audiences; without
+//!   it, a token that has an `aud` is refused (it was minted for some other service).
+//!   `iss`: with `--jwt-issuer`, required and must be one of those issuers; else unchecked.
+//! - `subscribe` and `publish` list channel patterns: an exact name, a prefix ending in `*`
+//!   (`room:*`), or `*` for all. `direct` (boolean) allows direct messages. A missing grant
+//!   claim gets the operator's default (`--token-default-subscribe`,
+//!   `--token-default-publish`, `--token-default-direct`), which is nothing unless set; an
+//!   empty list is nothing.
+//!
+//! Tokens are signed with HS256 and the secret the server was started with (`--jwt-secret`).
+//! Without a secret, tokens are refused and connections are anonymous with full access (a
+//! development setting).
 
 use std::sync::Arc;
 
+use jsonwebtoken::errors::{Error as JwtError, ErrorKind};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 
-/// The claims Switchboard reads from a token.
+/// Most bytes in a token's `sub` and in its `name`.
+pub const MAX_CLAIM_BYTES: usize = 256;
+
+/// The claims Switchboard reads from a token (besides `nbf`, `aud` and `iss`, which are
+/// checked but not kept).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
-    /// The user id.
+    /// The user id, at most [`MAX_CLAIM_BYTES`].
     pub sub: String,
-    /// Display name, enforced in presence info.
+    /// Display name, enforced in presence info; at most [`MAX_CLAIM_BYTES`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
-    /// Channel patterns the user may subscribe to. Defaults to `["*"]`.
-    #[serde(default = "everything")]
-    pub subscribe: Vec<String>,
-    /// Channel patterns the user may publish on. Defaults to `["*"]`.
-    #[serde(default = "everything")]
-    pub publish: Vec<String>,
+    /// Channel patterns the user may subscribe to. `None` means the operator's default
+    /// (`--token-default-subscribe`, nothing unless set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscribe: Option<Vec<String>>,
+    /// Channel patterns the user may publish on. `None` means the operator's default
+    /// (`--token-default-publish`, nothing unless set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<Vec<String>>,
+    /// Whether the user may send direct messages. `None` means the operator's default
+    /// (`--token-default-direct`, off unless set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct: Option<bool>,
 }
 
 fn everything() -> Vec<String> {
@@ -48,14 +72,17 @@ pub struct Grants {
     pub subscribe: Vec<String>,
     /// Patterns for `publish`.
     pub publish: Vec<String>,
+    /// Whether `direct` messages may be sent.
+    pub direct: bool,
 }
 
 impl Grants {
-    /// Everything allowed.
+    /// Everything allowed, direct messages included.
     pub fn all() -> Self {
         Self {
             subscribe: everything(),
             publish: everything(),
+            direct: true,
         }
     }
 
@@ -67,6 +94,11 @@ impl Grants {
     /// Whether `channel` may be published on.
     pub fn may_publish(&self, channel: &str) -> bool {
         self.publish.iter().any(|p| pattern_matches(p, channel))
+    }
+
+    /// Whether `direct` messages may be sent.
+    pub fn may_direct(&self) -> bool {
+        self.direct
     }
 }
 
@@ -86,9 +118,11 @@ pub struct Identity {
     pub user_id: Option<String>,
     /// The token's `name`.
     pub name: Option<String>,
-    /// When the token expires (seconds since the Unix epoch).
+    /// When the server stops accepting the token (seconds since the Unix epoch): its `exp`
+    /// plus `--jwt-leeway`.
     pub expires_at: Option<u64>,
-    /// What the connection may do (shared: anonymous connections all hold the same).
+    /// What the connection may do (shared: anonymous connections all hold the same, and so
+    /// do tokens without grant claims).
     pub grants: Arc<Grants>,
 }
 
@@ -101,7 +135,10 @@ pub enum AuthError {
     /// The token's `exp` has passed.
     #[error("the token has expired")]
     Expired,
-    /// Bad signature, malformed, wrong algorithm, missing claims.
+    /// The token's `nbf` has not passed yet.
+    #[error("the token is not valid yet (its nbf is in the future)")]
+    NotYetValid,
+    /// Bad signature, malformed, wrong algorithm, a claim missing or refused.
     #[error("invalid token: {0}")]
     Invalid(String),
     /// A connection needs a token and has none.
@@ -112,35 +149,65 @@ pub enum AuthError {
 /// The server's authentication settings.
 #[derive(Clone)]
 pub struct Auth {
+    /// The secret's key; `None` when the server checks no tokens.
     key: Option<DecodingKey>,
+    /// The claim rules.
     validation: Validation,
+    /// Whether connections without a token get in.
     allow_anonymous: bool,
+    /// What anonymous connections may do (shared by all of them).
     anonymous: Arc<Grants>,
+    /// What a token without grant claims may do (shared by all such tokens).
+    defaults: Arc<Grants>,
+    /// `--jwt-leeway` in seconds, added to `exp` for the connection's deadline.
+    leeway: u64,
+    /// Whether `--jwt-audience` is set (for the refusal message).
+    audience_set: bool,
 }
 
 impl Auth {
     /// From the server options.
     pub fn from_config(config: &Config) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 0;
-        // Switchboard does not issue or check audiences; a token that names one is fine.
-        validation.validate_aud = false;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.leeway = config.jwt_leeway.as_secs();
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        // With no audience set, jsonwebtoken refuses every token that has an `aud`.
+        validation.validate_aud = true;
+        let mut required = vec!["exp", "sub"];
+        if !config.jwt_audience.is_empty() {
+            validation.set_audience(&config.jwt_audience);
+            required.push("aud");
+        }
+        if !config.jwt_issuer.is_empty() {
+            validation.set_issuer(&config.jwt_issuer);
+            required.push("iss");
+        }
+        validation.set_required_spec_claims(&required);
+        let checks_tokens = config.checks_tokens();
         Self {
             key: config
                 .jwt_secret
                 .as_ref()
                 .map(|s| DecodingKey::from_secret(s.expose().as_bytes())),
-            validation,
-            allow_anonymous: config.jwt_secret.is_none() || config.allow_anonymous,
-            anonymous: Arc::new(if config.jwt_secret.is_none() {
-                Grants::all()
-            } else {
+            allow_anonymous: !checks_tokens || config.allow_anonymous,
+            anonymous: Arc::new(if checks_tokens {
                 Grants {
                     subscribe: config.anonymous_subscribe.clone(),
                     publish: config.anonymous_publish.clone(),
+                    direct: config.anonymous_direct,
                 }
+            } else {
+                Grants::all()
             }),
+            defaults: Arc::new(Grants {
+                subscribe: config.token_default_subscribe.clone(),
+                publish: config.token_default_publish.clone(),
+                direct: config.token_default_direct,
+            }),
+            leeway: validation.leeway,
+            audience_set: !config.jwt_audience.is_empty(),
+            validation,
         }
     }
 
@@ -166,26 +233,104 @@ impl Auth {
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let key = self.key.as_ref().ok_or(AuthError::Disabled)?;
         let claims = decode::<Claims>(token, key, &self.validation)
-            .map_err(|e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
-                _ => AuthError::Invalid(e.to_string()),
-            })?
+            .map_err(|e| self.refusal(&e))?
             .claims;
+        if claims.sub.len() > MAX_CLAIM_BYTES {
+            let msg = format!("sub is longer than {MAX_CLAIM_BYTES} bytes");
+            return Err(AuthError::Invalid(msg));
+        }
+        if claims
+            .name
+            .as_ref()
+            .is_some_and(|n| n.len() > MAX_CLAIM_BYTES)
+        {
+            let msg = format!("name is longer than {MAX_CLAIM_BYTES} bytes");
+            return Err(AuthError::Invalid(msg));
+        }
+        let grants = match (claims.subscribe, claims.publish, claims.direct) {
+            (None, None, None) => self.defaults.clone(),
+            (subscribe, publish, direct) => Arc::new(Grants {
+                subscribe: subscribe.unwrap_or_else(|| self.defaults.subscribe.clone()),
+                publish: publish.unwrap_or_else(|| self.defaults.publish.clone()),
+                direct: direct.unwrap_or(self.defaults.direct),
+            }),
+        };
         Ok(Identity {
             user_id: Some(claims.sub),
             name: claims.name,
-            expires_at: Some(claims.exp),
-            grants: Arc::new(Grants {
-                subscribe: claims.subscribe,
-                publish: claims.publish,
-            }),
+            expires_at: Some(claims.exp.saturating_add(self.leeway)),
+            grants,
         })
+    }
+
+    /// Why jsonwebtoken refused a token, in words a client developer can act on.
+    fn refusal(&self, e: &JwtError) -> AuthError {
+        let msg = match e.kind() {
+            ErrorKind::ExpiredSignature => return AuthError::Expired,
+            ErrorKind::ImmatureSignature => return AuthError::NotYetValid,
+            ErrorKind::InvalidToken => "not a JWT (three base64url parts joined by dots)".into(),
+            ErrorKind::InvalidSignature => "the signature does not match".into(),
+            ErrorKind::InvalidAudience if self.audience_set => {
+                "its aud names none of this server's audiences".into()
+            }
+            ErrorKind::InvalidAudience => {
+                "it has an aud claim, and this server accepts no audience".into()
+            }
+            ErrorKind::InvalidIssuer => "its iss is not an issuer this server accepts".into(),
+            ErrorKind::MissingRequiredClaim(claim) => format!("the {claim} claim is missing"),
+            ErrorKind::Json(e) => format!("bad JSON: {e}"),
+            _ => e.to_string(),
+        };
+        AuthError::Invalid(msg)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    use serde_json::{Value, json};
+
     use super::*;
+
+    const SECRET: &str = "unit-secret";
+
+    fn config(args: &[&str]) -> Config {
+        let mut argv = vec!["switchboard-server".to_owned()];
+        argv.extend(args.iter().map(|a| a.to_string()));
+        Config::try_parse_from(argv).expect("options parse")
+    }
+
+    /// Auth for the given options, which must pass `Config::validate`.
+    fn auth(args: &[&str]) -> Auth {
+        let config = config(args);
+        config.validate().expect("valid options");
+        Auth::from_config(&config)
+    }
+
+    fn now() -> u64 {
+        jsonwebtoken::get_current_timestamp()
+    }
+
+    /// `claims` with `sub` and a future `exp` unless given.
+    fn with_defaults(mut claims: Value) -> Value {
+        let map = claims.as_object_mut().unwrap();
+        map.entry("sub").or_insert(json!("u1"));
+        map.entry("exp").or_insert(json!(now() + 600));
+        claims
+    }
+
+    fn hs256(claims: Value) -> String {
+        let key = EncodingKey::from_secret(SECRET.as_bytes());
+        encode(&Header::default(), &with_defaults(claims), &key).unwrap()
+    }
+
+    fn invalid(result: Result<Identity, AuthError>) -> String {
+        match result {
+            Err(AuthError::Invalid(msg)) => msg,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
 
     #[test]
     fn patterns() {
@@ -197,8 +342,197 @@ mod tests {
         let g = Grants {
             subscribe: vec!["room:*".into(), "news".into()],
             publish: vec![],
+            direct: false,
         };
         assert!(g.may_subscribe("room:a") && g.may_subscribe("news") && !g.may_subscribe("x"));
         assert!(!g.may_publish("room:a"));
+        assert!(!g.may_direct());
+        assert!(Grants::all().may_direct() && Grants::all().may_publish("x"));
+    }
+
+    #[test]
+    fn missing_grant_claims_get_nothing_by_default() {
+        let auth = auth(&["--jwt-secret", SECRET]);
+        let id = auth.verify(&hs256(json!({}))).unwrap();
+        let none = Grants {
+            subscribe: vec![],
+            publish: vec![],
+            direct: false,
+        };
+        assert_eq!(*id.grants, none);
+        assert!(!id.grants.may_subscribe("room:a") && !id.grants.may_publish("room:a"));
+        // Explicit claims are taken as they are.
+        let t = hs256(json!({"subscribe": ["room:*"], "publish": ["news"], "direct": true}));
+        let id = auth.verify(&t).unwrap();
+        assert!(id.grants.may_subscribe("room:a") && id.grants.may_publish("news"));
+        assert!(id.grants.may_direct());
+    }
+
+    #[test]
+    fn missing_grant_claims_get_the_operators_defaults() {
+        let auth = auth(&[
+            "--jwt-secret",
+            SECRET,
+            "--token-default-subscribe",
+            "room:*,news",
+            "--token-default-publish",
+            "room:*",
+            "--token-default-direct",
+        ]);
+        let id = auth.verify(&hs256(json!({}))).unwrap();
+        let defaults = Grants {
+            subscribe: vec!["room:*".into(), "news".into()],
+            publish: vec!["room:*".into()],
+            direct: true,
+        };
+        assert_eq!(*id.grants, defaults);
+        // An empty list and `false` are claims too: they override the defaults.
+        let t = hs256(json!({"subscribe": [], "direct": false}));
+        let id = auth.verify(&t).unwrap();
+        assert_eq!(id.grants.subscribe, Vec::<String>::new());
+        assert_eq!(id.grants.publish, vec!["room:*".to_owned()]);
+        assert!(!id.grants.may_direct());
+    }
+
+    #[test]
+    fn anonymous_grants_follow_whether_tokens_are_checked() {
+        // No key at all: development mode, everything allowed, direct included.
+        let dev = auth(&[]);
+        assert!(!dev.enabled());
+        assert_eq!(*dev.anonymous().unwrap().grants, Grants::all());
+        assert_eq!(dev.verify("a.b.c"), Err(AuthError::Disabled));
+
+        let strict = auth(&["--jwt-secret", SECRET]);
+        assert!(strict.enabled());
+        assert_eq!(strict.anonymous(), Err(AuthError::Required));
+        let open = auth(&["--jwt-secret", SECRET, "--allow-anonymous"]);
+        let grants = open.anonymous().unwrap().grants;
+        assert!(grants.may_subscribe("x") && !grants.may_publish("x"));
+        assert!(!grants.may_direct());
+        let direct = auth(&[
+            "--jwt-secret",
+            SECRET,
+            "--allow-anonymous",
+            "--anonymous-direct",
+        ]);
+        assert!(direct.anonymous().unwrap().grants.may_direct());
+    }
+
+    #[test]
+    fn nbf_in_the_future_is_refused_unless_within_the_leeway() {
+        let auth = auth(&["--jwt-secret", SECRET]);
+        let early = hs256(json!({"nbf": now() + 60}));
+        let refused = auth.verify(&early);
+        assert_eq!(refused, Err(AuthError::NotYetValid));
+        assert!(refused.unwrap_err().to_string().contains("not valid yet"));
+        assert!(auth.verify(&hs256(json!({"nbf": now() - 1}))).is_ok());
+        let lenient = super::tests::auth(&["--jwt-secret", SECRET, "--jwt-leeway", "2m"]);
+        assert!(lenient.verify(&early).is_ok());
+    }
+
+    #[test]
+    fn exp_is_required_and_the_leeway_extends_it() {
+        let auth = auth(&["--jwt-secret", SECRET]);
+        let exp = now() - 5;
+        let lapsed = hs256(json!({"exp": exp}));
+        assert_eq!(auth.verify(&lapsed), Err(AuthError::Expired));
+        let lenient = super::tests::auth(&["--jwt-secret", SECRET, "--jwt-leeway", "30s"]);
+        let id = lenient.verify(&lapsed).unwrap();
+        assert_eq!(
+            id.expires_at,
+            Some(exp + 30),
+            "the connection's deadline moves too"
+        );
+        let id = auth.verify(&hs256(json!({"exp": exp + 100}))).unwrap();
+        assert_eq!(id.expires_at, Some(exp + 100));
+
+        let key = EncodingKey::from_secret(SECRET.as_bytes());
+        let no_exp = encode(&Header::default(), &json!({"sub": "u1"}), &key).unwrap();
+        assert!(invalid(auth.verify(&no_exp)).contains("exp"));
+        let no_sub = encode(&Header::default(), &json!({"exp": now() + 60}), &key).unwrap();
+        assert!(invalid(auth.verify(&no_sub)).contains("sub"));
+    }
+
+    #[test]
+    fn without_an_audience_configured_a_token_with_aud_is_refused() {
+        let auth = auth(&["--jwt-secret", SECRET]);
+        for aud in [json!("chat"), json!(["chat"]), json!([])] {
+            let msg = invalid(auth.verify(&hs256(json!({ "aud": aud })))).to_string();
+            assert!(msg.contains("accepts no audience"), "{aud}: {msg}");
+        }
+        assert!(auth.verify(&hs256(json!({}))).is_ok());
+    }
+
+    #[test]
+    fn with_an_audience_configured_aud_is_required_and_must_match() {
+        let auth = auth(&["--jwt-secret", SECRET, "--jwt-audience", "chat,admin"]);
+        assert!(auth.verify(&hs256(json!({"aud": "chat"}))).is_ok());
+        assert!(
+            auth.verify(&hs256(json!({"aud": ["other", "admin"]})))
+                .is_ok()
+        );
+        let msg = invalid(auth.verify(&hs256(json!({"aud": "billing"}))));
+        assert!(msg.contains("none of this server's audiences"), "{msg}");
+        let msg = invalid(auth.verify(&hs256(json!({}))));
+        assert!(msg.contains("aud claim is missing"), "{msg}");
+    }
+
+    #[test]
+    fn issuer_is_checked_only_when_configured() {
+        let open = auth(&["--jwt-secret", SECRET]);
+        assert!(open.verify(&hs256(json!({"iss": "anyone"}))).is_ok());
+        let strict = auth(&["--jwt-secret", SECRET, "--jwt-issuer", "https://id.example"]);
+        assert!(
+            strict
+                .verify(&hs256(json!({"iss": "https://id.example"})))
+                .is_ok()
+        );
+        let msg = invalid(strict.verify(&hs256(json!({"iss": "https://evil.example"}))));
+        assert!(msg.contains("iss is not an issuer"), "{msg}");
+        let msg = invalid(strict.verify(&hs256(json!({}))));
+        assert!(msg.contains("iss claim is missing"), "{msg}");
+    }
+
+    #[test]
+    fn sub_and_name_are_capped_in_bytes() {
+        let auth = auth(&["--jwt-secret", SECRET]);
+        let at_cap = "u".repeat(MAX_CLAIM_BYTES);
+        let id = auth
+            .verify(&hs256(json!({"sub": at_cap, "name": at_cap})))
+            .unwrap();
+        assert_eq!(id.user_id.as_deref(), Some(at_cap.as_str()));
+        let msg = invalid(auth.verify(&hs256(json!({"sub": format!("{at_cap}u")}))));
+        assert!(msg.contains("sub is longer than 256 bytes"), "{msg}");
+        // 129 two-byte characters: 258 bytes.
+        let msg = invalid(auth.verify(&hs256(json!({"name": "é".repeat(129)}))));
+        assert!(msg.contains("name is longer than 256 bytes"), "{msg}");
+    }
+
+    #[test]
+    fn alg_none_is_refused() {
+        // A good token's claims under a header saying `none`, without the signature.
+        let good = hs256(json!({}));
+        let claims = good.split('.').nth(1).unwrap();
+        // {"alg":"none","typ":"JWT"} and {"alg":"None"}
+        for header in ["eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0", "eyJhbGciOiJOb25lIn0"] {
+            for token in [format!("{header}.{claims}."), format!("{header}.{claims}")] {
+                let auth = auth(&["--jwt-secret", SECRET]);
+                assert!(
+                    matches!(auth.verify(&token), Err(AuthError::Invalid(_))),
+                    "{token}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn options_that_cannot_work_are_refused() {
+        let refused = |args: &[&str]| config(args).validate().unwrap_err();
+        assert!(refused(&["--jwt-secret", ""]).contains("must not be empty"));
+        for leeway in ["1500ms", "2h"] {
+            let msg = refused(&["--jwt-secret", SECRET, "--jwt-leeway", leeway]);
+            assert!(msg.contains("--jwt-leeway"), "{msg}");
+        }
+        assert!(refused(&["--jwt-audience", "a,,b"]).contains("empty entry"));
     }
 }

@@ -71,8 +71,41 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<Secret>,
 
-    /// With a JWT secret: let connections without a token in, limited to the anonymous
-    /// channel patterns below. Without it they must authenticate within --auth-timeout.
+    /// Audiences this server accepts (comma-separated). When set, a token must have an
+    /// `aud` naming one of them; when unset, a token with an `aud` is refused.
+    #[arg(long, env = "SWITCHBOARD_JWT_AUDIENCE", value_delimiter = ',')]
+    pub jwt_audience: Vec<String>,
+
+    /// Issuers this server accepts (comma-separated). When set, a token must have an `iss`
+    /// that is one of them; when unset, `iss` is not checked.
+    #[arg(long, env = "SWITCHBOARD_JWT_ISSUER", value_delimiter = ',')]
+    pub jwt_issuer: Vec<String>,
+
+    /// Clock skew allowed when checking a token's `exp` and `nbf`: whole seconds, at most
+    /// 1h. A connection is closed when its token's `exp` plus this has passed.
+    #[arg(long, env = "SWITCHBOARD_JWT_LEEWAY", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub jwt_leeway: Duration,
+
+    /// Channel patterns a token without a `subscribe` claim may subscribe to
+    /// (comma-separated). Defaults to none.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_TOKEN_DEFAULT_SUBSCRIBE",
+        value_delimiter = ','
+    )]
+    pub token_default_subscribe: Vec<String>,
+
+    /// Channel patterns a token without a `publish` claim may publish on (comma-separated).
+    /// Defaults to none.
+    #[arg(long, env = "SWITCHBOARD_TOKEN_DEFAULT_PUBLISH", value_delimiter = ',')]
+    pub token_default_publish: Vec<String>,
+
+    /// Let a token without a `direct` claim send direct messages. Off by default.
+    #[arg(long, env = "SWITCHBOARD_TOKEN_DEFAULT_DIRECT")]
+    pub token_default_direct: bool,
+
+    /// With token checking: let connections without a token in, limited to the anonymous
+    /// grants below. Without it they must authenticate within --auth-timeout.
     #[arg(long, env = "SWITCHBOARD_ALLOW_ANONYMOUS")]
     pub allow_anonymous: bool,
 
@@ -90,6 +123,11 @@ pub struct Config {
     /// none.
     #[arg(long, env = "SWITCHBOARD_ANONYMOUS_PUBLISH", value_delimiter = ',')]
     pub anonymous_publish: Vec<String>,
+
+    /// With token checking: let anonymous connections send direct messages. Off by default.
+    /// (Without token checking, anonymous connections may do everything.)
+    #[arg(long, env = "SWITCHBOARD_ANONYMOUS_DIRECT")]
+    pub anonymous_direct: bool,
 
     /// A connection that needs a token and has not sent a valid one within this time is
     /// closed with 4001.
@@ -194,8 +232,14 @@ impl Config {
         }
     }
 
+    /// Whether the server checks tokens: a secret is configured.
+    pub fn checks_tokens(&self) -> bool {
+        self.jwt_secret.is_some()
+    }
+
     /// Rejects values that cannot work.
     pub fn validate(&self) -> Result<(), String> {
+        self.validate_auth()?;
         if self.queue_capacity == 0 {
             return Err("--queue-capacity must be at least 1".into());
         }
@@ -216,6 +260,26 @@ impl Config {
         }
         if self.heartbeat.is_zero() || self.idle_timeout <= self.heartbeat {
             return Err("--idle-timeout must be longer than a non-zero --heartbeat".into());
+        }
+        Ok(())
+    }
+
+    fn validate_auth(&self) -> Result<(), String> {
+        if self
+            .jwt_secret
+            .as_ref()
+            .is_some_and(|s| s.expose().is_empty())
+        {
+            return Err("--jwt-secret must not be empty".into());
+        }
+        if self.jwt_leeway.subsec_nanos() != 0 || self.jwt_leeway > Duration::from_secs(3600) {
+            return Err("--jwt-leeway must be whole seconds, at most 1h".into());
+        }
+        if self.jwt_audience.iter().any(String::is_empty) {
+            return Err("--jwt-audience has an empty entry".into());
+        }
+        if self.jwt_issuer.iter().any(String::is_empty) {
+            return Err("--jwt-issuer has an empty entry".into());
         }
         Ok(())
     }

@@ -89,10 +89,10 @@ async fn token_in_query_sets_the_user_and_its_grants() {
 #[tokio::test]
 async fn the_same_user_in_two_tabs_is_one_member() {
     let server = start(config(&["--jwt-secret", SECRET])).await;
-    let t = token(json!({"sub":"u1","exp":exp_in(3600)}));
+    let t = token(json!({"sub":"u1","exp":exp_in(3600),"subscribe":["room:*"]}));
     let mut tab1 = raw(format!("{}?token={t}", server.ws_url())).await;
     let mut tab2 = raw(format!("{}?token={t}", server.ws_url())).await;
-    let other_t = token(json!({"sub":"u2","exp":exp_in(3600)}));
+    let other_t = token(json!({"sub":"u2","exp":exp_in(3600),"subscribe":["room:*"]}));
     let mut watcher = raw(format!("{}?token={other_t}", server.ws_url())).await;
     for c in [&mut tab1, &mut tab2, &mut watcher] {
         c.next().await; // welcome
@@ -408,10 +408,54 @@ async fn a_query_token_without_a_secret_is_reported_and_the_connection_stays_ano
 }
 
 #[tokio::test]
-async fn tokens_with_an_audience_are_accepted() {
+async fn a_token_without_grant_claims_may_do_nothing_unless_the_operator_says() {
+    let t = token(json!({"sub":"u1","exp":exp_in(3600)}));
     let server = start(config(&["--jwt-secret", SECRET])).await;
-    let t = token(json!({"sub":"u1","aud":"some-app","exp":exp_in(60)}));
     let mut c = raw(format!("{}?token={t}", server.ws_url())).await;
+    assert!(matches!(c.next().await, ServerFrame::Welcome { .. }));
+    c.send_text(r#"{"type":"subscribe","channel":"room:a"}"#)
+        .await;
+    assert_eq!(code(c.next().await), ErrorCode::Forbidden);
+    c.send_text(r#"{"type":"publish","id":"p","channel":"room:a","data":1}"#)
+        .await;
+    assert_eq!(code(c.next().await), ErrorCode::Forbidden);
+
+    let server = start(config(&[
+        "--jwt-secret",
+        SECRET,
+        "--token-default-subscribe",
+        "room:*",
+    ]))
+    .await;
+    let mut c = raw(format!("{}?token={t}", server.ws_url())).await;
+    c.next().await;
+    c.send_text(r#"{"type":"subscribe","channel":"room:a"}"#)
+        .await;
+    assert!(matches!(c.next().await, ServerFrame::Subscribed { .. }));
+    c.send_text(r#"{"type":"subscribe","channel":"news"}"#)
+        .await;
+    assert_eq!(code(c.next().await), ErrorCode::Forbidden);
+}
+
+#[tokio::test]
+async fn a_token_for_another_audience_is_closed_with_4001() {
+    let for_billing = token(json!({"sub":"u1","aud":"billing","exp":exp_in(60)}));
+    let for_chat = token(json!({"sub":"u1","aud":["chat"],"exp":exp_in(60)}));
+    // No --jwt-audience: any aud means the token was minted for someone else.
+    let server = start(config(&["--jwt-secret", SECRET])).await;
+    for t in [&for_billing, &for_chat] {
+        let mut c = raw(format!("{}?token={t}", server.ws_url())).await;
+        match c.next().await {
+            ServerFrame::Error { code, message, .. } => {
+                assert_eq!(code, ErrorCode::Unauthorized);
+                assert!(message.contains("aud"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(c.closed().await, Some(4001));
+    }
+    let server = start(config(&["--jwt-secret", SECRET, "--jwt-audience", "chat"])).await;
+    let mut c = raw(format!("{}?token={for_chat}", server.ws_url())).await;
     assert!(matches!(
         c.next().await,
         ServerFrame::Welcome {
@@ -419,4 +463,22 @@ async fn tokens_with_an_audience_are_accepted() {
             ..
         }
     ));
+    let mut c = raw(format!("{}?token={for_billing}", server.ws_url())).await;
+    assert_eq!(code(c.next().await), ErrorCode::Unauthorized);
+    assert_eq!(c.closed().await, Some(4001));
+}
+
+#[tokio::test]
+async fn a_token_not_valid_yet_is_closed_with_4001() {
+    let server = start(config(&["--jwt-secret", SECRET])).await;
+    let early = token(json!({"sub":"u1","nbf":exp_in(600),"exp":exp_in(3600)}));
+    let mut c = raw(format!("{}?token={early}", server.ws_url())).await;
+    match c.next().await {
+        ServerFrame::Error { code, message, .. } => {
+            assert_eq!(code, ErrorCode::Unauthorized);
+            assert!(message.contains("not valid yet"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(c.closed().await, Some(4001));
 }
