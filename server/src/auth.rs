@@ -21,14 +21,29 @@
 //!   `--token-default-publish`, `--token-default-direct`), which is nothing unless set; an
 //!   empty list is nothing.
 //!
-//! Tokens are signed with HS256 and the secret the server was started with (`--jwt-secret`).
-//! Without a secret, tokens are refused and connections are anonymous with full access (a
-//! development setting).
+//! # Keys
+//!
+//! A token is checked with a key chosen by its header's `alg` and `kid`:
+//!
+//! | Key | Checks tokens with `alg` | `kid` |
+//! |---|---|---|
+//! | `--jwt-secret` | HS256 | ignored |
+//! | `--jwt-public-key` | the key's: RS256 (RSA, or `--jwt-algorithm`), ES256 (P-256), ES384 (P-384), EdDSA (Ed25519) | ignored |
+//! | `--jwt-jwks` | each key's `alg`, or its type's default | must name the key; may be absent when the set has one key |
+//!
+//! Any of them may be configured together. A token whose `alg` (and `kid`) no configured key
+//! serves is refused, so `alg: none`, or an HS256 token signed with a public key's bytes
+//! (algorithm confusion), never passes. When two keys serve a token (a PEM key and a key
+//! set's key with the same algorithm), each is tried. Key files are read once, when the
+//! options are parsed ([`keys`]). With no key at all, tokens are refused and connections are
+//! anonymous with full access (a development setting).
+
+pub mod keys;
 
 use std::sync::Arc;
 
 use jsonwebtoken::errors::{Error as JwtError, ErrorKind};
-use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
@@ -129,8 +144,11 @@ pub struct Identity {
 /// Why a token was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
-    /// The server has no secret configured, so it cannot check tokens.
-    #[error("this server does not accept tokens (no --jwt-secret configured)")]
+    /// The server has no key configured, so it cannot check tokens.
+    #[error(
+        "this server does not accept tokens (no --jwt-secret, --jwt-public-key or --jwt-jwks \
+         configured)"
+    )]
     Disabled,
     /// The token's `exp` has passed.
     #[error("the token has expired")]
@@ -138,7 +156,7 @@ pub enum AuthError {
     /// The token's `nbf` has not passed yet.
     #[error("the token is not valid yet (its nbf is in the future)")]
     NotYetValid,
-    /// Bad signature, malformed, wrong algorithm, a claim missing or refused.
+    /// Bad signature, malformed, no key for its algorithm, a claim missing or refused.
     #[error("invalid token: {0}")]
     Invalid(String),
     /// A connection needs a token and has none.
@@ -149,10 +167,9 @@ pub enum AuthError {
 /// The server's authentication settings.
 #[derive(Clone)]
 pub struct Auth {
-    /// The secret's key; `None` when the server checks no tokens.
-    key: Option<DecodingKey>,
-    /// The claim rules.
-    validation: Validation,
+    /// The keys tokens may be signed with, in the order they are tried: the secret, the
+    /// PEM key, the key set's keys. Empty when the server checks no tokens.
+    keys: Vec<Key>,
     /// Whether connections without a token get in.
     allow_anonymous: bool,
     /// What anonymous connections may do (shared by all of them).
@@ -165,8 +182,43 @@ pub struct Auth {
     audience_set: bool,
 }
 
+/// One verification key and the tokens it serves.
+#[derive(Clone)]
+struct Key {
+    alg: Algorithm,
+    kid: KidRule,
+    key: DecodingKey,
+    /// The claim rules, with `alg` as the only algorithm.
+    validation: Validation,
+}
+
+/// Which `kid` headers a key serves.
+#[derive(Clone)]
+enum KidRule {
+    /// Any or none: the secret, the PEM key, a key set's single key without `kid`.
+    Any,
+    /// This `kid`; also no `kid` when the key is its set's only key.
+    Named { kid: String, only: bool },
+}
+
+impl Key {
+    fn serves(&self, alg: Algorithm, kid: Option<&str>) -> bool {
+        self.alg == alg
+            && match (&self.kid, kid) {
+                (KidRule::Any, _) => true,
+                (KidRule::Named { kid: mine, .. }, Some(kid)) => mine == kid,
+                (KidRule::Named { only, .. }, None) => *only,
+            }
+    }
+}
+
 impl Auth {
     /// From the server options.
+    ///
+    /// # Panics
+    ///
+    /// If `--jwt-algorithm` does not suit `--jwt-public-key`, which [`Config::validate`]
+    /// reports.
     pub fn from_config(config: &Config) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = config.jwt_leeway.as_secs();
@@ -184,12 +236,44 @@ impl Auth {
             required.push("iss");
         }
         validation.set_required_spec_claims(&required);
+        let key = |alg: Algorithm, kid: KidRule, key: DecodingKey| Key {
+            alg,
+            kid,
+            key,
+            validation: Validation {
+                algorithms: vec![alg],
+                ..validation.clone()
+            },
+        };
+
+        let mut keys = Vec::new();
+        if let Some(secret) = &config.jwt_secret {
+            let secret = DecodingKey::from_secret(secret.expose().as_bytes());
+            keys.push(key(Algorithm::HS256, KidRule::Any, secret));
+        }
+        if let Some(file) = &config.jwt_public_key {
+            let alg = file
+                .algorithm(config.jwt_algorithm)
+                .unwrap_or_else(|e| panic!("{e} (Config::validate reports this)"));
+            keys.push(key(alg, KidRule::Any, file.decoding_key().clone()));
+        }
+        if let Some(set) = &config.jwt_jwks {
+            let only = set.len() == 1;
+            for k in set.keys() {
+                let kid = match &k.kid {
+                    Some(kid) => KidRule::Named {
+                        kid: kid.clone(),
+                        only,
+                    },
+                    None => KidRule::Any,
+                };
+                keys.push(key(k.alg, kid, k.key.clone()));
+            }
+        }
+
         let checks_tokens = config.checks_tokens();
         Self {
-            key: config
-                .jwt_secret
-                .as_ref()
-                .map(|s| DecodingKey::from_secret(s.expose().as_bytes())),
+            keys,
             allow_anonymous: !checks_tokens || config.allow_anonymous,
             anonymous: Arc::new(if checks_tokens {
                 Grants {
@@ -207,13 +291,12 @@ impl Auth {
             }),
             leeway: validation.leeway,
             audience_set: !config.jwt_audience.is_empty(),
-            validation,
         }
     }
 
-    /// Whether tokens are checked at all.
+    /// Whether tokens are checked at all: a secret, a public key or a key set is configured.
     pub fn enabled(&self) -> bool {
-        self.key.is_some()
+        !self.keys.is_empty()
     }
 
     /// The identity of a connection without a token, if such connections are allowed.
@@ -231,10 +314,31 @@ impl Auth {
 
     /// Checks a token and returns who it names.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
-        let key = self.key.as_ref().ok_or(AuthError::Disabled)?;
-        let claims = decode::<Claims>(token, key, &self.validation)
-            .map_err(|e| self.refusal(&e))?
-            .claims;
+        if self.keys.is_empty() {
+            return Err(AuthError::Disabled);
+        }
+        // `alg: none` (and any other unknown algorithm) fails here: no such `Algorithm`.
+        let header = decode_header(token).map_err(|e| self.refusal(&e))?;
+        let kid = header.kid.as_deref();
+        let mut keys = self.keys.iter().filter(|k| k.serves(header.alg, kid));
+        let Some(first) = keys.next() else {
+            let alg = header.alg;
+            return Err(AuthError::Invalid(match kid {
+                Some(kid) => format!("no key for alg {alg:?} and kid {kid:?}"),
+                None => format!("no key for alg {alg:?}"),
+            }));
+        };
+        let mut outcome = decode::<Claims>(token, &first.key, &first.validation);
+        for key in keys {
+            // The signature is checked before the claims: only a signature that does not
+            // match makes another key worth trying.
+            match &outcome {
+                Err(e) if *e.kind() == ErrorKind::InvalidSignature => {}
+                _ => break,
+            }
+            outcome = decode::<Claims>(token, &key.key, &key.validation);
+        }
+        let claims = outcome.map_err(|e| self.refusal(&e))?.claims;
         if claims.sub.len() > MAX_CLAIM_BYTES {
             let msg = format!("sub is longer than {MAX_CLAIM_BYTES} bytes");
             return Err(AuthError::Invalid(msg));
@@ -287,6 +391,8 @@ impl Auth {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use clap::Parser;
     use jsonwebtoken::{EncodingKey, Header, encode};
     use serde_json::{Value, json};
@@ -295,9 +401,13 @@ mod tests {
 
     const SECRET: &str = "unit-secret";
 
+    fn key_file(name: &str) -> String {
+        format!("{}/tests/keys/{name}", env!("CARGO_MANIFEST_DIR"))
+    }
+
     fn config(args: &[&str]) -> Config {
         let mut argv = vec!["switchboard-server".to_owned()];
-        argv.extend(args.iter().map(|a| a.to_string()));
+        argv.extend(args.iter().map(|a| a.replace("{keys}", &key_file(""))));
         Config::try_parse_from(argv).expect("options parse")
     }
 
@@ -323,6 +433,14 @@ mod tests {
     fn hs256(claims: Value) -> String {
         let key = EncodingKey::from_secret(SECRET.as_bytes());
         encode(&Header::default(), &with_defaults(claims), &key).unwrap()
+    }
+
+    /// A token signed with the private key in `tests/keys/<file>`.
+    fn signed(file: &str, alg: Algorithm, kid: Option<&str>, claims: Value) -> String {
+        let key = keys::read_signing_key(Path::new(&key_file(file)), alg).unwrap();
+        let mut header = Header::new(alg);
+        header.kid = kid.map(Into::into);
+        encode(&header, &with_defaults(claims), &key).unwrap()
     }
 
     fn invalid(result: Result<Identity, AuthError>) -> String {
@@ -402,20 +520,28 @@ mod tests {
         assert_eq!(*dev.anonymous().unwrap().grants, Grants::all());
         assert_eq!(dev.verify("a.b.c"), Err(AuthError::Disabled));
 
-        let strict = auth(&["--jwt-secret", SECRET]);
-        assert!(strict.enabled());
-        assert_eq!(strict.anonymous(), Err(AuthError::Required));
-        let open = auth(&["--jwt-secret", SECRET, "--allow-anonymous"]);
-        let grants = open.anonymous().unwrap().grants;
-        assert!(grants.may_subscribe("x") && !grants.may_publish("x"));
-        assert!(!grants.may_direct());
-        let direct = auth(&[
-            "--jwt-secret",
-            SECRET,
-            "--allow-anonymous",
-            "--anonymous-direct",
-        ]);
-        assert!(direct.anonymous().unwrap().grants.may_direct());
+        for key in [
+            vec!["--jwt-secret", SECRET],
+            vec!["--jwt-public-key", "{keys}rsa.pub.pem"],
+            vec!["--jwt-jwks", "{keys}jwks.json"],
+        ] {
+            let strict = auth(&key);
+            assert!(strict.enabled(), "{key:?}");
+            assert_eq!(strict.anonymous(), Err(AuthError::Required), "{key:?}");
+            let mut open = key.clone();
+            open.push("--allow-anonymous");
+            let grants = auth(&open).anonymous().unwrap().grants;
+            assert!(
+                grants.may_subscribe("x") && !grants.may_publish("x"),
+                "{key:?}"
+            );
+            assert!(!grants.may_direct(), "{key:?}");
+            open.push("--anonymous-direct");
+            assert!(
+                auth(&open).anonymous().unwrap().grants.may_direct(),
+                "{key:?}"
+            );
+        }
     }
 
     #[test]
@@ -509,6 +635,167 @@ mod tests {
     }
 
     #[test]
+    fn pem_keys_of_each_type_verify_their_algorithm() {
+        for (public, private, alg) in [
+            ("rsa.pub.pem", "rsa.pem", Algorithm::RS256),
+            ("ec256.pub.pem", "ec256.pem", Algorithm::ES256),
+            ("ec384.pub.pem", "ec384.pem", Algorithm::ES384),
+            ("ed25519.pub.pem", "ed25519.pem", Algorithm::EdDSA),
+        ] {
+            let auth = auth(&["--jwt-public-key", &format!("{{keys}}{public}")]);
+            let t = signed(private, alg, None, json!({"sub": "pem-user"}));
+            let id = auth.verify(&t).unwrap_or_else(|e| panic!("{alg:?}: {e}"));
+            assert_eq!(id.user_id.as_deref(), Some("pem-user"));
+            // A kid in the header does not matter to a PEM key.
+            assert!(
+                auth.verify(&signed(private, alg, Some("x"), json!({})))
+                    .is_ok()
+            );
+        }
+    }
+
+    #[test]
+    fn an_rsa_pem_key_takes_the_explicit_algorithm_only() {
+        let auth = auth(&[
+            "--jwt-public-key",
+            "{keys}rsa.pub.pem",
+            "--jwt-algorithm",
+            "PS256",
+        ]);
+        assert!(
+            auth.verify(&signed("rsa.pem", Algorithm::PS256, None, json!({})))
+                .is_ok()
+        );
+        let rs256 = signed("rsa.pem", Algorithm::RS256, None, json!({}));
+        assert_eq!(invalid(auth.verify(&rs256)), "no key for alg RS256");
+    }
+
+    #[test]
+    fn jwks_keys_are_chosen_by_kid() {
+        let auth = auth(&["--jwt-jwks", "{keys}jwks.json"]);
+        for (private, alg, kid) in [
+            ("rsa.pem", Algorithm::RS256, "rsa-1"),
+            ("ec256.pem", Algorithm::ES256, "ec-1"),
+            ("ed25519.pem", Algorithm::EdDSA, "ed-1"),
+        ] {
+            let t = signed(private, alg, Some(kid), json!({"sub": kid}));
+            let id = auth.verify(&t).unwrap_or_else(|e| panic!("{kid}: {e}"));
+            assert_eq!(id.user_id.as_deref(), Some(kid));
+            // Without kid, a set of several keys has no key for the token.
+            let t = signed(private, alg, None, json!({}));
+            assert_eq!(invalid(auth.verify(&t)), format!("no key for alg {alg:?}"));
+        }
+        let t = signed("ec256.pem", Algorithm::ES256, Some("ec-2"), json!({}));
+        assert_eq!(
+            invalid(auth.verify(&t)),
+            r#"no key for alg ES256 and kid "ec-2""#
+        );
+        // The kid of a key of another type: its algorithm does not match.
+        let t = signed("ec256.pem", Algorithm::ES256, Some("rsa-1"), json!({}));
+        assert!(invalid(auth.verify(&t)).starts_with("no key for alg ES256"));
+    }
+
+    #[test]
+    fn a_single_key_set_takes_tokens_without_kid() {
+        let dir = std::env::temp_dir().join(format!("switchboard-jwks-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let all: Value =
+            serde_json::from_str(&std::fs::read_to_string(key_file("jwks.json")).unwrap()).unwrap();
+        let ec = all["keys"][1].clone();
+        assert_eq!(ec["kid"], "ec-1");
+        let with_kid = dir.join("with-kid.json");
+        std::fs::write(&with_kid, json!({"keys": [ec]}).to_string()).unwrap();
+        let mut bare = ec.clone();
+        bare.as_object_mut()
+            .unwrap()
+            .retain(|k, _| !["kid", "alg", "use"].contains(&k.as_str()));
+        let without_kid = dir.join("without-kid.json");
+        std::fs::write(&without_kid, json!({"keys": [bare]}).to_string()).unwrap();
+
+        let named = auth(&["--jwt-jwks", with_kid.to_str().unwrap()]);
+        let es256 = |kid| signed("ec256.pem", Algorithm::ES256, kid, json!({}));
+        assert!(named.verify(&es256(None)).is_ok());
+        assert!(named.verify(&es256(Some("ec-1"))).is_ok());
+        assert!(invalid(named.verify(&es256(Some("other")))).starts_with("no key"));
+        // A key without kid (and without alg: ES256 from its curve) serves any kid.
+        let unnamed = auth(&["--jwt-jwks", without_kid.to_str().unwrap()]);
+        assert!(unnamed.verify(&es256(None)).is_ok());
+        assert!(unnamed.verify(&es256(Some("other"))).is_ok());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_token_signed_with_another_key_is_refused() {
+        let auth = auth(&["--jwt-public-key", "{keys}rsa.pub.pem"]);
+        let t = signed("rsa-other.pem", Algorithm::RS256, None, json!({}));
+        assert_eq!(invalid(auth.verify(&t)), "the signature does not match");
+        let jwks = super::tests::auth(&["--jwt-jwks", "{keys}jwks.json"]);
+        let t = signed("rsa-other.pem", Algorithm::RS256, Some("rsa-1"), json!({}));
+        assert_eq!(invalid(jwks.verify(&t)), "the signature does not match");
+        let secret = super::tests::auth(&["--jwt-secret", "another-secret"]);
+        assert_eq!(
+            invalid(secret.verify(&hs256(json!({})))),
+            "the signature does not match"
+        );
+    }
+
+    #[test]
+    fn every_key_that_serves_a_token_is_tried() {
+        // The PEM key (another RSA key) serves every RS256 token; the set's rsa-1 too.
+        let auth = auth(&[
+            "--jwt-public-key",
+            "{keys}rsa-other.pub.pem",
+            "--jwt-jwks",
+            "{keys}jwks.json",
+            "--jwt-secret",
+            SECRET,
+        ]);
+        let by_set = signed("rsa.pem", Algorithm::RS256, Some("rsa-1"), json!({}));
+        assert!(auth.verify(&by_set).is_ok());
+        let by_pem = signed("rsa-other.pem", Algorithm::RS256, Some("rsa-1"), json!({}));
+        assert!(auth.verify(&by_pem).is_ok());
+        assert!(auth.verify(&hs256(json!({}))).is_ok());
+        let ed = signed("ed25519.pem", Algorithm::EdDSA, Some("ed-1"), json!({}));
+        assert!(auth.verify(&ed).is_ok());
+        // Claims are checked once a signature matched: no other key makes them right.
+        let lapsed = signed(
+            "rsa.pem",
+            Algorithm::RS256,
+            Some("rsa-1"),
+            json!({"exp": 1}),
+        );
+        assert_eq!(auth.verify(&lapsed), Err(AuthError::Expired));
+    }
+
+    #[test]
+    fn hs256_signed_with_a_public_key_is_refused() {
+        // The classic confusion: the attacker HMACs with the public key's bytes, hoping the
+        // server verifies HS256 with the key it has.
+        let pem = std::fs::read(key_file("rsa.pub.pem")).unwrap();
+        let forged = encode(
+            &Header::new(Algorithm::HS256),
+            &with_defaults(json!({})),
+            &EncodingKey::from_secret(&pem),
+        )
+        .unwrap();
+        let auth = auth(&["--jwt-public-key", "{keys}rsa.pub.pem"]);
+        assert_eq!(invalid(auth.verify(&forged)), "no key for alg HS256");
+        let jwks = super::tests::auth(&["--jwt-jwks", "{keys}jwks.json"]);
+        assert!(invalid(jwks.verify(&forged)).starts_with("no key for alg HS256"));
+        // With a secret as well, HS256 is checked against the secret only.
+        let both = super::tests::auth(&[
+            "--jwt-public-key",
+            "{keys}rsa.pub.pem",
+            "--jwt-secret",
+            SECRET,
+        ]);
+        assert_eq!(
+            invalid(both.verify(&forged)),
+            "the signature does not match"
+        );
+    }
+
+    #[test]
     fn alg_none_is_refused() {
         // A good token's claims under a header saying `none`, without the signature.
         let good = hs256(json!({}));
@@ -516,11 +803,15 @@ mod tests {
         // {"alg":"none","typ":"JWT"} and {"alg":"None"}
         for header in ["eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0", "eyJhbGciOiJOb25lIn0"] {
             for token in [format!("{header}.{claims}."), format!("{header}.{claims}")] {
-                let auth = auth(&["--jwt-secret", SECRET]);
-                assert!(
-                    matches!(auth.verify(&token), Err(AuthError::Invalid(_))),
-                    "{token}"
-                );
+                for auth in [
+                    auth(&["--jwt-secret", SECRET]),
+                    auth(&["--jwt-jwks", "{keys}jwks.json"]),
+                ] {
+                    assert!(
+                        matches!(auth.verify(&token), Err(AuthError::Invalid(_))),
+                        "{token}"
+                    );
+                }
             }
         }
     }
@@ -529,10 +820,38 @@ mod tests {
     fn options_that_cannot_work_are_refused() {
         let refused = |args: &[&str]| config(args).validate().unwrap_err();
         assert!(refused(&["--jwt-secret", ""]).contains("must not be empty"));
+        let msg = refused(&["--jwt-algorithm", "RS256"]);
+        assert!(msg.contains("needs --jwt-public-key"), "{msg}");
+        let msg = refused(&[
+            "--jwt-public-key",
+            "{keys}ec256.pub.pem",
+            "--jwt-algorithm",
+            "ES384",
+        ]);
+        assert!(msg.contains("does not suit the EC P-256 key"), "{msg}");
+        let msg = refused(&[
+            "--jwt-public-key",
+            "{keys}ed25519.pub.pem",
+            "--jwt-algorithm",
+            "RS256",
+        ]);
+        assert!(msg.contains("does not suit the Ed25519 key"), "{msg}");
         for leeway in ["1500ms", "2h"] {
             let msg = refused(&["--jwt-secret", SECRET, "--jwt-leeway", leeway]);
             assert!(msg.contains("--jwt-leeway"), "{msg}");
         }
         assert!(refused(&["--jwt-audience", "a,,b"]).contains("empty entry"));
+        // Parse errors: the algorithm name, and key files.
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["switchboard-server".to_owned()];
+            argv.extend(args.iter().map(|a| a.replace("{keys}", &key_file(""))));
+            Config::try_parse_from(argv).unwrap_err().to_string()
+        };
+        assert!(parse(&["--jwt-algorithm", "HS256"]).contains("shared-secret"));
+        assert!(parse(&["--jwt-algorithm", "none"]).contains("unknown algorithm"));
+        assert!(parse(&["--jwt-public-key", "{keys}rsa.pem"]).contains("a private key"));
+        assert!(parse(&["--jwt-public-key", "{keys}missing.pem"]).contains("cannot read"));
+        assert!(parse(&["--jwt-public-key", "{keys}jwks.json"]).contains("not a PEM file"));
+        assert!(parse(&["--jwt-jwks", "{keys}rsa.pub.pem"]).contains("not a JSON Web Key Set"));
     }
 }

@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use jsonwebtoken::Algorithm;
 use switchboard_protocol::Limits;
+
+use crate::auth::keys::{JwksFile, PublicKeyFile, parse_public_key_algorithm};
 
 /// Switchboard's server: the WebSocket hub at `/ws` plus the web bundle at `/`.
 #[derive(Debug, Clone, Parser)]
@@ -66,10 +69,29 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_DRAIN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
 
-    /// Secret for HS256 JSON Web Tokens. When unset, tokens are refused and every
+    /// Secret for HS256 JSON Web Tokens. The server checks tokens when this,
+    /// --jwt-public-key or --jwt-jwks is set; with none of them, tokens are refused and every
     /// connection is anonymous with full access (a development setting).
     #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<Secret>,
+
+    /// PEM file with a public key for tokens, read at startup: RSA (RS256, or
+    /// --jwt-algorithm), EC P-256 (ES256), EC P-384 (ES384) or Ed25519 (EdDSA), as
+    /// `openssl pkey -pubout` writes it.
+    #[arg(long, env = "SWITCHBOARD_JWT_PUBLIC_KEY", value_name = "PATH", value_parser = PublicKeyFile::read)]
+    pub jwt_public_key: Option<PublicKeyFile>,
+
+    /// The algorithm of tokens for an RSA --jwt-public-key: RS256 (the default), RS384,
+    /// RS512, PS256, PS384 or PS512. EC and Ed25519 keys have one algorithm each; this must
+    /// agree with it.
+    #[arg(long, env = "SWITCHBOARD_JWT_ALGORITHM", value_parser = parse_public_key_algorithm)]
+    pub jwt_algorithm: Option<Algorithm>,
+
+    /// JSON Web Key Set file with public keys for tokens, read at startup. A token names its
+    /// key with the `kid` header (a set of one key also takes tokens without `kid`); each
+    /// key's algorithm is its `alg`, or its type's default.
+    #[arg(long, env = "SWITCHBOARD_JWT_JWKS", value_name = "PATH", value_parser = JwksFile::read)]
+    pub jwt_jwks: Option<JwksFile>,
 
     /// Audiences this server accepts (comma-separated). When set, a token must have an
     /// `aud` naming one of them; when unset, a token with an `aud` is refused.
@@ -232,9 +254,9 @@ impl Config {
         }
     }
 
-    /// Whether the server checks tokens: a secret is configured.
+    /// Whether the server checks tokens: a secret, a public key or a key set is configured.
     pub fn checks_tokens(&self) -> bool {
-        self.jwt_secret.is_some()
+        self.jwt_secret.is_some() || self.jwt_public_key.is_some() || self.jwt_jwks.is_some()
     }
 
     /// Rejects values that cannot work.
@@ -271,6 +293,15 @@ impl Config {
             .is_some_and(|s| s.expose().is_empty())
         {
             return Err("--jwt-secret must not be empty".into());
+        }
+        match (&self.jwt_public_key, self.jwt_algorithm) {
+            (Some(key), alg) => {
+                key.algorithm(alg)?;
+            }
+            (None, Some(_)) => {
+                return Err("--jwt-algorithm needs --jwt-public-key".into());
+            }
+            (None, None) => {}
         }
         if self.jwt_leeway.subsec_nanos() != 0 || self.jwt_leeway > Duration::from_secs(3600) {
             return Err("--jwt-leeway must be whole seconds, at most 1h".into());
