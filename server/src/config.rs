@@ -6,8 +6,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use jsonwebtoken::Algorithm;
 use switchboard_protocol::Limits;
 
+use crate::auth::keys::{JwksFile, PublicKeyFile, parse_public_key_algorithm};
 use crate::edge::ProxyNet;
 
 /// Switchboard's server: the WebSocket hub at `/ws` plus the web bundle at `/`.
@@ -99,13 +101,65 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_DRAIN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
 
-    /// Secret for HS256 JSON Web Tokens. When unset, tokens are refused and every
+    /// Secret for HS256 JSON Web Tokens. The server checks tokens when this,
+    /// --jwt-public-key or --jwt-jwks is set; with none of them, tokens are refused and every
     /// connection is anonymous with full access (a development setting).
     #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<Secret>,
 
-    /// With a JWT secret: let connections without a token in, limited to the anonymous
-    /// channel patterns below. Without it they must authenticate within --auth-timeout.
+    /// PEM file with a public key for tokens, read at startup: RSA (RS256, or
+    /// --jwt-algorithm), EC P-256 (ES256), EC P-384 (ES384) or Ed25519 (EdDSA), as
+    /// `openssl pkey -pubout` writes it.
+    #[arg(long, env = "SWITCHBOARD_JWT_PUBLIC_KEY", value_name = "PATH", value_parser = PublicKeyFile::read)]
+    pub jwt_public_key: Option<PublicKeyFile>,
+
+    /// The algorithm of tokens for an RSA --jwt-public-key: RS256 (the default), RS384,
+    /// RS512, PS256, PS384 or PS512. EC and Ed25519 keys have one algorithm each; this must
+    /// agree with it.
+    #[arg(long, env = "SWITCHBOARD_JWT_ALGORITHM", value_parser = parse_public_key_algorithm)]
+    pub jwt_algorithm: Option<Algorithm>,
+
+    /// JSON Web Key Set file with public keys for tokens, read at startup. A token names its
+    /// key with the `kid` header (a set of one key also takes tokens without `kid`); each
+    /// key's algorithm is its `alg`, or its type's default.
+    #[arg(long, env = "SWITCHBOARD_JWT_JWKS", value_name = "PATH", value_parser = JwksFile::read)]
+    pub jwt_jwks: Option<JwksFile>,
+
+    /// Audiences this server accepts (comma-separated). When set, a token must have an
+    /// `aud` naming one of them; when unset, a token with an `aud` is refused.
+    #[arg(long, env = "SWITCHBOARD_JWT_AUDIENCE", value_delimiter = ',')]
+    pub jwt_audience: Vec<String>,
+
+    /// Issuers this server accepts (comma-separated). When set, a token must have an `iss`
+    /// that is one of them; when unset, `iss` is not checked.
+    #[arg(long, env = "SWITCHBOARD_JWT_ISSUER", value_delimiter = ',')]
+    pub jwt_issuer: Vec<String>,
+
+    /// Clock skew allowed when checking a token's `exp` and `nbf`: whole seconds, at most
+    /// 1h. A connection is closed when its token's `exp` plus this has passed.
+    #[arg(long, env = "SWITCHBOARD_JWT_LEEWAY", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub jwt_leeway: Duration,
+
+    /// Channel patterns a token without a `subscribe` claim may subscribe to
+    /// (comma-separated). Defaults to none.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_TOKEN_DEFAULT_SUBSCRIBE",
+        value_delimiter = ','
+    )]
+    pub token_default_subscribe: Vec<String>,
+
+    /// Channel patterns a token without a `publish` claim may publish on (comma-separated).
+    /// Defaults to none.
+    #[arg(long, env = "SWITCHBOARD_TOKEN_DEFAULT_PUBLISH", value_delimiter = ',')]
+    pub token_default_publish: Vec<String>,
+
+    /// Let a token without a `direct` claim send direct messages. Off by default.
+    #[arg(long, env = "SWITCHBOARD_TOKEN_DEFAULT_DIRECT")]
+    pub token_default_direct: bool,
+
+    /// With token checking: let connections without a token in, limited to the anonymous
+    /// grants below. Without it they must authenticate within --auth-timeout.
     #[arg(long, env = "SWITCHBOARD_ALLOW_ANONYMOUS")]
     pub allow_anonymous: bool,
 
@@ -123,6 +177,11 @@ pub struct Config {
     /// none.
     #[arg(long, env = "SWITCHBOARD_ANONYMOUS_PUBLISH", value_delimiter = ',')]
     pub anonymous_publish: Vec<String>,
+
+    /// With token checking: let anonymous connections send direct messages. Off by default.
+    /// (Without token checking, anonymous connections may do everything.)
+    #[arg(long, env = "SWITCHBOARD_ANONYMOUS_DIRECT")]
+    pub anonymous_direct: bool,
 
     /// A connection that needs a token and has not sent a valid one within this time is
     /// closed with 4001. A program sends `hello` one round trip after `welcome` and the
@@ -279,8 +338,14 @@ impl Config {
         }
     }
 
+    /// Whether the server checks tokens: a secret, a public key or a key set is configured.
+    pub fn checks_tokens(&self) -> bool {
+        self.jwt_secret.is_some() || self.jwt_public_key.is_some() || self.jwt_jwks.is_some()
+    }
+
     /// Rejects values that cannot work.
     pub fn validate(&self) -> Result<(), String> {
+        self.validate_auth()?;
         if self.queue_capacity == 0 {
             return Err("--queue-capacity must be at least 1".into());
         }
@@ -313,6 +378,35 @@ impl Config {
         }
         if self.heartbeat.is_zero() || self.idle_timeout <= self.heartbeat {
             return Err("--idle-timeout must be longer than a non-zero --heartbeat".into());
+        }
+        Ok(())
+    }
+
+    fn validate_auth(&self) -> Result<(), String> {
+        if self
+            .jwt_secret
+            .as_ref()
+            .is_some_and(|s| s.expose().is_empty())
+        {
+            return Err("--jwt-secret must not be empty".into());
+        }
+        match (&self.jwt_public_key, self.jwt_algorithm) {
+            (Some(key), alg) => {
+                key.algorithm(alg)?;
+            }
+            (None, Some(_)) => {
+                return Err("--jwt-algorithm needs --jwt-public-key".into());
+            }
+            (None, None) => {}
+        }
+        if self.jwt_leeway.subsec_nanos() != 0 || self.jwt_leeway > Duration::from_secs(3600) {
+            return Err("--jwt-leeway must be whole seconds, at most 1h".into());
+        }
+        if self.jwt_audience.iter().any(String::is_empty) {
+            return Err("--jwt-audience has an empty entry".into());
+        }
+        if self.jwt_issuer.iter().any(String::is_empty) {
+            return Err("--jwt-issuer has an empty entry".into());
         }
         Ok(())
     }

@@ -7,14 +7,18 @@ use std::time::Duration;
 
 use common::{Client, Next, config, start};
 use futures::StreamExt;
-use jsonwebtoken::{EncodingKey, Header, encode};
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
 use switchboard_protocol::{ErrorCode, ServerFrame};
+use switchboard_server::auth::keys::read_signing_key;
 use switchboard_server::clock::now_ms;
 use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const SECRET: &str = "test-secret";
+
+/// The test key pairs (tests/keys/README.md).
+const KEYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys/");
 
 fn token(claims: Value) -> String {
     encode(
@@ -23,6 +27,14 @@ fn token(claims: Value) -> String {
         &EncodingKey::from_secret(SECRET.as_bytes()),
     )
     .unwrap()
+}
+
+/// A token signed with the private key `tests/keys/<file>`.
+fn signed(file: &str, alg: Algorithm, kid: Option<&str>, claims: Value) -> String {
+    let key = read_signing_key(format!("{KEYS}{file}").as_ref(), alg).unwrap();
+    let mut header = Header::new(alg);
+    header.kid = kid.map(Into::into);
+    encode(&header, &claims, &key).unwrap()
 }
 
 fn exp_in(secs: u64) -> u64 {
@@ -89,10 +101,10 @@ async fn token_in_query_sets_the_user_and_its_grants() {
 #[tokio::test]
 async fn the_same_user_in_two_tabs_is_one_member() {
     let server = start(config(&["--jwt-secret", SECRET])).await;
-    let t = token(json!({"sub":"u1","exp":exp_in(3600)}));
+    let t = token(json!({"sub":"u1","exp":exp_in(3600),"subscribe":["room:*"]}));
     let mut tab1 = raw(format!("{}?token={t}", server.ws_url())).await;
     let mut tab2 = raw(format!("{}?token={t}", server.ws_url())).await;
-    let other_t = token(json!({"sub":"u2","exp":exp_in(3600)}));
+    let other_t = token(json!({"sub":"u2","exp":exp_in(3600),"subscribe":["room:*"]}));
     let mut watcher = raw(format!("{}?token={other_t}", server.ws_url())).await;
     for c in [&mut tab1, &mut tab2, &mut watcher] {
         c.next().await; // welcome
@@ -424,10 +436,54 @@ async fn a_query_token_without_a_secret_is_reported_and_the_connection_stays_ano
 }
 
 #[tokio::test]
-async fn tokens_with_an_audience_are_accepted() {
+async fn a_token_without_grant_claims_may_do_nothing_unless_the_operator_says() {
+    let t = token(json!({"sub":"u1","exp":exp_in(3600)}));
     let server = start(config(&["--jwt-secret", SECRET])).await;
-    let t = token(json!({"sub":"u1","aud":"some-app","exp":exp_in(60)}));
     let mut c = raw(format!("{}?token={t}", server.ws_url())).await;
+    assert!(matches!(c.next().await, ServerFrame::Welcome { .. }));
+    c.send_text(r#"{"type":"subscribe","channel":"room:a"}"#)
+        .await;
+    assert_eq!(code(c.next().await), ErrorCode::Forbidden);
+    c.send_text(r#"{"type":"publish","id":"p","channel":"room:a","data":1}"#)
+        .await;
+    assert_eq!(code(c.next().await), ErrorCode::Forbidden);
+
+    let server = start(config(&[
+        "--jwt-secret",
+        SECRET,
+        "--token-default-subscribe",
+        "room:*",
+    ]))
+    .await;
+    let mut c = raw(format!("{}?token={t}", server.ws_url())).await;
+    c.next().await;
+    c.send_text(r#"{"type":"subscribe","channel":"room:a"}"#)
+        .await;
+    assert!(matches!(c.next().await, ServerFrame::Subscribed { .. }));
+    c.send_text(r#"{"type":"subscribe","channel":"news"}"#)
+        .await;
+    assert_eq!(code(c.next().await), ErrorCode::Forbidden);
+}
+
+#[tokio::test]
+async fn a_token_for_another_audience_is_closed_with_4001() {
+    let for_billing = token(json!({"sub":"u1","aud":"billing","exp":exp_in(60)}));
+    let for_chat = token(json!({"sub":"u1","aud":["chat"],"exp":exp_in(60)}));
+    // No --jwt-audience: any aud means the token was minted for someone else.
+    let server = start(config(&["--jwt-secret", SECRET])).await;
+    for t in [&for_billing, &for_chat] {
+        let mut c = raw(format!("{}?token={t}", server.ws_url())).await;
+        match c.next().await {
+            ServerFrame::Error { code, message, .. } => {
+                assert_eq!(code, ErrorCode::Unauthorized);
+                assert!(message.contains("aud"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(c.closed().await, Some(4001));
+    }
+    let server = start(config(&["--jwt-secret", SECRET, "--jwt-audience", "chat"])).await;
+    let mut c = raw(format!("{}?token={for_chat}", server.ws_url())).await;
     assert!(matches!(
         c.next().await,
         ServerFrame::Welcome {
@@ -435,4 +491,132 @@ async fn tokens_with_an_audience_are_accepted() {
             ..
         }
     ));
+    let mut c = raw(format!("{}?token={for_billing}", server.ws_url())).await;
+    assert_eq!(code(c.next().await), ErrorCode::Unauthorized);
+    assert_eq!(c.closed().await, Some(4001));
+}
+
+#[tokio::test]
+async fn a_token_not_valid_yet_is_closed_with_4001() {
+    let server = start(config(&["--jwt-secret", SECRET])).await;
+    let early = token(json!({"sub":"u1","nbf":exp_in(600),"exp":exp_in(3600)}));
+    let mut c = raw(format!("{}?token={early}", server.ws_url())).await;
+    match c.next().await {
+        ServerFrame::Error { code, message, .. } => {
+            assert_eq!(code, ErrorCode::Unauthorized);
+            assert!(message.contains("not valid yet"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(c.closed().await, Some(4001));
+}
+
+#[tokio::test]
+async fn an_rs256_token_checked_with_a_pem_public_key_connects() {
+    let key = format!("{KEYS}rsa.pub.pem");
+    let server = start(config(&["--jwt-public-key", &key])).await;
+    let t = signed(
+        "rsa.pem",
+        Algorithm::RS256,
+        None,
+        json!({"sub":"rsa-user","exp":exp_in(3600),"subscribe":["room:*"]}),
+    );
+    let mut c = raw(format!("{}?token={t}", server.ws_url())).await;
+    match c.next().await {
+        ServerFrame::Welcome { user_id, .. } => assert_eq!(user_id.as_deref(), Some("rsa-user")),
+        other => panic!("{other:?}"),
+    }
+    c.send_text(r#"{"type":"subscribe","channel":"room:a"}"#)
+        .await;
+    assert!(matches!(c.next().await, ServerFrame::Subscribed { .. }));
+
+    // HS256 "signed" with the public key's bytes: the server has no HS256 key.
+    let forged = encode(
+        &Header::default(),
+        &json!({"sub":"mallory","exp":exp_in(60)}),
+        &EncodingKey::from_secret(&std::fs::read(&key).unwrap()),
+    )
+    .unwrap();
+    let mut c = raw(format!("{}?token={forged}", server.ws_url())).await;
+    assert_eq!(code(c.next().await), ErrorCode::Unauthorized);
+    assert_eq!(c.closed().await, Some(4001));
+    // Without a token: the server checks tokens, so the connection must authenticate.
+    let mut c = Client::connect(&server).await;
+    c.send_text(r#"{"type":"subscribe","channel":"room:a"}"#)
+        .await;
+    assert_eq!(code(c.next().await), ErrorCode::Unauthorized);
+}
+
+#[tokio::test]
+async fn es256_and_eddsa_tokens_checked_with_a_key_set_connect() {
+    let server = start(config(&["--jwt-jwks", &format!("{KEYS}jwks.json")])).await;
+    for (file, alg, kid) in [
+        ("ec256.pem", Algorithm::ES256, "ec-1"),
+        ("ed25519.pem", Algorithm::EdDSA, "ed-1"),
+    ] {
+        let t = signed(file, alg, Some(kid), json!({"sub":kid,"exp":exp_in(3600)}));
+        let mut c = raw(format!("{}?token={t}", server.ws_url())).await;
+        match c.next().await {
+            ServerFrame::Welcome { user_id, .. } => assert_eq!(user_id.as_deref(), Some(kid)),
+            other => panic!("{other:?}"),
+        }
+        // Refreshing with hello works the same.
+        c.send_text(&format!(r#"{{"type":"hello","token":"{t}"}}"#))
+            .await;
+        assert!(matches!(c.next().await, ServerFrame::Welcome { .. }));
+    }
+    // The right key type under another key's kid.
+    let t = signed(
+        "ec256.pem",
+        Algorithm::ES256,
+        Some("ed-1"),
+        json!({"sub":"u","exp":exp_in(60)}),
+    );
+    let mut c = raw(format!("{}?token={t}", server.ws_url())).await;
+    assert_eq!(code(c.next().await), ErrorCode::Unauthorized);
+    assert_eq!(c.closed().await, Some(4001));
+}
+
+#[tokio::test]
+async fn tokens_minted_by_the_cli_with_a_private_key_are_accepted() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard-token"))
+        .args(["--sub", "cli-ed", "--alg", "EdDSA", "--kid", "ed-1"])
+        .args(["--key", &format!("{KEYS}ed25519.pem")])
+        .args(["--aud", "chat", "--direct"])
+        .env_remove("SWITCHBOARD_JWT_SECRET")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t = String::from_utf8(out.stdout).unwrap();
+    let jwks = format!("{KEYS}jwks.json");
+    let server = start(config(&["--jwt-jwks", &jwks, "--jwt-audience", "chat"])).await;
+    let mut c = raw(format!("{}?token={}", server.ws_url(), t.trim())).await;
+    match c.next().await {
+        ServerFrame::Welcome { user_id, .. } => assert_eq!(user_id.as_deref(), Some("cli-ed")),
+        other => panic!("{other:?}"),
+    }
+    let id = server.state.auth.verify(t.trim()).unwrap();
+    assert!(id.grants.may_direct());
+    assert!(
+        !id.grants.may_subscribe("room:a"),
+        "no subscribe claim: the default, nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_key_file_the_server_cannot_use_stops_it_at_startup() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard-server"))
+        .args(["--addr", "127.0.0.1:0"])
+        .args(["--jwt-public-key", &format!("{KEYS}rsa.pem")])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--jwt-public-key"), "{stderr}");
+    assert!(stderr.contains("a private key"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
 }

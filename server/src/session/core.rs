@@ -606,7 +606,11 @@ mod tests {
     }
 
     /// Feeds one text message; returns the frames the core wants written.
-    async fn feed(core: &mut Core, text: &str, now: Instant) -> Result<Vec<ServerFrame>, CloseCode> {
+    async fn feed(
+        core: &mut Core,
+        text: &str,
+        now: Instant,
+    ) -> Result<Vec<ServerFrame>, CloseCode> {
         for d in decoded(core, text) {
             core.on_decoded(d, now).await?;
         }
@@ -636,7 +640,10 @@ mod tests {
         let t0 = Instant::now();
         let (mut core, _queue) = core_with(&state, t0);
         core.welcome();
-        assert!(matches!(out(&mut core).as_slice(), [ServerFrame::Welcome { .. }]));
+        assert!(matches!(
+            out(&mut core).as_slice(),
+            [ServerFrame::Welcome { .. }]
+        ));
         let got = feed(
             &mut core,
             r#"[{"type":"ping","id":"1"},{"type":"subscribe","channel":"a"},{"type":"publish","id":"p","channel":"a","data":1}]"#,
@@ -646,7 +653,13 @@ mod tests {
         .unwrap();
         assert!(matches!(&got[0], ServerFrame::Pong { id: Some(id) } if id.as_str() == "1"));
         assert!(matches!(&got[1], ServerFrame::Subscribed { .. }));
-        assert!(matches!(&got[2], ServerFrame::Ack { offset: Some(1), .. }));
+        assert!(matches!(
+            &got[2],
+            ServerFrame::Ack {
+                offset: Some(1),
+                ..
+            }
+        ));
         // The message itself went to the queue, not to the replies.
         assert_eq!(core.client().outbox.len(), 1);
     }
@@ -657,7 +670,10 @@ mod tests {
         let t0 = Instant::now();
         let (mut core, _queue) = core_with(&state, t0);
         assert_eq!(core.next_wake(), t0 + Duration::from_secs(10));
-        assert_eq!(core.on_timer(t0 + Duration::from_secs(5)), Ok(Tick::Nothing));
+        assert_eq!(
+            core.on_timer(t0 + Duration::from_secs(5)),
+            Ok(Tick::Nothing)
+        );
         assert_eq!(core.on_timer(t0 + Duration::from_secs(10)), Ok(Tick::Ping));
         assert_eq!(core.next_wake(), t0 + Duration::from_secs(20));
         assert_eq!(core.on_timer(t0 + Duration::from_secs(20)), Ok(Tick::Ping));
@@ -698,11 +714,16 @@ mod tests {
         let (mut core, _queue) = core_with(&state, t0);
         for _ in 0..3 {
             assert!(matches!(
-                feed(&mut core, r#"{"type":"ping"}"#, t0).await.unwrap().as_slice(),
+                feed(&mut core, r#"{"type":"ping"}"#, t0)
+                    .await
+                    .unwrap()
+                    .as_slice(),
                 [ServerFrame::Pong { .. }]
             ));
         }
-        let got = feed(&mut core, r#"{"type":"ping","id":"x"}"#, t0).await.unwrap();
+        let got = feed(&mut core, r#"{"type":"ping","id":"x"}"#, t0)
+            .await
+            .unwrap();
         assert_eq!(codes(&got), [ErrorCode::RateLimited]);
         // Binary messages and WebSocket pings count too: the third refusal in a row closes.
         core.on_binary(t0).unwrap();
@@ -732,18 +753,30 @@ mod tests {
         let state = AppState::with_methods(config(&[]), methods);
         let t0 = Instant::now();
         let (mut core, _queue) = core_with(&state, t0);
-        let got = feed(&mut core, r#"{"type":"request","id":"r1","method":"boom"}"#, t0)
-            .await
-            .unwrap();
+        let got = feed(
+            &mut core,
+            r#"{"type":"request","id":"r1","method":"boom"}"#,
+            t0,
+        )
+        .await
+        .unwrap();
         assert_eq!(codes(&got), [ErrorCode::Internal]);
-        let got = feed(&mut core, r#"{"type":"request","id":"r2","method":"time"}"#, t0)
-            .await
-            .unwrap();
+        let got = feed(
+            &mut core,
+            r#"{"type":"request","id":"r2","method":"time"}"#,
+            t0,
+        )
+        .await
+        .unwrap();
         assert!(matches!(got.as_slice(), [ServerFrame::Response { .. }]));
         // One that panics later answers through the queue.
-        let got = feed(&mut core, r#"{"type":"request","id":"r3","method":"late_boom"}"#, t0)
-            .await
-            .unwrap();
+        let got = feed(
+            &mut core,
+            r#"{"type":"request","id":"r3","method":"late_boom"}"#,
+            t0,
+        )
+        .await
+        .unwrap();
         assert!(got.is_empty());
         let outbox = core.client().outbox.clone();
         for _ in 0..500 {
@@ -753,7 +786,10 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         assert_eq!(outbox.len(), 1, "the late panic was answered");
-        assert_eq!(state.hub.metrics().handler_panics.load(Ordering::Relaxed), 2);
+        assert_eq!(
+            state.hub.metrics().handler_panics.load(Ordering::Relaxed),
+            2
+        );
     }
 
     #[tokio::test]
@@ -779,9 +815,13 @@ mod tests {
         let state = AppState::new(config(&[]));
         let t0 = Instant::now();
         let (mut core, _queue) = core_with(&state, t0);
-        feed(&mut core, r#"{"type":"subscribe","channel":"room:x","presence":{}}"#, t0)
-            .await
-            .unwrap();
+        feed(
+            &mut core,
+            r#"{"type":"subscribe","channel":"room:x","presence":{}}"#,
+            t0,
+        )
+        .await
+        .unwrap();
         let room = Channel::from("room:x");
         assert_eq!(state.hub.presence(&room).await.unwrap().len(), 1);
         // As when the session's task panics or is aborted.
