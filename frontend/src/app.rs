@@ -126,7 +126,7 @@ fn Room(name: String, room: String, on_leave: impl Fn() + 'static) -> impl IntoV
 
     Effect::new(move |_| {
         if let Some(ev) = sub.last_presence.get() {
-            let who = name_of(&ev.member.info);
+            let who = name_of(&ev.member.info.to_value());
             let what = match ev.action {
                 switchboard_protocol::PresenceAction::Join => "joined",
                 switchboard_protocol::PresenceAction::Leave => "left",
@@ -218,7 +218,7 @@ fn Room(name: String, room: String, on_leave: impl Fn() + 'static) -> impl IntoV
                     <h3>"Members " <span id="member-count" class="count">{move || sub.members.with(Vec::len)}</span></h3>
                     <ul id="members">
                         {move || sub.members.get().into_iter().map(|m| {
-                            let n = name_of(&m.info);
+                            let n = name_of(&m.info.to_value());
                             let tabs = (m.connections > 1).then(|| format!(" ×{}", m.connections));
                             view! { <li>{n}<span class="muted">{tabs}</span></li> }
                         }).collect_view()}

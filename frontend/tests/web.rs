@@ -232,7 +232,7 @@ async fn rooms_share_presence_and_see_leaves() {
     })
     .await;
     let last = sub_a.last_presence.get_untracked().unwrap();
-    assert_eq!(last.member.info["name"], "Bob");
+    assert_eq!(last.member.info.to_value()["name"], "Bob");
 }
 
 #[wasm_bindgen_test]

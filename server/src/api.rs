@@ -19,8 +19,8 @@ use axum::extract::rejection::JsonRejection;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::{Value, json};
-use switchboard_protocol::{Channel, ErrorCode, limits::validate_channel};
+use serde_json::json;
+use switchboard_protocol::{Channel, ErrorCode, Payload, limits::validate_channel};
 
 use crate::AppState;
 use crate::broker::Publication;
@@ -32,7 +32,7 @@ pub struct PublishRequest {
     /// Target channel.
     pub channel: String,
     /// Any JSON value.
-    pub data: Value,
+    pub data: Payload,
     /// Deliver without storing, like an ephemeral client publish.
     #[serde(default)]
     pub ephemeral: bool,
@@ -117,7 +117,7 @@ pub async fn demo_ticker(hub: Hub, every: Duration) {
         let t = seq as f64;
         price = (price + 0.8 * (t / 17.0).sin() + 0.3 * (t * 1.7).sin()).max(1.0);
         let price = (price * 100.0).round() / 100.0;
-        let data = json!({ "symbol": "SBX", "price": price, "seq": seq });
+        let data = Payload::from(json!({ "symbol": "SBX", "price": price, "seq": seq }));
         let publication = Publication {
             dedupe_key: None,
             channel: channel.clone(),

@@ -5,8 +5,7 @@
 //! socket types, so a broker or a store can carry them without knowing about WebSockets.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use serde_json::Value;
-use switchboard_protocol::{Channel, Sender, ServerFrame, StreamPosition, codec};
+use switchboard_protocol::{Channel, Payload, Sender, ServerFrame, StreamPosition, codec};
 
 /// One server frame, encoded as JSON text, cheap to clone (shared bytes).
 #[derive(Clone, PartialEq, Eq)]
@@ -64,7 +63,7 @@ impl From<&ServerFrame> for Encoded {
 pub fn message_body(
     channel: &Channel,
     from: Option<Sender>,
-    data: Value,
+    data: Payload,
     ts: u64,
     ephemeral: bool,
 ) -> Bytes {
@@ -113,7 +112,7 @@ mod tests {
             user_id: Some("u1".into()),
         });
         let channel = Channel::from("room:a");
-        let body = message_body(&channel, from.clone(), json!({"t": "hi"}), 17, false);
+        let body = message_body(&channel, from.clone(), json!({"t": "hi"}).into(), 17, false);
         let position = StreamPosition {
             offset: 42,
             epoch: "ab12".into(),
@@ -121,7 +120,7 @@ mod tests {
         let full = ServerFrame::Message {
             channel,
             from,
-            data: json!({"t": "hi"}),
+            data: json!({"t": "hi"}).into(),
             ts: 17,
             ephemeral: false,
             offset: Some(42),

@@ -22,9 +22,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use serde_json::Value;
 use switchboard_protocol::{
-    Channel, ClientId, CloseCode, Member, PresenceAction, Sender, ServerFrame, StreamPosition,
+    Channel, ClientId, CloseCode, Member, Payload, PresenceAction, Sender, ServerFrame,
+    StreamPosition,
 };
 
 use crate::broker::{Broker, BrokerError, BrokerHandler, Delivery, Publication, Published};
@@ -359,7 +359,7 @@ impl Hub {
         &self,
         client: &ClientHandle,
         channel: &Channel,
-        presence: Option<Value>,
+        presence: Option<Payload>,
     ) -> Result<SubscribeOutcome, BrokerError> {
         let broker = &self.inner.broker;
         let (entry, guard) = loop {
@@ -478,7 +478,7 @@ impl Hub {
 
     /// Delivers `data` to one connection, within the receiver's budget for direct
     /// messages: a receiver that is not reading is never closed because of them.
-    pub fn direct(&self, to: &ClientId, from: Sender, data: Value) -> Result<(), DirectError> {
+    pub fn direct(&self, to: &ClientId, from: Sender, data: Payload) -> Result<(), DirectError> {
         let Some(target) = lock(&self.inner.clients).get(to).cloned() else {
             return Err(DirectError::Gone);
         };

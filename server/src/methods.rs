@@ -1,18 +1,22 @@
 //! Request/response: `request` frames are routed by method name to async handlers.
 //!
+//! A handler takes its params as any type that deserializes from JSON, and returns any type
+//! that serializes; params that do not fit the type are answered with `bad_request`.
+//!
 //! ```
-//! use serde_json::json;
+//! use serde::Deserialize;
+//! use serde_json::Value;
 //! use switchboard_server::methods::{MethodError, Methods};
 //!
+//! #[derive(Deserialize)]
+//! struct Add {
+//!     a: i64,
+//!     b: i64,
+//! }
+//!
 //! let methods = Methods::with_builtins()
-//!     .method("echo", |_ctx, params| async move { Ok::<_, MethodError>(params) })
-//!     .method("add", |_ctx, p| async move {
-//!         let (a, b) = (p["a"].as_i64(), p["b"].as_i64());
-//!         match (a, b) {
-//!             (Some(a), Some(b)) => Ok(json!(a + b)),
-//!             _ => Err(MethodError::BadRequest("expected {\"a\": int, \"b\": int}".into())),
-//!         }
-//!     });
+//!     .method("echo", |_ctx, params: Value| async move { Ok::<_, MethodError>(params) })
+//!     .method("add", |_ctx, p: Add| async move { Ok::<_, MethodError>(p.a + p.b) });
 //! assert!(methods.contains("time") && methods.contains("add"));
 //! ```
 
@@ -21,8 +25,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use serde::Serialize;
+use serde::de::{DeserializeOwned, IgnoredAny};
 use serde_json::{Value, json};
-use switchboard_protocol::{Channel, ClientId, ErrorCode, limits::validate_channel};
+use switchboard_protocol::{Channel, ClientId, ErrorCode, Payload, limits::validate_channel};
 
 use crate::auth::Grants;
 use crate::clock::now_ms;
@@ -70,8 +76,8 @@ impl MethodError {
     }
 }
 
-type BoxFuture = Pin<Box<dyn Future<Output = Result<Value, MethodError>> + Send>>;
-type Handler = Arc<dyn Fn(RequestCtx, Value) -> BoxFuture + Send + Sync>;
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Payload, MethodError>> + Send>>;
+type Handler = Arc<dyn Fn(RequestCtx, Payload) -> BoxFuture + Send + Sync>;
 
 /// The method table.
 #[derive(Clone, Default)]
@@ -93,8 +99,10 @@ impl Methods {
     ///   caller may not subscribe to it)
     pub fn with_builtins() -> Self {
         Self::new()
-            .method("time", |_, _| async { Ok(json!({ "now_ms": now_ms() })) })
-            .method("channels", |ctx, _| async move {
+            .method("time", |_, _: IgnoredAny| async {
+                Ok(json!({ "now_ms": now_ms() }))
+            })
+            .method("channels", |ctx, _: IgnoredAny| async move {
                 let list: Vec<Value> = ctx
                     .hub
                     .channels()
@@ -104,7 +112,7 @@ impl Methods {
                     .collect();
                 Ok(Value::Array(list))
             })
-            .method("presence", |ctx, params| async move {
+            .method("presence", |ctx, params: Value| async move {
                 let channel = params["channel"].as_str().ok_or_else(|| {
                     MethodError::BadRequest("expected {\"channel\": \"<name>\"}".into())
                 })?;
@@ -121,14 +129,29 @@ impl Methods {
             })
     }
 
-    /// Registers (or replaces) a method.
-    pub fn method<F, Fut>(mut self, name: &str, handler: F) -> Self
+    /// Registers (or replaces) a method. Its params are deserialized into `P` (absent
+    /// params are `null`: use `()` or `Option` for methods without any) and its result
+    /// serialized from `R`.
+    pub fn method<P, R, F, Fut>(mut self, name: &str, handler: F) -> Self
     where
-        F: Fn(RequestCtx, Value) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<Value, MethodError>> + Send + 'static,
+        P: DeserializeOwned + Send + 'static,
+        R: Serialize,
+        F: Fn(RequestCtx, P) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, MethodError>> + Send + 'static,
     {
-        let handler: Handler = Arc::new(move |ctx, params| Box::pin(handler(ctx, params)));
-        self.handlers.insert(name.to_owned(), handler);
+        let handler = Arc::new(handler);
+        let erased: Handler = Arc::new(move |ctx, params: Payload| {
+            // Parsed now, so the call holds the typed params, not their text.
+            let parsed = params.parse::<P>();
+            let handler = handler.clone();
+            Box::pin(async move {
+                let params =
+                    parsed.map_err(|e| MethodError::BadRequest(format!("invalid params: {e}")))?;
+                let result = handler(ctx, params).await?;
+                Payload::new(&result).map_err(|e| MethodError::Failed(e.to_string()))
+            })
+        });
+        self.handlers.insert(name.to_owned(), erased);
         self
     }
 
@@ -138,7 +161,7 @@ impl Methods {
     }
 
     /// Starts a call; `None` when no such method exists.
-    pub(crate) fn call(&self, name: &str, ctx: RequestCtx, params: Value) -> Option<BoxFuture> {
+    pub(crate) fn call(&self, name: &str, ctx: RequestCtx, params: Payload) -> Option<BoxFuture> {
         self.handlers.get(name).map(|h| h(ctx, params))
     }
 }

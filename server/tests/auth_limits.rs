@@ -349,7 +349,7 @@ async fn http_publish_api() {
         } => {
             assert_eq!(
                 (from, data, offset),
-                (None, json!({"text":"deployed"}), Some(1))
+                (None, json!({"text":"deployed"}).into(), Some(1))
             );
         }
         other => panic!("{other:?}"),
@@ -383,9 +383,9 @@ async fn demo_ticker_publishes_prices() {
         match c.next().await {
             ServerFrame::Message { data, from, .. } => {
                 assert_eq!(from, None);
-                assert_eq!(data["symbol"], "SBX");
-                assert!(data["price"].as_f64().unwrap() > 0.0);
-                let seq = data["seq"].as_u64().unwrap();
+                assert_eq!(data.to_value()["symbol"], "SBX");
+                assert!(data.to_value()["price"].as_f64().unwrap() > 0.0);
+                let seq = data.to_value()["seq"].as_u64().unwrap();
                 assert!(last.is_none_or(|l| seq > l));
                 last = Some(seq);
             }

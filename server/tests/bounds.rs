@@ -20,7 +20,7 @@ fn publication(channel: &str, data: serde_json::Value) -> Publication {
         channel: channel.into(),
         dedupe_key: None,
         from: None,
-        data,
+        data: data.into(),
         ephemeral: false,
         except: None,
     }

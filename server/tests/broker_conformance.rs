@@ -85,7 +85,7 @@ fn publication(channel: &str, data: Value, ephemeral: bool) -> Publication {
         channel: channel.into(),
         dedupe_key: None,
         from: None,
-        data,
+        data: data.into(),
         ephemeral,
         except: None,
     }
@@ -232,19 +232,19 @@ async fn presence_counts_users_not_connections_across_nodes(p: Pair) {
     let (a, b) = (&p.a, &p.b);
     let ch = Channel::from("room:p");
     let j1 = a
-        .presence_join(&ch, "u1", "c1", json!({"name":"Ada"}))
+        .presence_join(&ch, "u1", "c1", json!({"name":"Ada"}).into())
         .await
         .unwrap();
     assert!(j1.announce);
     assert_eq!((j1.count, j1.member.connections), (1, 1));
     let j2 = b
-        .presence_join(&ch, "u1", "c2", json!({"name":"Ada"}))
+        .presence_join(&ch, "u1", "c2", json!({"name":"Ada"}).into())
         .await
         .unwrap();
     assert!(!j2.announce, "a second tab, on another node, is not a join");
     assert_eq!((j2.count, j2.member.connections), (1, 2));
     let j3 = b
-        .presence_join(&ch, "u2", "c3", json!({"name":"Bob"}))
+        .presence_join(&ch, "u2", "c3", json!({"name":"Bob"}).into())
         .await
         .unwrap();
     assert!(j3.announce);
@@ -253,7 +253,7 @@ async fn presence_counts_users_not_connections_across_nodes(p: Pair) {
         let members = node.presence(&ch).await.unwrap();
         let ids: Vec<_> = members
             .iter()
-            .map(|m| (m.user_id.as_str(), m.connections, m.info.clone()))
+            .map(|m| (m.user_id.as_str(), m.connections, m.info.to_value()))
             .collect();
         assert_eq!(
             ids,

@@ -288,7 +288,7 @@ async fn messages_arrive_in_offset_order() {
         .map(|i| ClientFrame::Publish {
             id: None,
             channel: "seq".into(),
-            data: json!(i),
+            data: json!(i).into(),
             ephemeral: false,
             skip_self: false,
         })
@@ -300,7 +300,7 @@ async fn messages_arrive_in_offset_order() {
     for i in 0..200u64 {
         match b.next().await {
             ServerFrame::Message { offset, data, .. } => {
-                assert_eq!((offset, data), (Some(i + 1), json!(i)));
+                assert_eq!((offset, data.to_value()), (Some(i + 1), json!(i)));
             }
             other => panic!("{other:?}"),
         }
@@ -315,7 +315,7 @@ async fn presence_join_snapshot_and_leave() {
     a.send(&ClientFrame::Subscribe {
         channel: "room:lobby".into(),
         since: None,
-        presence: Some(json!({"name":"Ada"})),
+        presence: Some(json!({"name":"Ada"}).into()),
     })
     .await;
     match a.next().await {
@@ -330,7 +330,7 @@ async fn presence_join_snapshot_and_leave() {
     b.send(&ClientFrame::Subscribe {
         channel: "room:lobby".into(),
         since: None,
-        presence: Some(json!({"name":"Bob"})),
+        presence: Some(json!({"name":"Bob"}).into()),
     })
     .await;
     match b.next().await {
@@ -358,7 +358,7 @@ async fn presence_join_snapshot_and_leave() {
     match a.next().await {
         ServerFrame::Response { id, result } => {
             assert_eq!(id.as_str(), "p");
-            assert_eq!(result["count"], 2);
+            assert_eq!(result.to_value()["count"], 2);
         }
         other => panic!("{other:?}"),
     }
@@ -388,7 +388,7 @@ async fn requests_builtin_unknown_and_bad_params() {
     match c.next().await {
         ServerFrame::Response { id, result } => {
             assert_eq!(id.as_str(), "t");
-            assert!(result["now_ms"].as_u64().unwrap() > 1_600_000_000_000);
+            assert!(result.to_value()["now_ms"].as_u64().unwrap() > 1_600_000_000_000);
         }
         other => panic!("{other:?}"),
     }
@@ -420,9 +420,11 @@ async fn requests_builtin_unknown_and_bad_params() {
 async fn custom_methods_and_handler_failures() {
     use switchboard_server::methods::{MethodError, Methods};
     let methods = Methods::with_builtins()
-        .method("whoami", |ctx, _| async move { Ok(json!(ctx.client_id)) })
-        .method("fail", |_, _| async {
-            Err(MethodError::Failed("disk on fire".into()))
+        .method("whoami", |ctx, _: ()| async move {
+            Ok::<_, MethodError>(ctx.client_id)
+        })
+        .method("fail", |_, _: ()| async {
+            Err::<(), _>(MethodError::Failed("disk on fire".into()))
         });
     let state = switchboard_server::AppState::with_methods(config(&[]), methods);
     let server = common::start_with(state).await;
@@ -433,7 +435,7 @@ async fn custom_methods_and_handler_failures() {
         c.next().await,
         ServerFrame::Response {
             id: "1".into(),
-            result: json!(c.client_id)
+            result: json!(c.client_id).into()
         }
     );
     c.send_text(r#"{"type":"request","id":"2","method":"fail"}"#)
@@ -536,7 +538,7 @@ async fn shutdown_closes_everyone_with_1001() {
     b.send(&ClientFrame::Subscribe {
         channel: "room:x".into(),
         since: None,
-        presence: Some(json!({})),
+        presence: Some(json!({}).into()),
     })
     .await;
     b.next().await;
@@ -646,7 +648,7 @@ async fn not_reading_is_caught_by_the_queue_bound() {
         .map(|_| ClientFrame::Publish {
             id: None,
             channel: "firehose".into(),
-            data: json!(payload),
+            data: json!(payload).into(),
             ephemeral: false,
             skip_self: false,
         })
@@ -845,10 +847,10 @@ async fn a_client_initiated_close_gets_a_clean_reply() {
 
 #[tokio::test]
 async fn a_slow_handler_answers_later_without_holding_up_other_frames() {
-    use switchboard_server::methods::Methods;
-    let methods = Methods::with_builtins().method("slow", |_, _| async {
+    use switchboard_server::methods::{MethodError, Methods};
+    let methods = Methods::with_builtins().method("slow", |_, _: ()| async {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        Ok(json!("done"))
+        Ok::<_, MethodError>("done")
     });
     let state = switchboard_server::AppState::with_methods(config(&[]), methods);
     let server = common::start_with(state).await;
@@ -870,7 +872,7 @@ async fn a_slow_handler_answers_later_without_holding_up_other_frames() {
         c.next().await,
         ServerFrame::Response {
             id: "s".into(),
-            result: json!("done")
+            result: json!("done").into()
         }
     );
 }

@@ -5,13 +5,21 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::json;
+use switchboard_protocol::Payload;
+
+/// A payload from a `json!` literal.
+macro_rules! pj {
+    ($($t:tt)*) => {
+        Payload::from(json!($($t)*))
+    };
+}
 use switchboard_protocol::{ClientFrame, Limits, ServerFrame, codec};
 
 fn publish() -> ClientFrame {
     ClientFrame::Publish {
         id: Some("3f2a9c1e7b4d5a60918273645f0e1d2c-m17".into()),
         channel: "room:lobby".into(),
-        data: json!({"name": "Ada", "text": "hello there, how is everyone doing today?"}),
+        data: pj!({"name": "Ada", "text": "hello there, how is everyone doing today?"}),
         ephemeral: false,
         skip_self: false,
     }
@@ -23,7 +31,7 @@ fn message() -> ServerFrame {
         offset: Some(42),
         epoch: Some("18bcfe56800-2".into()),
         from: None,
-        data: json!({"name": "Ada", "text": "hello there, how is everyone doing today?"}),
+        data: pj!({"name": "Ada", "text": "hello there, how is everyone doing today?"}),
         ts: 1_700_000_000_000,
         ephemeral: false,
     }

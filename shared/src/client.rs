@@ -1,15 +1,16 @@
 //! Frames a client sends to the server.
 
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde::Serialize;
 
+use crate::payload::Payload;
 use crate::types::{Channel, ClientId, ClientInfo, RequestId, SessionId, StreamPosition};
 
-/// A frame from client to server. Serialized as a JSON object tagged by `"type"`.
+/// A frame from client to server. Serialized as a JSON object tagged by `"type"`
+/// (deserialized by hand in `wire.rs`, so that payloads stay unparsed).
 ///
 /// Rooms are channels with presence: joining a room is a `subscribe` that carries
 /// `presence` info, leaving is an `unsubscribe`. There is no separate room frame.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientFrame {
     /// Identify the client, (re)authenticate, or resume a session. Optional: the server
@@ -42,7 +43,7 @@ pub enum ClientFrame {
         since: Option<StreamPosition>,
         /// Join the channel's presence set with this member info (e.g. `{"name":"Ada"}`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        presence: Option<Value>,
+        presence: Option<Payload>,
     },
     /// Leave a channel (and its presence set).
     Unsubscribe {
@@ -57,7 +58,7 @@ pub enum ClientFrame {
         /// The channel.
         channel: Channel,
         /// Any JSON value.
-        data: Value,
+        data: Payload,
         /// Ephemeral messages (typing indicators, cursors) are delivered to current
         /// subscribers only: never stored, never recovered, and dropped first under load.
         #[serde(default, skip_serializing_if = "is_false")]
@@ -74,19 +75,19 @@ pub enum ClientFrame {
         /// Method name, e.g. `"presence"` or `"time"`.
         method: String,
         /// Method parameters.
-        #[serde(default, skip_serializing_if = "Value::is_null")]
-        params: Value,
+        #[serde(default, skip_serializing_if = "Payload::is_null")]
+        params: Payload,
     },
     /// Send data to one connection (WebRTC offer/answer/candidate relay).
     Direct {
         /// The receiving connection.
         to: ClientId,
         /// Any JSON value.
-        data: Value,
+        data: Payload,
     },
 }
 
-fn is_false(b: &bool) -> bool {
+pub(crate) fn is_false(b: &bool) -> bool {
     !*b
 }
 

@@ -135,13 +135,13 @@ fn check_sizes(frame: &ClientFrame, limits: &Limits) -> Result<(), FrameError> {
                 strings.push(("since.epoch", &since.epoch));
             }
             if let Some(info) = presence {
-                let len = serde_json::to_string(info).map_or(usize::MAX, |s| s.len());
+                let len = info.len();
                 let max = limits.max_presence_bytes as usize;
                 if len > max {
                     return Err(FrameError::new(
                         None,
                         ErrorCode::TooLarge,
-                        format!("presence info is {len} bytes of JSON, the limit is {max}"),
+                        format!("presence info is {len} bytes of JSON text, the limit is {max}"),
                     ));
                 }
             }

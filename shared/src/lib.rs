@@ -10,6 +10,7 @@
 //! - [`client`]: [`ClientFrame`], what a browser sends (`hello`, `ping`, `subscribe`, …).
 //! - [`server`]: [`ServerFrame`], what the server sends (`welcome`, `message`, `error`, …).
 //! - [`types`]: the values frames carry: ids, [`Channel`] names, [`Member`]s, positions.
+//! - [`payload`]: [`Payload`], application JSON carried as text, never parsed by the server.
 //! - [`codes`]: [`ErrorCode`] (in `error` frames) and [`CloseCode`] with its reconnect rule.
 //! - [`limits`]: [`Limits`] the server announces, and the channel-name grammar.
 //! - [`codec`]: decoding text into frames (single or batch) with a precise error per frame,
@@ -27,12 +28,15 @@ pub mod client;
 pub mod codec;
 pub mod codes;
 pub mod limits;
+pub mod payload;
 pub mod server;
 pub mod types;
+mod wire;
 
 pub use client::ClientFrame;
 pub use codes::{CloseCode, ErrorCode, Reconnect};
 pub use limits::Limits;
+pub use payload::Payload;
 pub use server::ServerFrame;
 pub use types::{
     Channel, ClientId, ClientInfo, Member, PresenceAction, RequestId, Sender, SessionId,

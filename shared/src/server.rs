@@ -1,16 +1,18 @@
 //! Frames the server sends to a client.
 
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde::Serialize;
 
+use crate::client::is_false;
 use crate::codes::ErrorCode;
 use crate::limits::Limits;
+use crate::payload::Payload;
 use crate::types::{
     Channel, ClientId, Member, PresenceAction, RequestId, Sender, SessionId, StreamPosition,
 };
 
-/// A frame from server to client. Serialized as a JSON object tagged by `"type"`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A frame from server to client. Serialized as a JSON object tagged by `"type"`
+/// (deserialized by hand in `wire.rs`, so that payloads stay unparsed).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
     /// Sent right after the WebSocket upgrade, and again in answer to every `hello`.
@@ -72,7 +74,7 @@ pub enum ServerFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         from: Option<Sender>,
         /// The published data.
-        data: Value,
+        data: Payload,
         /// Server time of publication, milliseconds since the Unix epoch.
         ts: u64,
         /// Set on ephemeral messages.
@@ -110,7 +112,7 @@ pub enum ServerFrame {
         /// The request's id.
         id: RequestId,
         /// The method's result.
-        result: Value,
+        result: Payload,
     },
     /// Something the client sent could not be done. The connection stays open.
     Error {
@@ -127,12 +129,8 @@ pub enum ServerFrame {
         /// The sending connection.
         from: Sender,
         /// The data.
-        data: Value,
+        data: Payload,
     },
-}
-
-fn is_false(b: &bool) -> bool {
-    !*b
 }
 
 impl ServerFrame {

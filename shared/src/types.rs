@@ -3,7 +3,8 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+
+use crate::payload::Payload;
 
 macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident) => {
@@ -98,8 +99,8 @@ pub struct Member {
     pub user_id: String,
     /// What the member announced in `subscribe.presence` (name, avatar, …); the most recent
     /// announcement wins when the user has several connections.
-    #[serde(default, skip_serializing_if = "Value::is_null")]
-    pub info: Value,
+    #[serde(default, skip_serializing_if = "Payload::is_null")]
+    pub info: Payload,
     /// How many of this user's connections are in the channel.
     pub connections: u32,
 }

@@ -2,6 +2,14 @@
 //! in a diff), round trips, batches, and malformed input answered with the right code.
 
 use serde_json::json;
+use switchboard_protocol::Payload;
+
+/// A payload from a `json!` literal.
+macro_rules! pj {
+    ($($t:tt)*) => {
+        Payload::from(json!($($t)*))
+    };
+}
 use switchboard_protocol::codec::{self, FrameError};
 use switchboard_protocol::{
     ClientFrame, ClientInfo, ErrorCode, Limits, Member, PresenceAction, Sender, ServerFrame,
@@ -48,7 +56,7 @@ fn client_cases() -> Vec<(ClientFrame, &'static str)> {
             ClientFrame::Subscribe {
                 channel: "room:lobby".into(),
                 since: Some(pos(41)),
-                presence: Some(json!({"name":"Ada"})),
+                presence: Some(pj!({"name":"Ada"})),
             },
             r#"{"type":"subscribe","channel":"room:lobby","since":{"offset":41,"epoch":"e1"},"presence":{"name":"Ada"}}"#,
         ),
@@ -70,7 +78,7 @@ fn client_cases() -> Vec<(ClientFrame, &'static str)> {
             ClientFrame::Publish {
                 id: Some("m1".into()),
                 channel: "room:lobby".into(),
-                data: json!({"text":"hi"}),
+                data: pj!({"text":"hi"}),
                 ephemeral: false,
                 skip_self: false,
             },
@@ -80,7 +88,7 @@ fn client_cases() -> Vec<(ClientFrame, &'static str)> {
             ClientFrame::Publish {
                 id: None,
                 channel: "room:lobby".into(),
-                data: json!({"typing":true}),
+                data: pj!({"typing":true}),
                 ephemeral: true,
                 skip_self: false,
             },
@@ -90,7 +98,7 @@ fn client_cases() -> Vec<(ClientFrame, &'static str)> {
             ClientFrame::Publish {
                 id: Some("m2".into()),
                 channel: "room:lobby".into(),
-                data: json!({"text":"to the others"}),
+                data: pj!({"text":"to the others"}),
                 ephemeral: false,
                 skip_self: true,
             },
@@ -100,7 +108,7 @@ fn client_cases() -> Vec<(ClientFrame, &'static str)> {
             ClientFrame::Request {
                 id: "r1".into(),
                 method: "presence".into(),
-                params: json!({"channel":"room:lobby"}),
+                params: pj!({"channel":"room:lobby"}),
             },
             r#"{"type":"request","id":"r1","method":"presence","params":{"channel":"room:lobby"}}"#,
         ),
@@ -108,14 +116,14 @@ fn client_cases() -> Vec<(ClientFrame, &'static str)> {
             ClientFrame::Request {
                 id: "r2".into(),
                 method: "time".into(),
-                params: serde_json::Value::Null,
+                params: Payload::null(),
             },
             r#"{"type":"request","id":"r2","method":"time"}"#,
         ),
         (
             ClientFrame::Direct {
                 to: "c2".into(),
-                data: json!({"sdp":"offer"}),
+                data: pj!({"sdp":"offer"}),
             },
             r#"{"type":"direct","to":"c2","data":{"sdp":"offer"}}"#,
         ),
@@ -126,7 +134,7 @@ fn client_cases() -> Vec<(ClientFrame, &'static str)> {
 fn server_cases() -> Vec<(ServerFrame, &'static str)> {
     let ada = Member {
         user_id: "u1".into(),
-        info: json!({"name":"Ada"}),
+        info: pj!({"name":"Ada"}),
         connections: 1,
     };
     vec![
@@ -172,7 +180,7 @@ fn server_cases() -> Vec<(ServerFrame, &'static str)> {
                     client_id: "c1".into(),
                     user_id: Some("u1".into()),
                 }),
-                data: json!({"text":"hi"}),
+                data: pj!({"text":"hi"}),
                 ts: 1_700_000_000_000,
                 ephemeral: false,
             },
@@ -187,7 +195,7 @@ fn server_cases() -> Vec<(ServerFrame, &'static str)> {
                     client_id: "c1".into(),
                     user_id: None,
                 }),
-                data: json!({"typing":true}),
+                data: pj!({"typing":true}),
                 ts: 1_700_000_000_000,
                 ephemeral: true,
             },
@@ -212,7 +220,7 @@ fn server_cases() -> Vec<(ServerFrame, &'static str)> {
         (
             ServerFrame::Response {
                 id: "r2".into(),
-                result: json!({"now_ms":1700000000000u64}),
+                result: pj!({"now_ms":1700000000000u64}),
             },
             r#"{"type":"response","id":"r2","result":{"now_ms":1700000000000}}"#,
         ),
@@ -230,7 +238,7 @@ fn server_cases() -> Vec<(ServerFrame, &'static str)> {
                     client_id: "c1".into(),
                     user_id: None,
                 },
-                data: json!({"sdp":"answer"}),
+                data: pj!({"sdp":"answer"}),
             },
             r#"{"type":"direct","from":{"client_id":"c1"},"data":{"sdp":"answer"}}"#,
         ),
@@ -477,4 +485,44 @@ fn a_batch_is_decoded_one_frame_at_a_time() {
     assert_eq!(it.next().unwrap().unwrap_err().code, ErrorCode::UnknownType);
     assert!(matches!(it.next(), Some(Ok(ClientFrame::Ping { .. }))));
     assert!(it.next().is_none());
+}
+
+#[test]
+fn payloads_pass_through_byte_for_byte() {
+    let text = r#"{"type":"publish","id":"1","channel":"a","data":{ "z": 1.50, "a": [ 1 ,2 ] }}"#;
+    let frame = codec::decode_client(text, &Limits::default())
+        .remove(0)
+        .unwrap();
+    let ClientFrame::Publish { data, .. } = &frame else {
+        panic!("{frame:?}");
+    };
+    // Not parsed into a tree: key order, spacing and number spelling are kept.
+    assert_eq!(data.get(), r#"{ "z": 1.50, "a": [ 1 ,2 ] }"#);
+    assert!(codec::encode(&frame).contains(r#""data":{ "z": 1.50, "a": [ 1 ,2 ] }"#));
+}
+
+#[test]
+fn null_is_a_value_for_payloads_and_absent_for_options() {
+    let limits = Limits::default();
+    let ok = |t: &str| codec::decode_client(t, &limits).remove(0).unwrap();
+    match ok(r#"{"type":"publish","channel":"a","data":null,"ephemeral":null}"#) {
+        ClientFrame::Publish {
+            data, ephemeral, ..
+        } => assert!(data.is_null() && !ephemeral),
+        other => panic!("{other:?}"),
+    }
+    match ok(r#"{"type":"subscribe","channel":"a","presence":null}"#) {
+        ClientFrame::Subscribe { presence, .. } => assert_eq!(presence, None),
+        other => panic!("{other:?}"),
+    }
+    match ok(r#"{"type":"request","id":"r","method":"time","params":null}"#) {
+        ClientFrame::Request { params, .. } => assert!(params.is_null()),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        err(r#"{"type":"direct","to":"c"}"#).code,
+        ErrorCode::BadFrame
+    );
+    let server = codec::decode_server(r#"{"type":"response","id":"r","result":null}"#);
+    assert!(matches!(&server[0], Ok(ServerFrame::Response { result, .. }) if result.is_null()));
 }

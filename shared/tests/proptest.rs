@@ -33,7 +33,7 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
                 channel: c.into(),
                 since: since.map(|(offset, epoch)| StreamPosition { offset, epoch }),
                 // a presence of JSON null is the same as no presence on the wire
-                presence: presence.filter(|p| !p.is_null()),
+                presence: presence.filter(|p| !p.is_null()).map(Into::into),
             }),
         channel().prop_map(|c| ClientFrame::Unsubscribe { channel: c.into() }),
         (
@@ -45,18 +45,18 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
             .prop_map(|(id, c, data, ephemeral)| ClientFrame::Publish {
                 id: id.map(Into::into),
                 channel: c.into(),
-                data,
+                data: data.into(),
                 ephemeral,
                 skip_self: false,
             }),
         (".{1,12}", "[a-z_]{1,16}", data()).prop_map(|(id, method, params)| ClientFrame::Request {
             id: id.into(),
             method,
-            params,
+            params: params.into(),
         }),
         (".{1,12}", data()).prop_map(|(to, data)| ClientFrame::Direct {
             to: to.into(),
-            data
+            data: data.into()
         }),
     ]
 }

@@ -490,7 +490,7 @@ impl WebSocket {
         self.enqueue(ClientFrame::Publish {
             id: Some(id.into()),
             channel: channel.into(),
-            data,
+            data: data.into(),
             ephemeral: false,
             skip_self: false,
         })
@@ -506,7 +506,7 @@ impl WebSocket {
         self.enqueue(ClientFrame::Publish {
             id: None,
             channel: channel.into(),
-            data,
+            data: data.into(),
             ephemeral: true,
             skip_self: true,
         })
@@ -516,7 +516,7 @@ impl WebSocket {
     pub fn direct(&self, to: &str, data: Value) -> Result<(), SendError> {
         self.enqueue(ClientFrame::Direct {
             to: to.into(),
-            data,
+            data: data.into(),
         })
     }
 
@@ -539,7 +539,7 @@ impl WebSocket {
         let queued = self.enqueue(ClientFrame::Request {
             id: id.clone().into(),
             method: method.to_owned(),
-            params,
+            params: params.into(),
         });
         async move {
             if let Err(e) = queued {
@@ -597,7 +597,7 @@ impl WebSocket {
             let _ = self.enqueue(ClientFrame::Subscribe {
                 channel: channel.into(),
                 since: None,
-                presence,
+                presence: presence.map(Into::into),
             });
         }
         let name = channel.to_owned();
@@ -918,7 +918,7 @@ async fn restore(ws: WebSocket, tx: &mut Tx) -> Result<(), Ended> {
                 .map(|(channel, e)| ClientFrame::Subscribe {
                     channel: channel.as_str().into(),
                     since: e.position.clone(),
-                    presence: e.presence.clone(),
+                    presence: e.presence.clone().map(Into::into),
                 })
                 .collect()
         })
@@ -975,7 +975,7 @@ fn on_frame(ws: WebSocket, frame: ServerFrame) {
             });
             ws.refresh_queued();
         }
-        ServerFrame::Response { id, result } => resolve(ws, &id, Ok(result)),
+        ServerFrame::Response { id, result } => resolve(ws, &id, Ok(result.to_value())),
         ServerFrame::Error { id, code, message } => {
             let text = format!("{code}: {message}");
             if let Some(id) = &id {
@@ -1020,7 +1020,7 @@ fn on_frame(ws: WebSocket, frame: ServerFrame) {
                     m.push_back(ChannelMessage {
                         offset,
                         from,
-                        data,
+                        data: data.to_value(),
                         ts,
                         ephemeral,
                     });
@@ -1046,7 +1046,7 @@ fn on_frame(ws: WebSocket, frame: ServerFrame) {
             e.last_presence.set(Some(PresenceEvent { action, member }));
         }),
         ServerFrame::Direct { from, data } => set.directs.update(|d| {
-            d.push_back((from, data));
+            d.push_back((from, data.to_value()));
             while d.len() > 50 {
                 d.pop_front();
             }

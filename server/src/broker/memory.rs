@@ -6,8 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use futures::future::BoxFuture;
-use serde_json::Value;
-use switchboard_protocol::{Channel, Member};
+use switchboard_protocol::{Channel, Member, Payload};
 
 use super::{Broker, BrokerError, BrokerHandler, Delivery, PresenceChange, Publication, Published};
 use crate::clock::now_ms;
@@ -44,8 +43,8 @@ struct ChannelBus {
 }
 
 struct Present {
-    /// The member's info as JSON text: its size is what `limits.max_presence_bytes` caps.
-    info: String,
+    /// The member's info, as JSON text: its size is what `limits.max_presence_bytes` caps.
+    info: Payload,
     conns: HashSet<String>,
 }
 
@@ -118,7 +117,7 @@ impl Bus {
 fn member(user: &str, p: &Present) -> Member {
     Member {
         user_id: user.to_owned(),
-        info: serde_json::from_str(&p.info).unwrap_or(Value::Null),
+        info: p.info.clone(),
         connections: p.conns.len() as u32,
     }
 }
@@ -154,9 +153,11 @@ impl Broker for MemoryBroker {
         Box::pin(async move {
             let bus = &self.bus;
             let entry = bus.entry(&p.channel);
+            // Encoded before the channel's lock is taken: the lock covers numbering and
+            // delivery only.
+            let body = message_body(&p.channel, p.from, p.data, now_ms(), p.ephemeral);
             let result = async {
                 let _order = entry.order.lock().await;
-                let body = message_body(&p.channel, p.from, p.data, now_ms(), p.ephemeral);
                 if p.ephemeral {
                     let delivery = Delivery {
                         frame: Encoded::from_bytes(body).expect("encoded JSON is UTF-8"),
@@ -225,17 +226,17 @@ impl Broker for MemoryBroker {
         channel: &'a Channel,
         user: &'a str,
         conn: &'a str,
-        info: Value,
+        info: Payload,
     ) -> BoxFuture<'a, Result<PresenceChange, BrokerError>> {
         let mut presence = lock(&self.bus.presence);
         let members = presence.entry(channel.clone()).or_default();
         let present = members.entry(user.to_owned()).or_insert_with(|| Present {
-            info: String::new(),
+            info: Payload::null(),
             conns: HashSet::new(),
         });
         let announce = present.conns.is_empty();
         present.conns.insert(conn.to_owned());
-        present.info = serde_json::to_string(&info).unwrap_or_default();
+        present.info = info;
         let change = PresenceChange {
             member: member(user, present),
             count: members.len() as u32,

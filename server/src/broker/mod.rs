@@ -30,8 +30,7 @@ mod memory;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use serde_json::Value;
-use switchboard_protocol::{Channel, ClientId, Member, Sender, StreamPosition};
+use switchboard_protocol::{Channel, ClientId, Member, Payload, Sender, StreamPosition};
 
 use crate::frame::Encoded;
 use crate::history::{History, HistoryError};
@@ -78,8 +77,8 @@ pub struct Publication {
     pub dedupe_key: Option<String>,
     /// The sender; `None` for server-side publishes.
     pub from: Option<Sender>,
-    /// The payload.
-    pub data: Value,
+    /// The payload, as the publisher sent it.
+    pub data: Payload,
     /// Not stored, no offset, droppable.
     pub ephemeral: bool,
     /// A connection not to deliver to (the publisher, when it asked for `skip_self`).
@@ -140,7 +139,7 @@ pub trait Broker: Send + Sync + 'static {
         channel: &'a Channel,
         user: &'a str,
         conn: &'a str,
-        info: Value,
+        info: Payload,
     ) -> BoxFuture<'a, Result<PresenceChange, BrokerError>>;
 
     /// Removes connection `conn` of user `user` from `channel`'s presence. `None` when it

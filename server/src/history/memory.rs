@@ -320,7 +320,7 @@ mod tests {
     use crate::frame::message_body;
 
     fn body(n: u64) -> Bytes {
-        message_body(&"c".into(), None, json!(n), 0, false)
+        message_body(&"c".into(), None, json!(n).into(), 0, false)
     }
 
     fn offsets(page: &Page) -> Vec<u64> {

@@ -17,8 +17,8 @@ use std::time::Duration;
 use futures::FutureExt;
 use switchboard_protocol::codec::Decoded;
 use switchboard_protocol::{
-    Channel, ClientFrame, CloseCode, ErrorCode, Limits, PROTOCOL_VERSION, RequestId, Sender,
-    ServerFrame, SessionId,
+    Channel, ClientFrame, CloseCode, ErrorCode, Limits, PROTOCOL_VERSION, Payload, RequestId,
+    Sender, ServerFrame, SessionId,
 };
 use tokio::time::Instant;
 
@@ -315,7 +315,7 @@ impl Core {
         Ok(())
     }
 
-    async fn on_subscribe(&mut self, channel: Channel, presence: Option<serde_json::Value>) {
+    async fn on_subscribe(&mut self, channel: Channel, presence: Option<Payload>) {
         if !self.grants().may_subscribe(channel.as_str()) {
             let msg = format!("no permission to subscribe to {channel}");
             self.error(None, ErrorCode::Forbidden, &msg);
@@ -356,7 +356,7 @@ impl Core {
         self.push(&ServerFrame::Unsubscribed { channel });
     }
 
-    fn on_request(&mut self, id: RequestId, method: String, params: serde_json::Value) {
+    fn on_request(&mut self, id: RequestId, method: String, params: Payload) {
         let inflight = self.inflight.get_or_insert_with(Arc::default).clone();
         if inflight.load(Ordering::Acquire) >= MAX_INFLIGHT_REQUESTS {
             let msg =
@@ -455,16 +455,16 @@ impl Core {
     }
 
     /// Presence info carries the token's name, so nobody appears under another's name.
-    fn stamp_name(&self, info: serde_json::Value) -> serde_json::Value {
+    fn stamp_name(&self, info: Payload) -> Payload {
         let Some(name) = self.identity.as_ref().and_then(|i| i.name.clone()) else {
             return info;
         };
-        let mut info = match info {
+        let mut info = match info.to_value() {
             serde_json::Value::Object(map) => map,
             _ => serde_json::Map::new(),
         };
         info.insert("name".into(), name.into());
-        serde_json::Value::Object(info)
+        Payload::from(serde_json::Value::Object(info))
     }
 
     /// The scope publish ids are deduplicated in, so one client's id never suppresses
@@ -547,7 +547,7 @@ fn response_frame(
     state: &AppState,
     id: RequestId,
     method: &str,
-    outcome: std::thread::Result<Result<serde_json::Value, MethodError>>,
+    outcome: std::thread::Result<Result<Payload, MethodError>>,
 ) -> ServerFrame {
     let metrics = state.hub.metrics();
     match outcome {
@@ -745,10 +745,16 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_handler_answers_internal_and_the_session_goes_on() {
         let methods = Methods::with_builtins()
-            .method("boom", |_, _| async { panic!("handler bug") })
-            .method("late_boom", |_, _| async {
+            .method("boom", |_, _: ()| async {
+                panic!("handler bug");
+                #[allow(unreachable_code)]
+                Ok::<(), MethodError>(())
+            })
+            .method("late_boom", |_, _: ()| async {
                 tokio::time::sleep(Duration::from_millis(10)).await;
-                panic!("handler bug after a wait")
+                panic!("handler bug after a wait");
+                #[allow(unreachable_code)]
+                Ok::<(), MethodError>(())
             });
         let state = AppState::with_methods(config(&[]), methods);
         let t0 = Instant::now();
@@ -794,7 +800,7 @@ mod tests {
 
     #[tokio::test]
     async fn requests_that_wait_are_capped_per_connection() {
-        let methods = Methods::with_builtins().method("slow", |_, _| async {
+        let methods = Methods::with_builtins().method("slow", |_, _: ()| async {
             tokio::time::sleep(Duration::from_secs(60)).await;
             Ok(json!(null))
         });

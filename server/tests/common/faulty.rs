@@ -6,8 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use serde_json::Value;
-use switchboard_protocol::{Channel, Member, StreamPosition};
+use switchboard_protocol::{Channel, Member, Payload, StreamPosition};
 use switchboard_server::broker::{
     Broker, BrokerError, BrokerHandler, MemoryBroker, PresenceChange, Publication, Published,
 };
@@ -216,7 +215,7 @@ impl Broker for FaultyBroker {
         channel: &'a Channel,
         user: &'a str,
         conn: &'a str,
-        info: Value,
+        info: Payload,
     ) -> BoxFuture<'a, Result<PresenceChange, BrokerError>> {
         faulty!(
             self,
