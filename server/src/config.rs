@@ -46,6 +46,11 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_MAX_SUBSCRIPTIONS", default_value_t = 100)]
     pub max_subscriptions: u32,
 
+    /// Most members in one channel's presence set; a `subscribe` with `presence` beyond it
+    /// is refused with `presence_full`. It bounds the size of a presence snapshot.
+    #[arg(long, env = "SWITCHBOARD_MAX_PRESENCE_MEMBERS", default_value_t = 1000)]
+    pub max_presence_members: usize,
+
     /// Outbound frames queued per connection. A connection whose queue is full is closed
     /// with 4108 (slow consumer); ephemeral messages are dropped instead.
     #[arg(long, env = "SWITCHBOARD_QUEUE_CAPACITY", default_value_t = 256)]

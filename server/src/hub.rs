@@ -73,6 +73,8 @@ pub enum SubscribeOutcome {
     Subscribed(ServerFrame),
     /// The client already was.
     AlreadySubscribed,
+    /// The channel's presence set is full; nothing was done.
+    PresenceFull,
 }
 
 /// Why a `direct` was not delivered.
@@ -354,12 +356,14 @@ impl Hub {
         }
     }
 
-    /// Subscribes `client` to `channel`, joining presence with `presence` info when given.
+    /// Subscribes `client` to `channel`, joining presence with `presence` info when given
+    /// (unless the presence set already has `max_members` other members).
     pub async fn subscribe(
         &self,
         client: &ClientHandle,
         channel: &Channel,
         presence: Option<Payload>,
+        max_members: usize,
     ) -> Result<SubscribeOutcome, BrokerError> {
         let broker = &self.inner.broker;
         let (entry, guard) = loop {
@@ -377,10 +381,14 @@ impl Hub {
         if let Some(info) = &presence {
             let key = client.presence_key();
             let joined = broker
-                .presence_join(channel, &key, client.id.as_str(), info.clone())
+                .presence_join(channel, &key, client.id.as_str(), info.clone(), max_members)
                 .await;
             let announced = match joined {
-                Ok(change) if change.announce => {
+                Ok(None) => {
+                    self.retire(channel, &entry).await?;
+                    return Ok(SubscribeOutcome::PresenceFull);
+                }
+                Ok(Some(change)) if change.announce => {
                     let frame = ServerFrame::Presence {
                         channel: channel.clone(),
                         action: PresenceAction::Join,

@@ -320,3 +320,32 @@ async fn shutdown_writes_what_is_queued_before_closing() {
         assert_eq!(got, (0..100).map(|i| json!(i)).collect::<Vec<_>>());
     }
 }
+
+#[tokio::test]
+async fn a_full_presence_set_refuses_new_members() {
+    let server = start(config(&["--max-presence-members", "2"])).await;
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let mut c = Client::connect(&server).await;
+        c.send_text(r#"{"type":"subscribe","channel":"room:f","presence":{}}"#)
+            .await;
+        assert!(matches!(c.next().await, ServerFrame::Subscribed { .. }));
+        clients.push(c);
+    }
+    let mut third = Client::connect(&server).await;
+    third
+        .send_text(r#"{"type":"subscribe","channel":"room:f","presence":{}}"#)
+        .await;
+    assert!(matches!(
+        third.next().await,
+        ServerFrame::Error {
+            code: ErrorCode::PresenceFull,
+            ..
+        }
+    ));
+    // Without presence it may still listen.
+    subscribe(&mut third, "room:f").await;
+    let members = server.state.hub.presence(&"room:f".into()).await.unwrap();
+    assert_eq!(members.len(), 2);
+    third.sync().await;
+}

@@ -232,20 +232,23 @@ async fn presence_counts_users_not_connections_across_nodes(p: Pair) {
     let (a, b) = (&p.a, &p.b);
     let ch = Channel::from("room:p");
     let j1 = a
-        .presence_join(&ch, "u1", "c1", json!({"name":"Ada"}).into())
+        .presence_join(&ch, "u1", "c1", json!({"name":"Ada"}).into(), 10)
         .await
+        .unwrap()
         .unwrap();
     assert!(j1.announce);
     assert_eq!((j1.count, j1.member.connections), (1, 1));
     let j2 = b
-        .presence_join(&ch, "u1", "c2", json!({"name":"Ada"}).into())
+        .presence_join(&ch, "u1", "c2", json!({"name":"Ada"}).into(), 10)
         .await
+        .unwrap()
         .unwrap();
     assert!(!j2.announce, "a second tab, on another node, is not a join");
     assert_eq!((j2.count, j2.member.connections), (1, 2));
     let j3 = b
-        .presence_join(&ch, "u2", "c3", json!({"name":"Bob"}).into())
+        .presence_join(&ch, "u2", "c3", json!({"name":"Bob"}).into(), 10)
         .await
+        .unwrap()
         .unwrap();
     assert!(j3.announce);
     assert_eq!(j3.count, 2);
@@ -263,6 +266,20 @@ async fn presence_counts_users_not_connections_across_nodes(p: Pair) {
             ]
         );
     }
+    // A full set refuses a new user, not another connection of a member.
+    let full = a
+        .presence_join(&ch, "u3", "c4", json!({}).into(), 2)
+        .await
+        .unwrap();
+    assert_eq!(full, None);
+    assert!(
+        b.presence_join(&ch, "u2", "c5", json!({"name":"Bob"}).into(), 2)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(b.presence_leave(&ch, "u2", "c5").await.unwrap().is_some());
+    assert_eq!(a.presence(&ch).await.unwrap().len(), 2, "nothing changed");
     let l1 = a.presence_leave(&ch, "u1", "c1").await.unwrap().unwrap();
     assert!(!l1.announce);
     assert_eq!((l1.count, l1.member.connections), (2, 1));

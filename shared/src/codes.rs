@@ -48,6 +48,9 @@ pub enum ErrorCode {
     /// `direct` to a connection whose queue for direct messages is full. The receiver is
     /// not affected; try again later.
     TargetBusy,
+    /// `subscribe` with `presence` to a channel whose presence set is full (the server's
+    /// `--max-presence-members`). Nothing was done; a `subscribe` without `presence` works.
+    PresenceFull,
     /// The server failed while handling this frame (a bug on the server's side). The
     /// connection stays usable.
     Internal,
@@ -77,13 +80,14 @@ impl ErrorCode {
             Self::Unavailable => "unavailable",
             Self::TooLarge => "too_large",
             Self::TargetBusy => "target_busy",
+            Self::PresenceFull => "presence_full",
             Self::Internal => "internal",
             Self::Other => "other",
         }
     }
 
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 20] = [
         Self::BadFrame,
         Self::UnknownType,
         Self::InvalidChannel,
@@ -101,6 +105,7 @@ impl ErrorCode {
         Self::Unavailable,
         Self::TooLarge,
         Self::TargetBusy,
+        Self::PresenceFull,
         Self::Internal,
         Self::Other,
     ];

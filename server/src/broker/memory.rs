@@ -227,9 +227,13 @@ impl Broker for MemoryBroker {
         user: &'a str,
         conn: &'a str,
         info: Payload,
-    ) -> BoxFuture<'a, Result<PresenceChange, BrokerError>> {
+        max_members: usize,
+    ) -> BoxFuture<'a, Result<Option<PresenceChange>, BrokerError>> {
         let mut presence = lock(&self.bus.presence);
         let members = presence.entry(channel.clone()).or_default();
+        if !members.contains_key(user) && members.len() >= max_members {
+            return Box::pin(async { Ok(None) });
+        }
         let present = members.entry(user.to_owned()).or_insert_with(|| Present {
             info: Payload::null(),
             conns: HashSet::new(),
@@ -242,7 +246,7 @@ impl Broker for MemoryBroker {
             count: members.len() as u32,
             announce,
         };
-        Box::pin(async move { Ok(change) })
+        Box::pin(async move { Ok(Some(change)) })
     }
 
     fn presence_leave<'a>(

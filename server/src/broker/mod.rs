@@ -133,14 +133,17 @@ pub trait Broker: Send + Sync + 'static {
     /// The channel streams.
     fn history(&self) -> &dyn History;
 
-    /// Adds connection `conn` of user `user` to `channel`'s presence with `info`.
+    /// Adds connection `conn` of user `user` to `channel`'s presence with `info`. `None`,
+    /// with nothing changed, when the user is not a member and the set already has
+    /// `max_members` members.
     fn presence_join<'a>(
         &'a self,
         channel: &'a Channel,
         user: &'a str,
         conn: &'a str,
         info: Payload,
-    ) -> BoxFuture<'a, Result<PresenceChange, BrokerError>>;
+        max_members: usize,
+    ) -> BoxFuture<'a, Result<Option<PresenceChange>, BrokerError>>;
 
     /// Removes connection `conn` of user `user` from `channel`'s presence. `None` when it
     /// was not present.

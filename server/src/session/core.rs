@@ -329,7 +329,11 @@ impl Core {
             return;
         }
         let hub = self.state.hub.clone();
-        match hub.subscribe(&self.client, &channel, presence).await {
+        let max_members = self.state.config.max_presence_members;
+        match hub
+            .subscribe(&self.client, &channel, presence, max_members)
+            .await
+        {
             Ok(SubscribeOutcome::Subscribed(reply)) => {
                 self.subscriptions.insert(channel);
                 self.push(&reply);
@@ -337,6 +341,10 @@ impl Core {
             Ok(SubscribeOutcome::AlreadySubscribed) => {
                 let msg = format!("already subscribed to {channel}");
                 self.error(None, ErrorCode::AlreadySubscribed, &msg);
+            }
+            Ok(SubscribeOutcome::PresenceFull) => {
+                let msg = format!("{channel} has {max_members} members in presence, the limit");
+                self.error(None, ErrorCode::PresenceFull, &msg);
             }
             Err(e) => self.error(None, ErrorCode::Unavailable, &e.to_string()),
         }

@@ -216,12 +216,14 @@ impl Broker for FaultyBroker {
         user: &'a str,
         conn: &'a str,
         info: Payload,
-    ) -> BoxFuture<'a, Result<PresenceChange, BrokerError>> {
+        max_members: usize,
+    ) -> BoxFuture<'a, Result<Option<PresenceChange>, BrokerError>> {
         faulty!(
             self,
             Op::PresenceJoin,
             channel.as_str(),
-            self.inner.presence_join(channel, user, conn, info)
+            self.inner
+                .presence_join(channel, user, conn, info, max_members)
         )
     }
     fn presence_leave<'a>(
