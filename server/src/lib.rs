@@ -21,6 +21,7 @@
 //! - [`api`]: the HTTP publishing endpoint and the demo ticker.
 //! - [`metrics`]: counters for `/metrics`.
 //! - [`clock`]: wall-clock time and random ids.
+//! - [`budget`]: the memory bound the options imply, printed at startup.
 //!
 //! Start reading at [`run`], then `session/core.rs`.
 
@@ -28,6 +29,7 @@ pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod broker;
+pub mod budget;
 pub mod clock;
 pub mod config;
 pub mod edge;
@@ -199,7 +201,7 @@ struct WsQuery {
 /// each batch). Unlike the read buffer it is not allocated up front: it grows while
 /// writing. Smaller means more write syscalls under fan-out: 1 KiB lost half the
 /// deliveries at 1,000 subscribers × 1,000/s where 4 KiB lost none.
-const WRITE_BUFFER_BYTES: usize = 4096;
+pub const WRITE_BUFFER_BYTES: usize = 4096;
 
 /// The upgrade: checks the Origin (403 before upgrading), the connection caps and the
 /// `?token=`; the session reports cap and token failures with close codes, which a

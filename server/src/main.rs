@@ -26,6 +26,14 @@ async fn main() -> anyhow::Result<()> {
     // Tests and scripts read this line to learn the port when --addr ends in :0.
     println!("switchboard listening on http://{addr}");
     tracing::info!(%addr, dist = %config.dist.display(), "serving");
+    let budget = switchboard_server::budget::MemoryBudget::from_config(&config);
+    tracing::info!(
+        per_connection_kib = budget.per_connection >> 10,
+        streams_mib = budget.shared >> 20,
+        max_connections = config.max_connections,
+        worst_case_mib = budget.total(&config) >> 20,
+        "memory bound (see server/src/budget.rs; lower --max-connections or --queue-bytes to lower it)"
+    );
     run(listener, AppState::new(config), shutdown_signal()).await?;
     Ok(())
 }

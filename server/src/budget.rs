@@ -1,0 +1,108 @@
+//! The memory bound: the most memory the server can hold on behalf of its clients,
+//! computed from its options. Every input a client controls is bounded in bytes (frames,
+//! ids, presence info, queues, subscriptions, history), so the sum is a bound, printed at
+//! startup and checked by `tests/hostile.rs` against the RSS of a server under attack.
+//!
+//! Per connection, at worst, all at once:
+//!
+//! | part | bound |
+//! |---|---|
+//! | the session: task, state, registry entries | [`SESSION_BYTES`] |
+//! | reading: tungstenite's read buffer grown to a whole frame, and the message | `2 × max_frame_bytes + read_buffer_bytes` |
+//! | handling one frame: its decoded payload, the encoded message, its numbered copy | `3 × max_frame_bytes` |
+//! | writing: the write buffer, which takes at most one frame beyond its size | `WRITE_BUFFER + 2 × max_frame_bytes` |
+//! | the largest reply: a presence snapshot, or one frame | `max(max_presence_members × member, max_frame_bytes)` |
+//! | the outbound queue and its direct-message budget | `queue_bytes + direct_queue_bytes` |
+//! | subscriptions, each with its presence entry | `max_subscriptions × (SUBSCRIPTION_BYTES + channel + member)` |
+//!
+//! where `member = max_presence_bytes + 2 × max_id_bytes + MEMBER_BYTES`. Shared by all:
+//! the streams (`history_memory`) and [`BASE_BYTES`] for the process itself. Requests
+//! running beside a session ([`crate::session`] allows 16 per connection) hold what their
+//! handlers hold; the built-in ones answer at once.
+
+use crate::config::Config;
+
+/// A session's own memory: its task, state, queue handle and registry entries (an idle
+/// subscribed connection measures ~4 KiB; see docs/benchmarks.md), with room to spare.
+pub const SESSION_BYTES: usize = 8 << 10;
+/// One subscription's entries in the session, the hub and the broker, beyond its name.
+pub const SUBSCRIPTION_BYTES: usize = 512;
+/// One presence member's bookkeeping beyond its info and ids.
+pub const MEMBER_BYTES: usize = 128;
+/// The process before any client: runtime, router, tables (measured ~10 MiB RSS at start).
+pub const BASE_BYTES: usize = 32 << 20;
+
+/// The parts of the bound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryBudget {
+    /// What one connection can hold at worst.
+    pub per_connection: usize,
+    /// What all connections share at worst (the streams).
+    pub shared: usize,
+    /// The process itself.
+    pub base: usize,
+    /// The parts of `per_connection`, by name, for the startup log and the docs.
+    pub parts: Vec<(&'static str, usize)>,
+}
+
+impl MemoryBudget {
+    /// The bound for `config`.
+    pub fn from_config(config: &Config) -> Self {
+        let frame = config.max_frame_bytes as usize;
+        let limits = config.limits();
+        let member =
+            limits.max_presence_bytes as usize + 2 * limits.max_id_bytes as usize + MEMBER_BYTES;
+        let channel = switchboard_protocol::limits::MAX_CHANNEL_LEN;
+        let parts = vec![
+            ("session", SESSION_BYTES),
+            ("reading", 2 * frame + config.read_buffer_bytes),
+            ("handling a frame", 3 * frame),
+            ("writing", crate::WRITE_BUFFER_BYTES + 2 * frame),
+            (
+                "largest reply",
+                (config.max_presence_members * member).max(frame),
+            ),
+            ("queues", config.queue_bytes + config.direct_queue_bytes),
+            (
+                "subscriptions",
+                config.max_subscriptions as usize * (SUBSCRIPTION_BYTES + channel + member),
+            ),
+        ];
+        Self {
+            per_connection: parts.iter().map(|(_, n)| n).sum(),
+            shared: config.history_memory,
+            base: BASE_BYTES,
+            parts,
+        }
+    }
+
+    /// The bound with `connections` connections.
+    pub fn for_connections(&self, connections: usize) -> usize {
+        self.base + self.shared + connections * self.per_connection
+    }
+
+    /// The bound with as many connections as `--max-connections` allows.
+    pub fn total(&self, config: &Config) -> usize {
+        self.for_connections(config.max_connections)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn the_default_bound_adds_up_and_follows_the_options() {
+        let config = Config::parse_from(["switchboard-server"]);
+        let b = MemoryBudget::from_config(&config);
+        assert_eq!(b.per_connection, b.parts.iter().map(|p| p.1).sum::<usize>());
+        // Queues dominate: 1 MiB + 256 KiB.
+        assert!(b.per_connection > (1 << 20) + (256 << 10));
+        let smaller = Config::parse_from(["switchboard-server", "--queue-bytes", "131072"]);
+        let s = MemoryBudget::from_config(&smaller);
+        assert_eq!(b.per_connection - s.per_connection, (1 << 20) - 131_072);
+        assert_eq!(b.for_connections(0), b.base + b.shared);
+    }
+}
