@@ -15,7 +15,9 @@
 //! | the outbound queue and its direct-message budget | `queue_bytes + direct_queue_bytes` |
 //! | subscriptions, each with its presence entry | `max_subscriptions × (SUBSCRIPTION_BYTES + channel + member)` |
 //!
-//! where `member = max_presence_bytes + 2 × max_id_bytes + MEMBER_BYTES`. Shared by all:
+//! where `member = max_presence_bytes + 2 × 256 + max_id_bytes + MEMBER_BYTES` (the
+//! info, the name a token stamps into it and the token's `sub`, each at most 256 bytes,
+//! and a connection id). Shared by all:
 //! the streams (`history_memory`) and [`BASE_BYTES`] for the process itself. Requests
 //! running beside a session ([`crate::session`] allows 16 per connection) hold what their
 //! handlers hold; the built-in ones answer at once.
@@ -50,8 +52,12 @@ impl MemoryBudget {
     pub fn from_config(config: &Config) -> Self {
         let frame = config.max_frame_bytes as usize;
         let limits = config.limits();
-        let member =
-            limits.max_presence_bytes as usize + 2 * limits.max_id_bytes as usize + MEMBER_BYTES;
+        // Its info, the name a token stamps into it, its user id (a token's `sub`, or a
+        // connection id) and a connection id.
+        let member = limits.max_presence_bytes as usize
+            + 2 * crate::auth::MAX_CLAIM_BYTES
+            + limits.max_id_bytes as usize
+            + MEMBER_BYTES;
         let channel = switchboard_protocol::limits::MAX_CHANNEL_LEN;
         let parts = vec![
             ("session", SESSION_BYTES),

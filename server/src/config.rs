@@ -68,7 +68,7 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_DIRECT_QUEUE_BYTES", default_value_t = 256 << 10)]
     pub direct_queue_bytes: usize,
 
-    /// Most messages each channel's stream keeps for recovery and the history request.
+    /// Most messages each channel's stream keeps.
     #[arg(long, env = "SWITCHBOARD_HISTORY_SIZE", default_value_t = 100)]
     pub history_size: usize,
 
@@ -351,6 +351,9 @@ impl Config {
     /// Rejects values that cannot work.
     pub fn validate(&self) -> Result<(), String> {
         self.validate_auth()?;
+        if self.max_presence_members == 0 {
+            return Err("--max-presence-members must be at least 1".into());
+        }
         if self.queue_capacity == 0 {
             return Err("--queue-capacity must be at least 1".into());
         }

@@ -61,9 +61,15 @@ pub fn decode_client_iter<'a>(
     limits: &'a Limits,
 ) -> impl Iterator<Item = Decoded<ClientFrame>> + 'a {
     let parts = split(text, limits.max_batch as usize);
+    let max_id = limits.max_id_bytes as usize;
     parts.into_iter().map(move |part| {
         part.and_then(|part| decode_one(part, &ClientFrame::KINDS))
             .and_then(|frame| validate(frame, limits))
+            .map_err(|mut e| {
+                // Never echo an oversized id back, whatever the error.
+                e.id = e.id.filter(|id| id.as_str().len() <= max_id);
+                e
+            })
     })
 }
 

@@ -526,3 +526,15 @@ fn null_is_a_value_for_payloads_and_absent_for_options() {
     let server = codec::decode_server(r#"{"type":"response","id":"r","result":null}"#);
     assert!(matches!(&server[0], Ok(ServerFrame::Response { result, .. }) if result.is_null()));
 }
+
+#[test]
+fn no_error_echoes_an_oversized_id() {
+    let long = "i".repeat(65);
+    for text in [
+        format!(r#"{{"type":"publish","id":"{long}","channel":"bad name","data":1}}"#),
+        format!(r#"{{"type":"nope","id":"{long}"}}"#),
+        format!(r#"{{"type":"request","id":"{long}"}}"#),
+    ] {
+        assert_eq!(err(&text).id, None, "{text}");
+    }
+}

@@ -232,6 +232,9 @@ impl Broker for MemoryBroker {
         let mut presence = lock(&self.bus.presence);
         let members = presence.entry(channel.clone()).or_default();
         if !members.contains_key(user) && members.len() >= max_members {
+            if members.is_empty() {
+                presence.remove(channel);
+            }
             return Box::pin(async { Ok(None) });
         }
         let present = members.entry(user.to_owned()).or_insert_with(|| Present {
