@@ -42,9 +42,6 @@ pub struct ClientHandle(Arc<Client>);
 pub struct Client {
     /// The connection's id: 128 random bits, the address of `direct` messages.
     pub id: ClientId,
-    /// The session id announced in `welcome`: 128 random bits of its own (a client id is
-    /// public, so nothing may be derived from it).
-    pub session_id: Box<str>,
     /// Its authenticated user, if any.
     pub user_id: Option<String>,
     /// Its bounded outbound queue of encoded frames, which also carries the request to
@@ -61,6 +58,13 @@ impl std::ops::Deref for ClientHandle {
 }
 
 impl Client {
+    /// The session id announced in `welcome`: derived from the client id with the
+    /// process's secret keys ([`clock::derived_id`]), so it is unguessable although the
+    /// client id is public, and costs the connection no memory.
+    pub fn session_id(&self) -> String {
+        clock::derived_id(self.id.as_str())
+    }
+
     /// The user id presence counts by: the token's user, else the connection itself.
     pub fn presence_key(&self) -> String {
         self.user_id.clone().unwrap_or_else(|| self.id.0.clone())
@@ -202,7 +206,6 @@ impl Hub {
         let (outbox, rx) = queue::bounded(bounds);
         let handle = ClientHandle(Arc::new(Client {
             id: id.clone(),
-            session_id: clock::random_id().into(),
             user_id,
             outbox,
         }));
@@ -220,7 +223,6 @@ impl Hub {
         // The same connection (the same queue) under its new user.
         let handle = ClientHandle(Arc::new(Client {
             id: client.id.clone(),
-            session_id: client.session_id.clone(),
             user_id,
             outbox: client.outbox.clone(),
         }));

@@ -233,17 +233,13 @@ async fn ws_upgrade(
         admission,
     });
     let sessions = pending.state.sessions.clone();
-    // Every log line of the session carries the client's address.
-    let span = tracing::debug_span!("ws", %client_ip);
     ws.max_message_size(max)
         .max_frame_size(max)
         .read_buffer_size(read_buffer)
         .write_buffer_size(WRITE_BUFFER_BYTES)
         // Backpressure instead of growth: at most one frame beyond the buffer is held.
         .max_write_buffer_size(WRITE_BUFFER_BYTES + 2 * max)
-        .on_upgrade(move |socket| {
-            sessions.track_future(session::run(socket, pending).instrument(span))
-        })
+        .on_upgrade(move |socket| sessions.track_future(session::run(socket, pending)))
 }
 
 /// A place under the caps for a connection from `client_ip`, or `None` (logged) when a

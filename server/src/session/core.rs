@@ -114,6 +114,11 @@ impl Core {
         &self.client
     }
 
+    /// The client's address, as the edge resolved it.
+    pub(crate) fn client_ip(&self) -> std::net::IpAddr {
+        self.admission.ip()
+    }
+
     /// The server's state.
     pub(crate) fn app(&self) -> &AppState {
         &self.state
@@ -438,7 +443,7 @@ impl Core {
     fn welcome_frame(&self) -> ServerFrame {
         ServerFrame::Welcome {
             client_id: self.client.id.clone(),
-            session_id: SessionId(self.client.session_id.to_string()),
+            session_id: SessionId(self.client.session_id()),
             resumed: false,
             protocol: PROTOCOL_VERSION,
             user_id: self.client.user_id.clone(),

@@ -186,13 +186,13 @@ fn text(frame: &Encoded) -> Utf8Bytes {
 )]
 fn live(mut socket: WebSocket, mut core: Core, mut queue: Inbox) -> impl Future<Output = ()> {
     async move {
-        tracing::debug!(client = %core.client().id, "connected");
+        tracing::debug!(client = %core.client().id, client_ip = %core.client_ip(), "connected");
         // Not `match serve(..).await`: a scrutinee's temporaries (the serve future) would
         // stay in the task's state while the close is awaited.
         let end = serve(&mut socket, &mut core, &mut queue).await;
         match end {
             End::Close(code) => {
-                tracing::debug!(client = %core.client().id, %code, "closing");
+                tracing::debug!(client = %core.client().id, client_ip = %core.client_ip(), %code, "closing");
                 refuse(&mut socket, core.app(), code).await;
             }
             // Reading once more flushes the queued close reply: a clean close for the peer.
@@ -202,7 +202,7 @@ fn live(mut socket: WebSocket, mut core: Core, mut queue: Inbox) -> impl Future<
             End::Gone => {}
         }
         core.finish().await;
-        tracing::debug!(client = %core.client().id, "disconnected");
+        tracing::debug!(client = %core.client().id, client_ip = %core.client_ip(), "disconnected");
     }
 }
 
