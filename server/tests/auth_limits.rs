@@ -620,3 +620,35 @@ async fn a_key_file_the_server_cannot_use_stops_it_at_startup() {
     assert!(stderr.contains("a private key"), "{stderr}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
 }
+
+#[tokio::test]
+async fn direct_needs_the_direct_grant() {
+    let server = start(config(&["--jwt-secret", SECRET])).await;
+    let connect = |claims: Value| {
+        let url = format!("{}?token={}", server.ws_url(), token(claims));
+        async move {
+            let mut c = raw(url).await;
+            match c.next().await {
+                ServerFrame::Welcome { client_id, .. } => c.client_id = client_id.0,
+                other => panic!("{other:?}"),
+            }
+            c
+        }
+    };
+    let mut target = connect(json!({"sub":"t","exp":exp_in(3600)})).await;
+    let mut without = connect(json!({"sub":"a","exp":exp_in(3600)})).await;
+    let mut with = connect(json!({"sub":"b","exp":exp_in(3600),"direct":true})).await;
+    let frame = format!(r#"{{"type":"direct","to":"{}","data":"hi"}}"#, target.client_id);
+    without.send_text(&frame).await;
+    assert_eq!(code(without.next().await), ErrorCode::Forbidden);
+    with.send_text(&frame).await;
+    with.sync().await;
+    match target.next().await {
+        ServerFrame::Direct { from, data } => {
+            assert_eq!(from.user_id.as_deref(), Some("b"));
+            assert_eq!(data, json!("hi"));
+        }
+        other => panic!("{other:?}"),
+    }
+    target.sync().await;
+}
