@@ -638,7 +638,10 @@ async fn direct_needs_the_direct_grant() {
     let mut target = connect(json!({"sub":"t","exp":exp_in(3600)})).await;
     let mut without = connect(json!({"sub":"a","exp":exp_in(3600)})).await;
     let mut with = connect(json!({"sub":"b","exp":exp_in(3600),"direct":true})).await;
-    let frame = format!(r#"{{"type":"direct","to":"{}","data":"hi"}}"#, target.client_id);
+    let frame = format!(
+        r#"{{"type":"direct","to":"{}","data":"hi"}}"#,
+        target.client_id
+    );
     without.send_text(&frame).await;
     assert_eq!(code(without.next().await), ErrorCode::Forbidden);
     with.send_text(&frame).await;
