@@ -217,11 +217,20 @@ fn Room(name: String, room: String, on_leave: impl Fn() + 'static) -> impl IntoV
                 <aside class="members">
                     <h3>"Members " <span id="member-count" class="count">{move || sub.members.with(Vec::len)}</span></h3>
                     <ul id="members">
-                        {move || sub.members.get().into_iter().map(|m| {
-                            let n = name_of(&m.info.to_value());
-                            let tabs = (m.connections > 1).then(|| format!(" ×{}", m.connections));
-                            view! { <li>{n}<span class="muted">{tabs}</span></li> }
-                        }).collect_view()}
+                        {move || {
+                            // By name, as people read a member list (ids are random).
+                            let mut members: Vec<_> = sub
+                                .members
+                                .get()
+                                .into_iter()
+                                .map(|m| (name_of(&m.info.to_value()), m.connections))
+                                .collect();
+                            members.sort();
+                            members.into_iter().map(|(n, connections)| {
+                                let tabs = (connections > 1).then(|| format!(" ×{connections}"));
+                                view! { <li>{n}<span class="muted">{tabs}</span></li> }
+                            }).collect_view()
+                        }}
                     </ul>
                     <ul id="notices" class="notices">
                         {move || notices.get().into_iter().map(|n| view! { <li>{n}</li> }).collect_view()}
