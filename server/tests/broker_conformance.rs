@@ -207,7 +207,7 @@ async fn only_subscribed_nodes_get_deliveries(p: Pair) {
     p.b.publish(publication("once", json!(2), false))
         .await
         .unwrap();
-    p.b.broadcast(&ch, Encoded::new(&ServerFrame::Pong { id: None }))
+    p.b.broadcast(&ch, Encoded::new(&ServerFrame::Pong { id: None, ts: None }))
         .await
         .unwrap();
     let got = p.ra.take(1).await;
@@ -219,11 +219,11 @@ async fn broadcasts_reach_subscribed_nodes_unstored(p: Pair) {
     let ch = Channel::from("room:a");
     p.b.subscribe(&ch).await.unwrap();
     let before = p.a.history().position(&ch).await.unwrap();
-    p.a.broadcast(&ch, Encoded::new(&ServerFrame::Pong { id: None }))
+    p.a.broadcast(&ch, Encoded::new(&ServerFrame::Pong { id: None, ts: None }))
         .await
         .unwrap();
     let got = p.rb.take(1).await;
-    assert_eq!(got[0].frame, ServerFrame::Pong { id: None });
+    assert_eq!(got[0].frame, ServerFrame::Pong { id: None, ts: None });
     assert!(got[0].position.is_none() && !got[0].droppable);
     assert_eq!(p.a.history().position(&ch).await.unwrap(), before);
 }

@@ -11,9 +11,17 @@ use switchboard_protocol::{ClientFrame, ErrorCode, PresenceAction, ServerFrame};
 
 fn sub(channel: &str) -> ClientFrame {
     ClientFrame::Subscribe {
+        id: None,
         channel: channel.into(),
         since: None,
         presence: None,
+    }
+}
+
+fn pong_id(frame: ServerFrame) -> Option<switchboard_protocol::RequestId> {
+    match frame {
+        ServerFrame::Pong { id, .. } => id,
+        other => panic!("expected pong, got {other:?}"),
     }
 }
 
@@ -46,7 +54,12 @@ async fn welcome_then_ping_pong() {
             limits,
             resumed,
             user_id,
+            ts,
         } => {
+            assert!(
+                ts.is_some_and(|ts| ts > 1_600_000_000_000),
+                "the server's clock"
+            );
             assert!(!client_id.0.is_empty() && !session_id.0.is_empty());
             assert_eq!(protocol, switchboard_protocol::PROTOCOL_VERSION);
             assert_eq!(heartbeat_ms, 25_000);
@@ -57,14 +70,18 @@ async fn welcome_then_ping_pong() {
         other => panic!("expected welcome, got {other:?}"),
     }
     c.send_text(r#"{"type":"ping","id":"42"}"#).await;
-    assert_eq!(
-        c.next().await,
-        ServerFrame::Pong {
-            id: Some("42".into())
+    match c.next().await {
+        ServerFrame::Pong { id, ts } => {
+            assert_eq!(id, Some("42".into()));
+            assert!(
+                ts.is_some_and(|ts| ts > 1_600_000_000_000),
+                "the server's clock"
+            );
         }
-    );
+        other => panic!("{other:?}"),
+    }
     c.send_text(r#"{"type":"ping"}"#).await;
-    assert_eq!(c.next().await, ServerFrame::Pong { id: None });
+    assert!(matches!(c.next().await, ServerFrame::Pong { id: None, .. }));
     // hello is answered with a fresh welcome for the same connection
     let id = {
         c.send_text(r#"{"type":"hello","client":{"name":"test","version":"1"}}"#)
@@ -134,19 +151,9 @@ async fn batches_are_processed_in_order_and_a_bad_member_spoils_only_itself() {
     let mut c = Client::connect(&server).await;
     c.send_text(r#"[{"type":"ping","id":"1"},{"type":"nope"},{"type":"ping","id":"2"}]"#)
         .await;
-    assert_eq!(
-        c.next().await,
-        ServerFrame::Pong {
-            id: Some("1".into())
-        }
-    );
+    assert_eq!(pong_id(c.next().await), Some("1".into()));
     assert_eq!(error_code(c.next().await).1, ErrorCode::UnknownType);
-    assert_eq!(
-        c.next().await,
-        ServerFrame::Pong {
-            id: Some("2".into())
-        }
-    );
+    assert_eq!(pong_id(c.next().await), Some("2".into()));
     c.send_text(r#"[{"type":"ping"},{"type":"ping"},{"type":"ping"},{"type":"ping"}]"#)
         .await;
     assert_eq!(error_code(c.next().await).1, ErrorCode::BatchTooLarge);
@@ -259,6 +266,7 @@ async fn subscribe_publish_fan_out_and_ack() {
     ));
     // unsubscribe: confirmed, and no more messages
     a.send(&ClientFrame::Unsubscribe {
+        id: None,
         channel: "news".into(),
     })
     .await;
@@ -269,6 +277,7 @@ async fn subscribe_publish_fan_out_and_ack() {
         }
     );
     a.send(&ClientFrame::Unsubscribe {
+        id: None,
         channel: "news".into(),
     })
     .await;
@@ -313,6 +322,7 @@ async fn presence_join_snapshot_and_leave() {
     let mut a = Client::connect(&server).await;
     let mut b = Client::connect(&server).await;
     a.send(&ClientFrame::Subscribe {
+        id: None,
         channel: "room:lobby".into(),
         since: None,
         presence: Some(json!({"name":"Ada"}).into()),
@@ -328,6 +338,7 @@ async fn presence_join_snapshot_and_leave() {
         other => panic!("{other:?}"),
     }
     b.send(&ClientFrame::Subscribe {
+        id: None,
         channel: "room:lobby".into(),
         since: None,
         presence: Some(json!({"name":"Bob"}).into()),
@@ -500,12 +511,7 @@ async fn rate_limit_refuses_then_closes_repeat_offenders() {
     c.send_text(&switchboard_protocol::codec::encode_batch(&batch))
         .await;
     for i in 0..3 {
-        assert_eq!(
-            c.next().await,
-            ServerFrame::Pong {
-                id: Some(i.to_string().into())
-            }
-        );
+        assert_eq!(pong_id(c.next().await), Some(i.to_string().into()));
     }
     for i in 3..5 {
         assert_eq!(
@@ -536,6 +542,7 @@ async fn shutdown_closes_everyone_with_1001() {
     let mut a = Client::connect(&server).await;
     let mut b = Client::connect(&server).await;
     b.send(&ClientFrame::Subscribe {
+        id: None,
         channel: "room:x".into(),
         since: None,
         presence: Some(json!({}).into()),
@@ -862,12 +869,7 @@ async fn a_slow_handler_answers_later_without_holding_up_other_frames() {
     c.send_text(r#"{"type":"ping","id":"p"}"#).await;
     // the instant request and the ping are answered first, in order
     assert!(matches!(c.next().await, ServerFrame::Response { id, .. } if id.as_str() == "t"));
-    assert_eq!(
-        c.next().await,
-        ServerFrame::Pong {
-            id: Some("p".into())
-        }
-    );
+    assert_eq!(pong_id(c.next().await), Some("p".into()));
     assert_eq!(
         c.next().await,
         ServerFrame::Response {
@@ -875,4 +877,32 @@ async fn a_slow_handler_answers_later_without_holding_up_other_frames() {
             result: json!("done").into()
         }
     );
+}
+
+#[tokio::test]
+async fn subscribe_unsubscribe_and_direct_errors_carry_their_ids() {
+    let server = start(config(&["--max-subscriptions", "1"])).await;
+    let mut c = Client::connect(&server).await;
+    c.send_text(r#"{"type":"subscribe","id":"s1","channel":"a"}"#)
+        .await;
+    assert!(matches!(c.next().await, ServerFrame::Subscribed { .. }));
+    c.send_text(r#"{"type":"subscribe","id":"s2","channel":"b"}"#)
+        .await;
+    assert_eq!(
+        error_code(c.next().await),
+        (Some("s2".into()), ErrorCode::TooManySubscriptions)
+    );
+    c.send_text(r#"{"type":"unsubscribe","id":"u1","channel":"b"}"#)
+        .await;
+    assert_eq!(
+        error_code(c.next().await),
+        (Some("u1".into()), ErrorCode::NotSubscribed)
+    );
+    c.send_text(r#"{"type":"direct","id":"d1","to":"nobody","data":1}"#)
+        .await;
+    assert_eq!(
+        error_code(c.next().await),
+        (Some("d1".into()), ErrorCode::TargetGone)
+    );
+    c.sync().await;
 }

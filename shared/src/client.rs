@@ -36,6 +36,9 @@ pub enum ClientFrame {
     },
     /// Subscribe to a channel (and join its presence set when `presence` is given).
     Subscribe {
+        /// When present, an `error` about this subscribe carries it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
         /// The channel.
         channel: Channel,
         /// Recover the messages after this position (after a reconnect).
@@ -47,6 +50,9 @@ pub enum ClientFrame {
     },
     /// Leave a channel (and its presence set).
     Unsubscribe {
+        /// When present, an `error` about this unsubscribe carries it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
         /// The channel.
         channel: Channel,
     },
@@ -80,6 +86,10 @@ pub enum ClientFrame {
     },
     /// Send data to one connection (WebRTC offer/answer/candidate relay).
     Direct {
+        /// When present, an `error` about this direct message (`target_gone`, …) carries
+        /// it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
         /// The receiving connection.
         to: ClientId,
         /// Any JSON value.
@@ -108,7 +118,11 @@ impl ClientFrame {
     /// The correlation id the server echoes in an `error` about this frame, if any.
     pub fn id(&self) -> Option<&RequestId> {
         match self {
-            Self::Ping { id } | Self::Publish { id, .. } => id.as_ref(),
+            Self::Ping { id }
+            | Self::Publish { id, .. }
+            | Self::Subscribe { id, .. }
+            | Self::Unsubscribe { id, .. }
+            | Self::Direct { id, .. } => id.as_ref(),
             Self::Request { id, .. } => Some(id),
             _ => None,
         }
@@ -118,7 +132,7 @@ impl ClientFrame {
     pub fn channel(&self) -> Option<&Channel> {
         match self {
             Self::Subscribe { channel, .. }
-            | Self::Unsubscribe { channel }
+            | Self::Unsubscribe { channel, .. }
             | Self::Publish { channel, .. } => Some(channel),
             _ => None,
         }

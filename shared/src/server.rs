@@ -36,12 +36,19 @@ pub enum ServerFrame {
         heartbeat_ms: u64,
         /// The limits this connection is held to.
         limits: Limits,
+        /// The server's clock, milliseconds since the Unix epoch: clients can show message
+        /// times on the server's clock.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ts: Option<u64>,
     },
     /// Answer to `ping`.
     Pong {
         /// The ping's id.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<RequestId>,
+        /// The server's clock, milliseconds since the Unix epoch.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ts: Option<u64>,
     },
     /// Confirms a `subscribe`.
     Subscribed {

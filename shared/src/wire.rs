@@ -60,11 +60,13 @@ impl<'de> Deserialize<'de> for ClientFrame {
             },
             "ping" => Self::Ping { id: w.id },
             "subscribe" => Self::Subscribe {
+                id: w.id,
                 channel: required(w.channel, "channel")?,
                 since: w.since,
                 presence: w.presence,
             },
             "unsubscribe" => Self::Unsubscribe {
+                id: w.id,
                 channel: required(w.channel, "channel")?,
             },
             "publish" => Self::Publish {
@@ -80,6 +82,7 @@ impl<'de> Deserialize<'de> for ClientFrame {
                 params: w.params.unwrap_or_default(),
             },
             "direct" => Self::Direct {
+                id: w.id,
                 to: required(w.to, "to")?,
                 data: required(w.data, "data")?,
             },
@@ -133,8 +136,9 @@ impl<'de> Deserialize<'de> for ServerFrame {
                 user_id: w.user_id,
                 heartbeat_ms: required(w.heartbeat_ms, "heartbeat_ms")?,
                 limits: required(w.limits, "limits")?,
+                ts: w.ts,
             },
-            "pong" => Self::Pong { id: w.id },
+            "pong" => Self::Pong { id: w.id, ts: w.ts },
             "subscribed" => Self::Subscribed {
                 channel: required(w.channel, "channel")?,
                 position: required(w.position, "position")?,

@@ -54,14 +54,16 @@ fn client_cases() -> Vec<(ClientFrame, &'static str)> {
         (ClientFrame::Ping { id: None }, r#"{"type":"ping"}"#),
         (
             ClientFrame::Subscribe {
+                id: Some("s1".into()),
                 channel: "room:lobby".into(),
                 since: Some(pos(41)),
                 presence: Some(pj!({"name":"Ada"})),
             },
-            r#"{"type":"subscribe","channel":"room:lobby","since":{"offset":41,"epoch":"e1"},"presence":{"name":"Ada"}}"#,
+            r#"{"type":"subscribe","id":"s1","channel":"room:lobby","since":{"offset":41,"epoch":"e1"},"presence":{"name":"Ada"}}"#,
         ),
         (
             ClientFrame::Subscribe {
+                id: None,
                 channel: "news".into(),
                 since: None,
                 presence: None,
@@ -70,9 +72,17 @@ fn client_cases() -> Vec<(ClientFrame, &'static str)> {
         ),
         (
             ClientFrame::Unsubscribe {
+                id: None,
                 channel: "news".into(),
             },
             r#"{"type":"unsubscribe","channel":"news"}"#,
+        ),
+        (
+            ClientFrame::Unsubscribe {
+                id: Some("u1".into()),
+                channel: "news".into(),
+            },
+            r#"{"type":"unsubscribe","id":"u1","channel":"news"}"#,
         ),
         (
             ClientFrame::Publish {
@@ -122,10 +132,11 @@ fn client_cases() -> Vec<(ClientFrame, &'static str)> {
         ),
         (
             ClientFrame::Direct {
+                id: Some("d1".into()),
                 to: "c2".into(),
                 data: pj!({"sdp":"offer"}),
             },
-            r#"{"type":"direct","to":"c2","data":{"sdp":"offer"}}"#,
+            r#"{"type":"direct","id":"d1","to":"c2","data":{"sdp":"offer"}}"#,
         ),
     ]
 }
@@ -147,14 +158,16 @@ fn server_cases() -> Vec<(ServerFrame, &'static str)> {
                 user_id: Some("u1".into()),
                 heartbeat_ms: 25000,
                 limits: Limits::default(),
+                ts: Some(1700000000000),
             },
-            r#"{"type":"welcome","client_id":"c1","session_id":"s1","protocol":1,"user_id":"u1","heartbeat_ms":25000,"limits":{"max_frame_bytes":65536,"max_batch":100,"max_subscriptions":100,"rate_per_sec":50,"rate_burst":100,"max_id_bytes":64,"max_presence_bytes":1024}}"#,
+            r#"{"type":"welcome","client_id":"c1","session_id":"s1","protocol":1,"user_id":"u1","heartbeat_ms":25000,"limits":{"max_frame_bytes":65536,"max_batch":100,"max_subscriptions":100,"rate_per_sec":50,"rate_burst":100,"max_id_bytes":64,"max_presence_bytes":1024},"ts":1700000000000}"#,
         ),
         (
             ServerFrame::Pong {
                 id: Some("7".into()),
+                ts: Some(1700000000000),
             },
-            r#"{"type":"pong","id":"7"}"#,
+            r#"{"type":"pong","id":"7","ts":1700000000000}"#,
         ),
         (
             ServerFrame::Subscribed {

@@ -30,12 +30,16 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
             proptest::option::of(data())
         )
             .prop_map(|(c, since, presence)| ClientFrame::Subscribe {
+                id: None,
                 channel: c.into(),
                 since: since.map(|(offset, epoch)| StreamPosition { offset, epoch }),
                 // a presence of JSON null is the same as no presence on the wire
                 presence: presence.filter(|p| !p.is_null()).map(Into::into),
             }),
-        channel().prop_map(|c| ClientFrame::Unsubscribe { channel: c.into() }),
+        channel().prop_map(|c| ClientFrame::Unsubscribe {
+            id: None,
+            channel: c.into()
+        }),
         (
             proptest::option::of(".{1,12}"),
             channel(),
@@ -55,6 +59,7 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
             params: params.into(),
         }),
         (".{1,12}", data()).prop_map(|(to, data)| ClientFrame::Direct {
+            id: None,
             to: to.into(),
             data: data.into()
         }),

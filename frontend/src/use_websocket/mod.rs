@@ -515,6 +515,7 @@ impl WebSocket {
     /// Sends `data` to one connection (WebRTC signaling).
     pub fn direct(&self, to: &str, data: Value) -> Result<(), SendError> {
         self.enqueue(ClientFrame::Direct {
+            id: None,
             to: to.into(),
             data: data.into(),
         })
@@ -595,6 +596,7 @@ impl WebSocket {
             .expect("the connection is alive");
         if first && self.state.get_untracked() == ConnState::Open {
             let _ = self.enqueue(ClientFrame::Subscribe {
+                id: None,
                 channel: channel.into(),
                 since: None,
                 presence: presence.map(Into::into),
@@ -622,6 +624,7 @@ impl WebSocket {
             && self.state.get_untracked() == ConnState::Open
         {
             let _ = self.enqueue(ClientFrame::Unsubscribe {
+                id: None,
                 channel: channel.into(),
             });
         }
@@ -821,7 +824,7 @@ async fn session(
                                         pace = sleep(Duration::ZERO).fuse();
                                     }
                                 }
-                                Ok(ServerFrame::Pong { id: Some(id) }) => {
+                                Ok(ServerFrame::Pong { id: Some(id), .. }) => {
                                     if let Some((want, at)) = &ping_sent
                                         && *want == id.0
                                     {
@@ -916,6 +919,7 @@ async fn restore(ws: WebSocket, tx: &mut Tx) -> Result<(), Ended> {
             c.subs
                 .iter()
                 .map(|(channel, e)| ClientFrame::Subscribe {
+                    id: None,
                     channel: channel.as_str().into(),
                     since: e.position.clone(),
                     presence: e.presence.clone().map(Into::into),

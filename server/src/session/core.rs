@@ -257,11 +257,17 @@ impl Core {
             ClientFrame::Hello {
                 token: Some(token), ..
             } => self.on_token(&token, now),
-            ClientFrame::Ping { id } => self.push(&ServerFrame::Pong { id }),
+            ClientFrame::Ping { id } => self.push(&ServerFrame::Pong {
+                id,
+                ts: Some(now_ms()),
+            }),
             ClientFrame::Subscribe {
-                channel, presence, ..
-            } => self.on_subscribe(channel, presence).await,
-            ClientFrame::Unsubscribe { channel } => self.on_unsubscribe(channel).await,
+                id,
+                channel,
+                presence,
+                ..
+            } => self.on_subscribe(id, channel, presence).await,
+            ClientFrame::Unsubscribe { id, channel } => self.on_unsubscribe(id, channel).await,
             ClientFrame::Publish {
                 id,
                 channel,
@@ -295,10 +301,10 @@ impl Core {
                 }
             }
             ClientFrame::Request { id, method, params } => self.on_request(id, method, params),
-            ClientFrame::Direct { to, data } => {
+            ClientFrame::Direct { id, to, data } => {
                 if !self.grants().may_direct() {
                     self.error(
-                        None,
+                        id,
                         ErrorCode::Forbidden,
                         "no permission to send direct messages",
                     );
@@ -308,11 +314,11 @@ impl Core {
                     Ok(()) => {}
                     Err(DirectError::Gone) => {
                         let msg = format!("client {to} is not connected");
-                        self.error(None, ErrorCode::TargetGone, &msg);
+                        self.error(id, ErrorCode::TargetGone, &msg);
                     }
                     Err(DirectError::Busy) => {
                         let msg = format!("client {to} has too many direct messages waiting");
-                        self.error(None, ErrorCode::TargetBusy, &msg);
+                        self.error(id, ErrorCode::TargetBusy, &msg);
                     }
                 }
             }
@@ -320,17 +326,22 @@ impl Core {
         Ok(())
     }
 
-    async fn on_subscribe(&mut self, channel: Channel, presence: Option<Payload>) {
+    async fn on_subscribe(
+        &mut self,
+        id: Option<RequestId>,
+        channel: Channel,
+        presence: Option<Payload>,
+    ) {
         if !self.grants().may_subscribe(channel.as_str()) {
             let msg = format!("no permission to subscribe to {channel}");
-            self.error(None, ErrorCode::Forbidden, &msg);
+            self.error(id.clone(), ErrorCode::Forbidden, &msg);
             return;
         }
         let presence = presence.map(|info| self.stamp_name(info));
         let max = self.state.config.max_subscriptions as usize;
         if self.subscriptions.len() >= max && !self.subscriptions.contains(&channel) {
             let msg = format!("at most {max} subscriptions per connection");
-            self.error(None, ErrorCode::TooManySubscriptions, &msg);
+            self.error(id.clone(), ErrorCode::TooManySubscriptions, &msg);
             return;
         }
         let hub = self.state.hub.clone();
@@ -345,26 +356,26 @@ impl Core {
             }
             Ok(SubscribeOutcome::AlreadySubscribed) => {
                 let msg = format!("already subscribed to {channel}");
-                self.error(None, ErrorCode::AlreadySubscribed, &msg);
+                self.error(id.clone(), ErrorCode::AlreadySubscribed, &msg);
             }
             Ok(SubscribeOutcome::PresenceFull) => {
                 let msg = format!("{channel} has {max_members} members in presence, the limit");
-                self.error(None, ErrorCode::PresenceFull, &msg);
+                self.error(id.clone(), ErrorCode::PresenceFull, &msg);
             }
-            Err(e) => self.error(None, ErrorCode::Unavailable, &e.to_string()),
+            Err(e) => self.error(id, ErrorCode::Unavailable, &e.to_string()),
         }
     }
 
-    async fn on_unsubscribe(&mut self, channel: Channel) {
+    async fn on_unsubscribe(&mut self, id: Option<RequestId>, channel: Channel) {
         if !self.subscriptions.remove(&channel) {
             let msg = format!("not subscribed to {channel}");
-            self.error(None, ErrorCode::NotSubscribed, &msg);
+            self.error(id.clone(), ErrorCode::NotSubscribed, &msg);
             return;
         }
         let hub = self.state.hub.clone();
         if let Err(e) = hub.unsubscribe(&self.client, &channel).await {
             // Locally it is gone either way; say what failed remotely.
-            self.error(None, ErrorCode::Unavailable, &e.to_string());
+            self.error(id.clone(), ErrorCode::Unavailable, &e.to_string());
         }
         self.push(&ServerFrame::Unsubscribed { channel });
     }
@@ -449,6 +460,7 @@ impl Core {
             user_id: self.client.user_id.clone(),
             heartbeat_ms: self.state.config.heartbeat.as_millis() as u64,
             limits: self.state.config.limits(),
+            ts: Some(now_ms()),
         }
     }
 
@@ -664,7 +676,7 @@ mod tests {
         )
         .await
         .unwrap();
-        assert!(matches!(&got[0], ServerFrame::Pong { id: Some(id) } if id.as_str() == "1"));
+        assert!(matches!(&got[0], ServerFrame::Pong { id: Some(id), .. } if id.as_str() == "1"));
         assert!(matches!(&got[1], ServerFrame::Subscribed { .. }));
         assert!(matches!(
             &got[2],

@@ -159,7 +159,7 @@ impl Client {
         let mut before = Vec::new();
         loop {
             match self.next().await {
-                ServerFrame::Pong { id: Some(id) } if id.as_str() == "sync" => return before,
+                ServerFrame::Pong { id: Some(id), .. } if id.as_str() == "sync" => return before,
                 other => before.push(other),
             }
         }
