@@ -16,14 +16,17 @@ trap cleanup EXIT
 step "cargo fmt --check"
 cargo fmt --all --check
 
-step "clippy (native: protocol, server, bench)"
-cargo clippy --locked --all-targets -p switchboard-protocol -p switchboard-server \
-  -p switchboard-bench -- -D warnings
+step "clippy (native: protocol, client, server, bench)"
+cargo clippy --locked --all-targets -p switchboard-protocol -p switchboard-client \
+  -p switchboard-server -p switchboard-bench --features switchboard-client/native -- -D warnings
+step "clippy (wasm32: the client core)"
+cargo clippy --locked -p switchboard-client --target wasm32-unknown-unknown -- -D warnings
 step "clippy (wasm32: frontend)"
 cargo clippy --locked -p switchboard-web --all-targets --target wasm32-unknown-unknown -- -D warnings
 
-step "native tests (protocol, server, bench helpers)"
-cargo test --locked -p switchboard-protocol -p switchboard-server -p switchboard-bench
+step "native tests (protocol, client core and native client, server, bench helpers)"
+cargo test --locked -p switchboard-protocol -p switchboard-client -p switchboard-server \
+  -p switchboard-bench --features switchboard-client/native
 step "native unit tests of the hook's pure parts (backoff, outbox, pacing)"
 cargo test --locked -p switchboard-web --lib
 

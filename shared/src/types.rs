@@ -93,7 +93,7 @@ pub struct Sender {
 
 /// One member of a channel's presence set. Members are users, not connections: the same
 /// user in two tabs is one member with `connections: 2`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
     /// The user id (from the token), or the client id for anonymous connections.
     pub user_id: String,
