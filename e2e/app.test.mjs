@@ -11,9 +11,9 @@ const DIST = process.env.SWITCHBOARD_DIST ?? '../dist';
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 
 /** Starts the server on `addr` and resolves with its process and base URL. */
-function startServer(addr = '127.0.0.1:0') {
+function startServer(addr = '127.0.0.1:0', extra = ['--demo-ticker', '100ms']) {
   return new Promise((resolve, reject) => {
-    const proc = spawn(SERVER, ['--addr', addr, '--dist', DIST, '--demo-ticker', '100ms'], {
+    const proc = spawn(SERVER, ['--addr', addr, '--dist', DIST, ...extra], {
       stdio: ['ignore', 'pipe', 'inherit'],
       env: { ...process.env, RUST_LOG: 'warn' },
     });
@@ -62,12 +62,12 @@ after(async () => {
 });
 
 /** A fresh page that fails the test on any uncaught page error. */
-async function openApp(url) {
+async function openApp(url, query = '') {
   const context = await browser.newContext();
   const page = await context.newPage();
   const errors = [];
   page.on('pageerror', (e) => errors.push(e));
-  await page.goto(url);
+  await page.goto(`${url}${query}`);
   return { page, context, errors };
 }
 
@@ -122,8 +122,8 @@ test('server restart: the page shows reconnecting, then reconnects by itself', a
 });
 
 /** Opens the app and joins `room` as `name`. */
-async function joinAs(name, room = 'lobby') {
-  const tab = await openApp(server.url);
+async function joinAs(name, room = 'lobby', url = server.url, query = '') {
+  const tab = await openApp(url, query);
   const { page } = tab;
   await page.locator('#status', { hasText: 'connected' }).waitFor({ timeout: 15_000 });
   await page.fill('#join-name', name);
@@ -237,4 +237,115 @@ test('go offline queues, go online delivers', async () => {
   assert.deepEqual(await messages(bob.page), ['sent while offline']);
   await ada.context.close();
   await bob.context.close();
+});
+
+test('a message typed offline shows as pending until acked, then as sent', async () => {
+  const room = `r${Date.now()}`;
+  const ada = await joinAs('Ada', room);
+  await ada.page.click('#offline-toggle');
+  await ada.page.locator('#status', { hasText: 'closed' }).waitFor({ timeout: 5_000 });
+  await say(ada.page, 'waiting for the network');
+  await ada.page.locator('#pending', { hasText: 'waiting for the network' }).waitFor();
+  await ada.page.locator('#pending', { hasText: 'sending' }).waitFor();
+  assert.deepEqual(await messages(ada.page), []);
+  await ada.page.click('#offline-toggle');
+  await ada.page.locator('#messages', { hasText: 'waiting for the network' }).waitFor({ timeout: 10_000 });
+  await ada.page.waitForFunction(() => document.querySelectorAll('#pending li').length === 0, null, { timeout: 5_000 });
+  // Times are the server's clock, shown as HH:MM:SS.
+  assert.match(await ada.page.locator('#messages .ts').first().textContent(), /^\d\d:\d\d:\d\d$/);
+  assert.deepEqual(ada.errors, []);
+  await ada.context.close();
+});
+
+test('250 messages typed offline arrive complete, once, in order (a queue larger than the rate burst)', async () => {
+  // The review's repro: Grace got 181-192 of 250, Ada's page 58-69 rate_limited errors.
+  const room = `r${Date.now()}`;
+  const ada = await joinAs('Ada', room);
+  const grace = await joinAs('Grace', room);
+  await ada.page.locator('#member-count', { hasText: '2' }).waitFor({ timeout: 10_000 });
+  await ada.page.click('#offline-toggle');
+  await ada.page.locator('#status', { hasText: 'closed' }).waitFor({ timeout: 5_000 });
+  const sent = [];
+  for (let i = 0; i < 250; i++) {
+    sent.push(`m${i}`);
+    await say(ada.page, `m${i}`);
+  }
+  await ada.page.locator('#queued', { hasText: /^250$/ }).waitFor({ timeout: 10_000 });
+  await ada.page.click('#offline-toggle');
+  await grace.page.waitForFunction(
+    () => document.querySelectorAll('#messages li').length >= 250, null, { timeout: 30_000 });
+  await grace.page.waitForTimeout(500);
+  assert.deepEqual(await messages(grace.page), sent, 'complete, once, in order');
+  await ada.page.locator('#queued', { hasText: /^0$/ }).waitFor({ timeout: 10_000 });
+  assert.equal((await ada.page.locator('#dropped').textContent()).trim(), '0');
+  const lastError = (await ada.page.locator('#last-error').textContent()).trim();
+  assert.ok(!lastError.includes('rate_limited'), lastError);
+  assert.deepEqual(ada.errors, []);
+  await ada.context.close();
+  await grace.context.close();
+});
+
+test('a dead link (server stopped with SIGSTOP) is detected and replaced', async () => {
+  const own = await startServer('127.0.0.1:0', []);
+  try {
+    const { page, context, errors } = await openApp(own.url, '?ping_ms=1000&pong_ms=1500&backoff_ms=200');
+    await page.locator('#status', { hasText: 'connected' }).waitFor({ timeout: 15_000 });
+    own.proc.kill('SIGSTOP'); // the socket stays open; nothing answers
+    await page.locator('#last-error', { hasText: 'no pong' }).waitFor({ timeout: 10_000 });
+    assert.notEqual((await page.locator('#status').textContent()).trim(), 'connected');
+    own.proc.kill('SIGCONT');
+    await page.locator('#status', { hasText: 'connected' }).waitFor({ timeout: 30_000 });
+    assert.deepEqual(errors, []);
+    await context.close();
+  } finally {
+    own.proc.kill('SIGCONT');
+    await stopServer(own);
+  }
+});
+
+test('a frozen background tab wakes without reconnecting or flapping presence', async () => {
+  // Chrome runs a background tab's timers late (once a minute) or, frozen, not at all; the
+  // old hook judged the link by time since the last frame and reconnected on waking,
+  // which made the user leave and rejoin every room.
+  const room = `r${Date.now()}`;
+  const query = '?ping_ms=500&pong_ms=1000';
+  const ada = await joinAs('Ada', room, server.url, query);
+  const grace = await joinAs('Grace', room, server.url, query);
+  await grace.page.locator('#member-count', { hasText: '2' }).waitFor({ timeout: 10_000 });
+  const cdp = await ada.context.newCDPSession(ada.page);
+  await cdp.send('Page.enable');
+  await cdp.send('Page.setWebLifecycleState', { state: 'frozen' });
+  await grace.page.waitForTimeout(6_000); // 12 ping intervals, 6 pong timeouts
+  await cdp.send('Page.setWebLifecycleState', { state: 'active' });
+  await ada.page.waitForTimeout(3_000);
+  assert.equal((await ada.page.locator('#reconnects').textContent()).trim(), '0');
+  assert.equal((await ada.page.locator('#status').textContent()).trim(), 'connected');
+  const notices = await grace.page.locator('#notices li').allTextContents();
+  assert.ok(!notices.includes('Ada left'), `presence flapped: ${notices}`);
+  await ada.context.close();
+  await grace.context.close();
+});
+
+test('a 5 ms ticker renders without a long task', async () => {
+  const fast = await startServer('127.0.0.1:0', ['--demo-ticker', '5ms']);
+  try {
+    const { page, context, errors } = await openApp(fast.url);
+    await page.addInitScript(() => {});
+    await page.locator('#status', { hasText: 'connected' }).waitFor({ timeout: 15_000 });
+    await page.locator('#ticker-price', { hasText: /\d+\.\d\d/ }).waitFor({ timeout: 5_000 });
+    const longest = await page.evaluate(() => new Promise((resolve) => {
+      let max = 0;
+      new PerformanceObserver((list) => {
+        for (const e of list.getEntries()) max = Math.max(max, e.duration);
+      }).observe({ type: 'longtask', buffered: false });
+      setTimeout(() => resolve(max), 5_000);
+    }));
+    assert.ok(longest <= 50, `a long task of ${longest} ms`);
+    const frames = parseInt((await page.locator('#frames').textContent()).split('/')[0], 10);
+    assert.ok(frames > 500, `the ticker ran: ${frames} frames in`);
+    assert.deepEqual(errors, []);
+    await context.close();
+  } finally {
+    await stopServer(fast);
+  }
 });

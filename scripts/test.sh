@@ -19,16 +19,17 @@ cargo fmt --all --check
 step "clippy (native: protocol, client, server, bench)"
 cargo clippy --locked --all-targets -p switchboard-protocol -p switchboard-client \
   -p switchboard-server -p switchboard-bench --features switchboard-client/native -- -D warnings
+step "clippy (native: the Leptos hook compiles for SSR)"
+cargo clippy --locked -p switchboard-leptos -- -D warnings
 step "clippy (wasm32: the client core)"
 cargo clippy --locked -p switchboard-client --target wasm32-unknown-unknown -- -D warnings
-step "clippy (wasm32: frontend)"
-cargo clippy --locked -p switchboard-web --all-targets --target wasm32-unknown-unknown -- -D warnings
+step "clippy (wasm32: the hook and the demo)"
+cargo clippy --locked -p switchboard-leptos -p switchboard-web --all-targets \
+  --target wasm32-unknown-unknown -- -D warnings
 
 step "native tests (protocol, client core and native client, server, bench helpers)"
 cargo test --locked -p switchboard-protocol -p switchboard-client -p switchboard-server \
   -p switchboard-bench --features switchboard-client/native
-step "native unit tests of the hook's pure parts (backoff, outbox, pacing)"
-cargo test --locked -p switchboard-web --lib
 
 step "fuzzing the frame decoders (cargo-fuzz, ${FUZZ_SECS:-20} s per target)"
 FUZZ_SECS=${FUZZ_SECS:-20} ./scripts/fuzz.sh

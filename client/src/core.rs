@@ -36,6 +36,10 @@ use crate::outbox::{BatchOptions, Due, Outbox, Overflow, Pacer, SendError};
 /// Milliseconds on the driver's monotonic clock.
 pub type Ms = u64;
 
+/// A tick this much later than the deadline it was set for means the timer itself was
+/// held back (a background tab runs timers once a minute; a frozen one not at all).
+const LATE_WAKE_MS: Ms = 1_000;
+
 /// How the client behaves. Every field has a documented default.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -189,6 +193,10 @@ pub enum RequestError {
     Disconnected,
     /// The connection closed for good.
     Closed,
+    /// It could not be queued (typed drivers report this through the request's result).
+    NotSent(SendError),
+    /// The result did not deserialize as the type asked for (typed drivers).
+    Decode(String),
 }
 
 impl std::fmt::Display for RequestError {
@@ -198,6 +206,8 @@ impl std::fmt::Display for RequestError {
             Self::Server { code, message } => write!(f, "{code}: {message}"),
             Self::Disconnected => f.write_str("disconnected before the response"),
             Self::Closed => f.write_str("connection closed"),
+            Self::NotSent(e) => write!(f, "not sent: {e}"),
+            Self::Decode(e) => write!(f, "unexpected result: {e}"),
         }
     }
 }
@@ -751,12 +761,20 @@ impl ClientCore {
                 if let Some((_, sent)) = ping
                     && now >= *sent + ms(self.opts.pong_timeout)
                 {
-                    self.actions.push_back(Action::Disconnect {
-                        code: CloseCode::NORMAL,
-                        reason: "no pong: dead link".into(),
-                    });
-                    self.on_disconnected(None, "no pong within the pong timeout", now);
-                    return;
+                    let deadline = *sent + ms(self.opts.pong_timeout);
+                    if now > deadline + LATE_WAKE_MS {
+                        // The timer ran late (a throttled or frozen tab): the pong may be
+                        // waiting unread behind it. Give it its full time from now
+                        // instead of judging the link by a stale clock.
+                        *sent = now;
+                    } else {
+                        self.actions.push_back(Action::Disconnect {
+                            code: CloseCode::NORMAL,
+                            reason: "no pong: dead link".into(),
+                        });
+                        self.on_disconnected(None, "no pong within the pong timeout", now);
+                        return;
+                    }
                 }
                 if ping.is_none() && now >= *next_ping {
                     self.ping_seq += 1;
@@ -1247,7 +1265,9 @@ impl ClientCore {
                 if let Conn::Connecting { .. } = self.conn {
                     self.conn = Conn::Open {
                         since: now,
-                        next_ping: now + ms(self.opts.ping_interval),
+                        // The first ping at once: the round-trip time and the server's
+                        // clock are known from the start.
+                        next_ping: now,
                         ping: None,
                     };
                     self.bucket = Bucket::new(&limits, now);

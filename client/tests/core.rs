@@ -442,3 +442,34 @@ fn a_token_is_refreshed_with_hello_before_it_expires() {
         ClientFrame::Hello { token: Some(t), .. } if t == "new-token"
     )));
 }
+
+#[test]
+fn a_frozen_tab_waking_late_does_not_call_a_live_link_dead() {
+    let mut h = H::new(Options::default());
+    h.welcome();
+    h.take_sent();
+    h.at(10_000);
+    let ping = h.take_sent().iter().find_map(ping_id).expect("a ping");
+    // Frozen: the next tick comes 5 minutes late, before the pong that waited is read.
+    h.at(310_000);
+    assert!(
+        !h.actions
+            .iter()
+            .any(|a| matches!(a, Action::Disconnect { .. })),
+        "a late timer is no evidence of a dead link"
+    );
+    h.server(ServerFrame::Pong {
+        id: Some(ping.into()),
+        ts: None,
+    });
+    assert!(h.events.iter().any(|e| matches!(e, Event::Pong { .. })));
+    // A link that is really dead is still caught by timely ticks.
+    h.at(320_000);
+    assert!(h.take_sent().iter().any(|f| ping_id(f).is_some()));
+    h.at(330_000);
+    assert!(
+        h.actions
+            .iter()
+            .any(|a| matches!(a, Action::Disconnect { .. }))
+    );
+}

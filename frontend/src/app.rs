@@ -1,24 +1,89 @@
 //! The demo app: chat rooms with presence and typing, server-pushed notifications as toasts,
 //! a live ticker rendered at a throttled rate, and a connection inspector with a "go
 //! offline" switch. Everything talks through one [`WebSocket`] from context.
+//!
+//! For tests and tinkering, the page reads hook options from its query string:
+//! `?ping_ms=1000&pong_ms=1000` (the dead-link check), `?backoff_ms=200` (the first
+//! reconnect delay).
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
+use leptos::html::Div;
 use leptos::prelude::*;
-use serde_json::{Value, json};
-
-use crate::use_websocket::{
-    ChannelMessage, ConnState, Subscription, UseWebSocketOptions, WebSocket, expect_websocket,
-    now_ms, provide_websocket, same_origin_ws_url,
+use serde::{Deserialize, Serialize};
+use switchboard_leptos::{
+    Backoff, ConnState, PublishResult, Received, Subscription, UseWebSocketOptions, WebSocket,
+    expect_websocket, now_ms, provide_websocket, same_origin_ws_url,
 };
+use switchboard_protocol::PresenceAction;
 
-/// How often the UI samples fast-changing state (ticker, countdown).
+/// How often the UI samples fast-changing state (ticker, countdown, typing).
 const UI_TICK: Duration = Duration::from_millis(250);
+
+/// Chat lines a room keeps on screen.
+const CHAT_LOG: usize = 1000;
+
+/// A chat line, or (ephemeral) a typing signal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Chat {
+    name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    text: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    typing: bool,
+}
+
+/// A ticker price.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+struct Tick {
+    price: f64,
+}
+
+/// A notification.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Notice {
+    text: String,
+}
+
+/// Presence info.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Who {
+    #[serde(default)]
+    name: String,
+}
+
+/// Hook options from the page's query string (see the module docs).
+fn options_from_query() -> UseWebSocketOptions {
+    let mut options = UseWebSocketOptions::default();
+    let search = window().location().search().unwrap_or_default();
+    for pair in search.trim_start_matches('?').split('&') {
+        let Some((key, value)) = pair.split_once('=') else {
+            continue;
+        };
+        let Ok(ms) = value.parse::<u64>() else {
+            continue;
+        };
+        let d = Duration::from_millis(ms);
+        match key {
+            "ping_ms" => options.ping_interval = d,
+            "pong_ms" => options.pong_timeout = d,
+            "backoff_ms" => {
+                options.backoff = Backoff {
+                    base: d,
+                    ..Backoff::default()
+                }
+            }
+            _ => {}
+        }
+    }
+    options
+}
 
 /// The whole page.
 #[component]
 pub fn App() -> impl IntoView {
-    let ws = provide_websocket(&same_origin_ws_url(), UseWebSocketOptions::default());
+    let ws = provide_websocket(&same_origin_ws_url(), options_from_query());
     // A coarse clock for countdowns and throttled rendering.
     let (clock, set_clock) = signal(now_ms());
     if let Ok(handle) = set_interval_with_handle(move || set_clock.set(now_ms()), UI_TICK) {
@@ -54,20 +119,15 @@ pub fn StatusBadge(
     view! { <span id="status" class=move || format!("badge badge-{}", label())>{label}</span> }
 }
 
-fn name_of(info: &Value) -> String {
-    info.get("name")
-        .and_then(Value::as_str)
-        .unwrap_or("anonymous")
-        .to_owned()
-}
-
-/// A room's chat messages (not its typing indicators), oldest first.
-fn stored_messages(sub: Subscription) -> Vec<ChannelMessage> {
-    sub.messages
-        .get()
-        .into_iter()
-        .filter(|m| !m.ephemeral)
-        .collect()
+/// `HH:MM:SS` of a server timestamp, in the browser's time zone.
+fn clock_time(ts: u64) -> String {
+    let d = js_sys::Date::new(&wasm_bindgen::JsValue::from_f64(ts as f64));
+    format!(
+        "{:02}:{:02}:{:02}",
+        d.get_hours(),
+        d.get_minutes(),
+        d.get_seconds()
+    )
 }
 
 /// Join form, then the room.
@@ -112,24 +172,39 @@ fn Chat() -> impl IntoView {
     }
 }
 
+/// A message of ours on its way: shown as pending until the server acks it.
+#[derive(Clone)]
+struct Pending {
+    text: String,
+    /// `None` until the ack (or the refusal).
+    outcome: RwSignal<Option<PublishResult>>,
+}
+
 /// One room: members, notices, messages, typing, composer.
 #[component]
 fn Room(name: String, room: String, on_leave: impl Fn() + 'static) -> impl IntoView {
     let ws = expect_websocket();
-    let clock = expect_context::<ReadSignal<f64>>();
+    let clock = expect_context::<ReadSignal<u64>>();
     let channel = format!("room:{room}");
-    let sub = ws.join(&channel, json!({ "name": name }));
+    let sub: Subscription<Chat> = ws.join(&channel, &Who { name: name.clone() });
     let (draft, set_draft) = signal(String::new());
     let (notices, set_notices) = signal(Vec::<String>::new());
     let (send_error, set_send_error) = signal(None::<String>);
-    let last_typing_sent = StoredValue::new(None::<f64>);
+    let (pending, set_pending) = signal(Vec::<Pending>::new());
+    let last_typing_sent = StoredValue::new(None::<u64>);
+    let scroller = NodeRef::<Div>::new();
 
     Effect::new(move |_| {
         if let Some(ev) = sub.last_presence.get() {
-            let who = name_of(&ev.member.info.to_value());
+            let who = ev
+                .member
+                .info
+                .parse::<Who>()
+                .map(|w| w.name)
+                .unwrap_or_default();
             let what = match ev.action {
-                switchboard_protocol::PresenceAction::Join => "joined",
-                switchboard_protocol::PresenceAction::Leave => "left",
+                PresenceAction::Join => "joined",
+                PresenceAction::Leave => "left",
             };
             set_notices.update(|n| {
                 n.push(format!("{who} {what}"));
@@ -140,23 +215,57 @@ fn Room(name: String, room: String, on_leave: impl Fn() + 'static) -> impl IntoV
         }
     });
 
+    // The room's chat lines, oldest first: every one of them, from the subscription's
+    // callback (its `messages` signal keeps only the last 200, typing signals included).
+    let (log, set_log) = signal(Vec::<Received<Chat>>::new());
+    sub.on_message(move |m| {
+        if let Ok(m) = m
+            && !m.ephemeral
+        {
+            set_log.update(|l| {
+                l.push(m.clone());
+                if l.len() > CHAT_LOG {
+                    l.remove(0);
+                }
+            });
+        }
+    });
+    let lines = move || log.get();
+    // Ours that are not in the room's lines yet.
+    let waiting = move || -> Vec<Pending> {
+        let shown: BTreeSet<u64> = log.with(|m| m.iter().filter_map(|m| m.offset).collect());
+        pending
+            .get()
+            .into_iter()
+            .filter(|p| match p.outcome.get() {
+                Some(Ok(Some(offset))) => !shown.contains(&offset),
+                Some(Ok(None)) => false,
+                _ => true,
+            })
+            .collect()
+    };
+    // Keep the newest line in view.
+    Effect::new(move |_| {
+        log.track();
+        pending.track();
+        if let Some(el) = scroller.get() {
+            el.set_scroll_top(el.scroll_height());
+        }
+    });
+
     let me = name.clone();
     let typing = move || {
         clock.track();
-        let now = js_sys::Date::now();
-        let mut names: Vec<String> = sub.messages.with(|m| {
+        let now = ws.server_now();
+        // A set: one name once, however many signals it sent.
+        let names: BTreeSet<String> = sub.messages.with(|m| {
             m.iter()
-                .filter(|msg| msg.ephemeral && now - (msg.ts as f64) < 3000.0)
-                .filter_map(|msg| {
-                    msg.data
-                        .get("name")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned)
-                })
+                .filter(|msg| msg.ephemeral && msg.data.typing && now - (msg.ts as f64) < 3000.0)
+                .map(|msg| msg.data.name.clone())
                 .filter(|n| *n != me)
                 .collect()
         });
-        names.dedup();
+        let names: Vec<String> = names.into_iter().collect();
         match names.len() {
             0 => String::new(),
             1 => format!("{} is typing…", names[0]),
@@ -172,10 +281,15 @@ fn Room(name: String, room: String, on_leave: impl Fn() + 'static) -> impl IntoV
         let now = now_ms();
         if last_typing_sent
             .get_value()
-            .is_none_or(|last| now - last > 2000.0)
+            .is_none_or(|last| now.saturating_sub(last) > 2000)
         {
             last_typing_sent.set_value(Some(now));
-            let _ = ws.publish_ephemeral(&ch2, json!({ "typing": true, "name": me2 }));
+            let signal = Chat {
+                name: me2.clone(),
+                text: String::new(),
+                typing: true,
+            };
+            let _ = ws.publish_ephemeral(&ch2, &signal);
         }
     };
     let me3 = name.clone();
@@ -186,10 +300,24 @@ fn Room(name: String, room: String, on_leave: impl Fn() + 'static) -> impl IntoV
         if text.trim().is_empty() {
             return;
         }
-        match ws.publish(&ch3, json!({ "name": me3, "text": text })) {
-            Ok(()) => {
+        let line = Chat {
+            name: me3.clone(),
+            text: text.clone(),
+            typing: false,
+        };
+        match ws.publish(&ch3, &line) {
+            Ok(ack) => {
                 set_draft.set(String::new());
                 set_send_error.set(None);
+                let outcome = RwSignal::new(None);
+                set_pending.update(|p| p.push(Pending { text, outcome }));
+                leptos::task::spawn_local(async move {
+                    let result = ack.await;
+                    if let Err(e) = &result {
+                        set_send_error.set(Some(format!("not delivered: {e}")));
+                    }
+                    outcome.try_set(Some(result));
+                });
             }
             Err(e) => set_send_error.set(Some(format!("not sent: {e}"))),
         }
@@ -203,17 +331,36 @@ fn Room(name: String, room: String, on_leave: impl Fn() + 'static) -> impl IntoV
                 <button class="link" on:click=move |_| on_leave()>"Leave"</button>
             </div>
             <div class="room-body">
-                <ul id="messages" class="messages">
-                    <For
-                        each={move || stored_messages(sub)}
-                        key={|m| (m.offset, m.ts)}
-                        children={move |m| {
-                            let who = name_of(&m.data);
-                            let text = m.data.get("text").and_then(Value::as_str).unwrap_or_default().to_owned();
-                            view! { <li class="msg"><b class="who">{who}</b><span class="text">{text}</span></li> }
-                        }}
-                    />
-                </ul>
+                <div class="messages" node_ref=scroller>
+                    <ul id="messages">
+                        <For
+                            each=lines
+                            key=|m| (m.offset, m.ts)
+                            children=move |m| view! {
+                                <li class="msg">
+                                    <time class="ts">{clock_time(m.ts)}</time>
+                                    <b class="who">{m.data.name.clone()}</b>
+                                    <span class="text">{m.data.text.clone()}</span>
+                                </li>
+                            }
+                        />
+                    </ul>
+                    <ul id="pending">
+                        {move || waiting().into_iter().map(|p| {
+                            let state = move || match p.outcome.get() {
+                                Some(Err(e)) => format!("not delivered: {e}"),
+                                _ => "sending…".to_owned(),
+                            };
+                            view! {
+                                <li class="msg pending">
+                                    <b class="who">{name.clone()}</b>
+                                    <span class="text">{p.text.clone()}</span>
+                                    <span class="muted state">{state}</span>
+                                </li>
+                            }
+                        }).collect_view()}
+                    </ul>
+                </div>
                 <aside class="members">
                     <h3>"Members " <span id="member-count" class="count">{move || sub.members.with(Vec::len)}</span></h3>
                     <ul id="members">
@@ -223,7 +370,7 @@ fn Room(name: String, room: String, on_leave: impl Fn() + 'static) -> impl IntoV
                                 .members
                                 .get()
                                 .into_iter()
-                                .map(|m| (name_of(&m.info.to_value()), m.connections))
+                                .map(|m| (m.info.parse::<Who>().map(|w| w.name).unwrap_or_default(), m.connections))
                                 .collect();
                             members.sort();
                             members.into_iter().map(|(n, connections)| {
@@ -252,15 +399,15 @@ fn Room(name: String, room: String, on_leave: impl Fn() + 'static) -> impl IntoV
 #[component]
 fn Ticker() -> impl IntoView {
     let ws = expect_websocket();
-    let clock = expect_context::<ReadSignal<f64>>();
-    let sub = ws.subscribe("ticker:demo");
+    let clock = expect_context::<ReadSignal<u64>>();
+    let sub: Subscription<Tick> = ws.subscribe("ticker:demo");
     let sample = Memo::new(move |_| {
         clock.track();
         sub.messages.with_untracked(|m| {
             m.iter()
                 .rev()
                 .take(60)
-                .filter_map(|msg| msg.data.get("price").and_then(Value::as_f64))
+                .map(|msg| msg.data.price)
                 .collect::<Vec<f64>>()
         })
     });
@@ -310,7 +457,10 @@ fn Notify() -> impl IntoView {
     let (text, set_text) = signal(String::from("Deploy finished ✔"));
     let send = move |ev: leptos::ev::SubmitEvent| {
         ev.prevent_default();
-        let _ = ws.publish("notifications", json!({ "text": text.get_untracked() }));
+        let notice = Notice {
+            text: text.get_untracked(),
+        };
+        let _ = ws.publish("notifications", &notice);
     };
     view! {
         <section class="card">
@@ -323,27 +473,21 @@ fn Notify() -> impl IntoView {
     }
 }
 
-/// Notifications as toasts: the last three, each for 6 s.
+/// Notifications as toasts: the last three, each for 6 s (on the server's clock).
 #[component]
 fn Toasts() -> impl IntoView {
     let ws = expect_websocket();
-    let clock = expect_context::<ReadSignal<f64>>();
-    let sub = ws.subscribe("notifications");
+    let clock = expect_context::<ReadSignal<u64>>();
+    let sub: Subscription<Notice> = ws.subscribe("notifications");
     let visible = move || {
-        let now = js_sys::Date::now();
         clock.track();
+        let now = ws.server_now();
         sub.messages.with(|m| {
             m.iter()
                 .rev()
                 .filter(|msg| now - (msg.ts as f64) < 6000.0)
                 .take(3)
-                .map(|msg| {
-                    msg.data
-                        .get("text")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_owned()
-                })
+                .map(|msg| msg.data.text.clone())
                 .collect::<Vec<_>>()
         })
     };
@@ -360,13 +504,13 @@ pub fn Inspector(
     /// The connection to show.
     ws: WebSocket,
 ) -> impl IntoView {
-    let clock = use_context::<ReadSignal<f64>>();
+    let clock = use_context::<ReadSignal<u64>>();
     let detail = move || match ws.state.get() {
         ConnState::Reconnecting { attempt, at } => {
             let now = clock.map(|c| c.get()).unwrap_or_else(now_ms);
             format!(
                 "reconnecting: attempt {attempt} in {:.1} s",
-                ((at - now) / 1000.0).max(0.0)
+                at.saturating_sub(now) as f64 / 1000.0
             )
         }
         other => other.label().to_owned(),

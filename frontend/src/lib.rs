@@ -1,19 +1,16 @@
-//! Switchboard's browser side (Leptos, client-side rendered, WASM).
+//! Switchboard's demo app (Leptos, client-side rendered, WASM): chat rooms with presence
+//! and typing, notifications, a live ticker and a connection inspector, all through one
+//! connection from `switchboard-leptos` (the hook, in `frontend/hook/`).
 //!
 //! # Layout
-//! - [`use_websocket`]: the reusable hook: one connection as signals, with reconnects,
-//!   heartbeat, offline queue, throttling, batching, requests and subscriptions.
-//!   Its pure parts ([`use_websocket::backoff`], [`use_websocket::outbox`]) are plain Rust,
-//!   tested natively.
-//! - [`app`]: the demo app: chat rooms with presence and typing, notifications, a live
-//!   ticker and a connection inspector.
+//! - [`app`]: the components.
 //!
 //! `main.rs` only calls [`start`]; Trunk builds it (see `index.html`).
 
 pub mod app;
-pub mod use_websocket;
 
-/// Mounts the demo app into `<body>`.
+/// Mounts the demo app into `<body>` (with a panic hook: the app's choice, not the
+/// library's).
 pub fn start() {
     console_error_panic_hook::set_once();
     leptos::mount::mount_to_body(app::App);

@@ -1,21 +1,20 @@
 //! Browser tests (headless Chromium through wasm-bindgen-test-runner) of the
-//! `use_websocket` hook against a real Switchboard server, whose URL scripts/test.sh passes
-//! at build time in `SWITCHBOARD_TEST_WS_URL`.
+//! `use_websocket` hook (switchboard-leptos) against a real Switchboard server, whose URL
+//! scripts/test.sh passes at build time in `SWITCHBOARD_TEST_WS_URL`.
 #![cfg(target_arch = "wasm32")]
 
 use std::time::Duration;
 
 use gloo_timers::future::sleep;
 use leptos::prelude::*;
+use serde::Deserialize;
 use serde_json::{Value, json};
+use switchboard_leptos::{
+    Backoff, ConnState, Overflow, PublishError, RequestError, SendError, SubState,
+    UseWebSocketOptions, WebSocket, now_ms, use_websocket, use_websocket_with_options, ws_url_for,
+};
 use switchboard_protocol::ErrorCode;
 use switchboard_web::app::StatusBadge;
-use switchboard_web::use_websocket::backoff::Backoff;
-use switchboard_web::use_websocket::outbox::{Overflow, SendError};
-use switchboard_web::use_websocket::{
-    ConnState, RequestError, UseWebSocketOptions, WebSocket, use_websocket,
-    use_websocket_with_options, ws_url_for,
-};
 use wasm_bindgen_test::*;
 
 wasm_bindgen_test_configure!(run_in_browser);
@@ -53,6 +52,10 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}{}", (js_sys::Math::random() * 1e9) as u64)
 }
 
+fn live<T: Send + Sync + 'static>(sub: &switchboard_leptos::Subscription<T>) -> bool {
+    sub.is_live()
+}
+
 #[wasm_bindgen_test]
 fn ws_url_follows_the_page_scheme() {
     assert_eq!(
@@ -73,13 +76,20 @@ async fn connects_measures_rtt_and_renders_the_badge() {
         ws.state.get_untracked() == ConnState::Open
     })
     .await;
-    assert!(!ws.client_id.get_untracked().unwrap().is_empty());
+    assert_eq!(ws.client_id.get_untracked().unwrap().len(), 22);
+    let options = UseWebSocketOptions {
+        ping_interval: Duration::from_millis(200),
+        ..UseWebSocketOptions::default()
+    };
+    let fast = connected(&owner, options).await;
     eventually(10, "a round-trip time", || {
-        ws.rtt_ms.get_untracked().is_some()
+        fast.rtt_ms.get_untracked().is_some()
     })
     .await;
-    let rtt = ws.rtt_ms.get_untracked().unwrap();
+    let rtt = fast.rtt_ms.get_untracked().unwrap();
     assert!((0.0..5000.0).contains(&rtt), "rtt {rtt}");
+    // The server's clock is known: within a few seconds of this machine's.
+    assert!(fast.clock_offset_ms.get_untracked().abs() < 5000.0);
 
     let host = document().create_element("div").unwrap();
     document().body().unwrap().append_child(&host).unwrap();
@@ -98,37 +108,57 @@ async fn connects_measures_rtt_and_renders_the_badge() {
 }
 
 #[wasm_bindgen_test]
-async fn publish_reaches_subscribers_and_is_acked() {
+async fn typed_publish_is_acked_and_reaches_subscribers() {
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
+    struct Point {
+        x: i32,
+    }
     let owner = Owner::new();
     let ws = connected(&owner, UseWebSocketOptions::default()).await;
     let channel = unique("t:");
-    let sub = owner.with(|| ws.subscribe(&channel));
-    eventually(5, "subscribed", || sub.active.get_untracked()).await;
-    for i in 0..5 {
-        ws.publish(&channel, json!(i)).unwrap();
+    let sub = owner.with(|| ws.subscribe::<Point>(&channel));
+    eventually(5, "subscribed", || live(&sub)).await;
+    let mut acks = Vec::new();
+    for x in 0..5 {
+        acks.push(ws.publish(&channel, &Point { x }).unwrap());
     }
+    let mut offsets = Vec::new();
+    for ack in acks {
+        offsets.push(ack.await.unwrap().unwrap());
+    }
+    assert_eq!(offsets, [1, 2, 3, 4, 5]);
     eventually(5, "5 messages", || {
         sub.messages.with_untracked(|m| m.len() == 5)
     })
     .await;
-    let data: Vec<Value> = sub
+    let xs: Vec<i32> = sub
         .messages
-        .with_untracked(|m| m.iter().map(|x| x.data.clone()).collect());
-    assert_eq!(data, (0..5).map(|i| json!(i)).collect::<Vec<_>>());
+        .with_untracked(|m| m.iter().map(|r| r.data.x).collect());
+    assert_eq!(xs, [0, 1, 2, 3, 4]);
+    // A message that is not a Point is reported, not dropped silently.
+    ws.publish(&channel, &"nope").unwrap().await.unwrap();
+    eventually(5, "a decode error", || {
+        sub.decode_error.get_untracked().is_some()
+    })
+    .await;
     eventually(5, "every publish acked", || ws.queued.get_untracked() == 0).await;
 }
 
 #[wasm_bindgen_test]
 async fn requests_resolve_fail_and_time_out() {
+    #[derive(Deserialize)]
+    struct Time {
+        now_ms: u64,
+    }
     let owner = Owner::new();
     let options = UseWebSocketOptions {
         request_timeout: Duration::from_millis(300),
         ..UseWebSocketOptions::default()
     };
     let ws = connected(&owner, options).await;
-    let time = ws.request("time", Value::Null).await.unwrap();
-    assert!(time["now_ms"].as_u64().unwrap() > 1_600_000_000_000);
-    match ws.request("no-such-method", Value::Null).await {
+    let time: Time = ws.request("time", &()).await.unwrap();
+    assert!(time.now_ms > 1_600_000_000_000);
+    match ws.request::<_, Value>("no-such-method", &()).await {
         Err(RequestError::Server { code, .. }) => assert_eq!(code, ErrorCode::UnknownMethod),
         other => panic!("{other:?}"),
     }
@@ -138,57 +168,72 @@ async fn requests_resolve_fail_and_time_out() {
         ws.state.get_untracked() == ConnState::Closed
     })
     .await;
-    let pending = ws.request("time", Value::Null);
+    let pending = ws.request::<_, Value>("time", &());
     assert_eq!(ws.queued.get_untracked(), 1);
-    assert_eq!(pending.await, Err(RequestError::Timeout));
+    assert_eq!(pending.await.unwrap_err(), RequestError::Timeout);
     assert_eq!(ws.queued.get_untracked(), 0);
 }
 
 #[wasm_bindgen_test]
-async fn offline_queue_flushes_in_order_once_after_reconnect() {
+async fn a_queue_larger_than_the_rate_burst_arrives_complete_once_in_order() {
+    // The server allows bursts of 100 frames, then 50/s: 150 queued while offline used to
+    // come back with dozens of rate_limited refusals, dropped for good.
     let owner = Owner::new();
     let ws = connected(&owner, UseWebSocketOptions::default()).await;
     let watcher = connected(&owner, UseWebSocketOptions::default()).await;
     let channel = unique("q:");
-    let sub = owner.with(|| watcher.subscribe(&channel));
-    eventually(5, "subscribed", || sub.active.get_untracked()).await;
+    let sub = owner.with(|| watcher.subscribe::<u32>(&channel));
+    eventually(5, "subscribed", || live(&sub)).await;
     ws.close();
     eventually(5, "offline", || {
         ws.state.get_untracked() == ConnState::Closed
     })
     .await;
-    for i in 0..10 {
-        ws.publish(&channel, json!(i)).unwrap();
-    }
-    assert_eq!(ws.queued.get_untracked(), 10);
+    let acks: Vec<_> = (0..150u32)
+        .map(|i| ws.publish(&channel, &i).unwrap())
+        .collect();
+    assert_eq!(ws.queued.get_untracked(), 150);
     ws.open();
-    eventually(10, "back online", || {
-        ws.state.get_untracked() == ConnState::Open
+    for ack in acks {
+        ack.await.expect("acked, not refused");
+    }
+    eventually(10, "150 messages", || {
+        sub.messages.with_untracked(|m| m.len() == 150)
     })
     .await;
-    eventually(5, "10 messages", || {
-        sub.messages.with_untracked(|m| m.len() == 10)
-    })
-    .await;
-    eventually(5, "acks", || ws.queued.get_untracked() == 0).await;
-    sleep(Duration::from_millis(200)).await;
-    let data: Vec<Value> = sub
+    let got: Vec<u32> = sub
         .messages
-        .with_untracked(|m| m.iter().map(|x| x.data.clone()).collect());
-    assert_eq!(
-        data,
-        (0..10).map(|i| json!(i)).collect::<Vec<_>>(),
-        "once, in order"
+        .with_untracked(|m| m.iter().map(|r| r.data).collect());
+    assert_eq!(got, (0..150).collect::<Vec<_>>(), "once, in order");
+    assert!(
+        !ws.last_error
+            .get_untracked()
+            .unwrap_or_default()
+            .contains("rate_limited")
     );
+}
+
+#[wasm_bindgen_test]
+async fn an_oversized_publish_is_refused_at_once_and_blocks_nothing() {
+    let owner = Owner::new();
+    let ws = connected(&owner, UseWebSocketOptions::default()).await;
+    let big = "x".repeat(70_000);
+    assert!(matches!(
+        ws.publish("t:big", &big),
+        Err(SendError::TooLarge { limit: 65536, .. })
+    ));
+    assert_eq!(ws.queued.get_untracked(), 0);
+    ws.publish("t:big", &"small").unwrap().await.unwrap();
+    assert_eq!(ws.state.get_untracked(), ConnState::Open);
 }
 
 #[wasm_bindgen_test]
 async fn a_full_outbox_follows_its_overflow_policy() {
     let owner = Owner::new();
-    for (overflow, third) in [
-        (Overflow::Reject, Err(SendError::Full)),
-        (Overflow::DropNewest, Err(SendError::Dropped)),
-        (Overflow::DropOldest, Ok(())),
+    for (overflow, third_fails) in [
+        (Overflow::Reject, Some(SendError::Full)),
+        (Overflow::DropNewest, Some(SendError::Dropped)),
+        (Overflow::DropOldest, None),
     ] {
         let options = UseWebSocketOptions {
             outbox_capacity: 2,
@@ -197,12 +242,16 @@ async fn a_full_outbox_follows_its_overflow_policy() {
             ..UseWebSocketOptions::default()
         };
         let ws = owner.with(|| use_websocket_with_options(&server_url(), options));
-        assert_eq!(ws.publish("x", json!(1)), Ok(()));
-        assert_eq!(ws.publish("x", json!(2)), Ok(()));
-        assert_eq!(ws.publish("x", json!(3)), third, "{overflow:?}");
+        let first = ws.publish("x", &1).unwrap();
+        ws.publish("x", &2).unwrap();
+        let third = ws.publish("x", &3);
+        assert_eq!(third.as_ref().err(), third_fails.as_ref(), "{overflow:?}");
         assert_eq!(ws.queued.get_untracked(), 2);
-        let dropped = u64::from(overflow != Overflow::Reject);
-        assert_eq!(ws.dropped.get_untracked(), dropped, "{overflow:?}");
+        if overflow == Overflow::DropOldest {
+            // The dropped publish is told so: nothing is dropped silently.
+            assert_eq!(first.await, Err(PublishError::Dropped));
+            assert_eq!(ws.dropped.get_untracked(), 1);
+        }
     }
 }
 
@@ -211,12 +260,12 @@ async fn rooms_share_presence_and_see_leaves() {
     let room = unique("room:");
     let owner_a = Owner::new();
     let a = connected(&owner_a, UseWebSocketOptions::default()).await;
-    let sub_a = owner_a.with(|| a.join(&room, json!({"name": "Ada"})));
+    let sub_a = owner_a.with(|| a.join::<Value, _>(&room, &json!({"name": "Ada"})));
     eventually(5, "a in", || sub_a.members.with_untracked(Vec::len) == 1).await;
 
     let owner_b = Owner::new();
     let b = connected(&owner_b, UseWebSocketOptions::default()).await;
-    let sub_b = owner_b.with(|| b.join(&room, json!({"name": "Bob"})));
+    let sub_b = owner_b.with(|| b.join::<Value, _>(&room, &json!({"name": "Bob"})));
     eventually(5, "b sees both", || {
         sub_b.members.with_untracked(Vec::len) == 2
     })
@@ -233,6 +282,59 @@ async fn rooms_share_presence_and_see_leaves() {
     .await;
     let last = sub_a.last_presence.get_untracked().unwrap();
     assert_eq!(last.member.info.to_value()["name"], "Bob");
+}
+
+#[wasm_bindgen_test]
+async fn one_channel_shared_by_two_components_survives_one_unmounting() {
+    // The old hook created a channel's signals in the first subscriber's owner: when that
+    // component unmounted, the others panicked on disposed signals.
+    let root = Owner::new();
+    let ws = connected(&root, UseWebSocketOptions::default()).await;
+    let channel = unique("shared:");
+    let first = root.with(Owner::new);
+    let second = root.with(Owner::new);
+    let a = first.with(|| ws.subscribe::<u32>(&channel));
+    let b = second.with(|| ws.subscribe::<u32>(&channel));
+    eventually(5, "both live", || live(&a) && live(&b)).await;
+    ws.publish(&channel, &1).unwrap().await.unwrap();
+    eventually(5, "both got 1", || {
+        a.messages.with_untracked(|m| m.len() == 1) && b.messages.with_untracked(|m| m.len() == 1)
+    })
+    .await;
+    // The first component goes; releasing it twice (cleanup and by hand) is harmless.
+    a.unsubscribe();
+    drop(first);
+    ws.publish(&channel, &2).unwrap().await.unwrap();
+    eventually(5, "b still gets messages", || {
+        b.messages.with_untracked(|m| m.len() == 2)
+    })
+    .await;
+    assert!(
+        live(&b),
+        "the channel stayed subscribed for the remaining holder"
+    );
+    // Every message exactly once to a callback, not only the buffer.
+    let seen = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let log = seen.clone();
+    b.on_message(move |m| log.borrow_mut().push(m.as_ref().map(|r| r.data).ok()));
+    for i in 3..6 {
+        ws.publish(&channel, &i).unwrap();
+    }
+    eventually(5, "three more", || seen.borrow().len() == 3).await;
+    assert_eq!(*seen.borrow(), [Some(3), Some(4), Some(5)]);
+}
+
+#[wasm_bindgen_test]
+async fn a_handle_whose_owner_is_gone_errs_and_never_panics() {
+    let owner = Owner::new();
+    let ws = connected(&owner, UseWebSocketOptions::default()).await;
+    drop(owner);
+    assert!(ws.publish("x", &1).is_err());
+    assert!(ws.publish_ephemeral("x", &1).is_err());
+    assert!(ws.direct("nobody", &1).is_err());
+    assert!(ws.request::<_, Value>("time", &()).await.is_err());
+    ws.close();
+    ws.open();
 }
 
 #[wasm_bindgen_test]
@@ -254,7 +356,7 @@ async fn keeps_retrying_with_backoff_when_the_server_is_unreachable() {
     .await;
     assert_eq!(ws.client_id.get_untracked(), None);
     // frames queue meanwhile
-    assert_eq!(ws.publish("x", json!(1)), Ok(()));
+    assert!(ws.publish("x", &1).is_ok());
     ws.close();
     eventually(5, "closed", || {
         ws.state.get_untracked() == ConnState::Closed
@@ -275,16 +377,19 @@ async fn coming_back_online_retries_at_once() {
         ..UseWebSocketOptions::default()
     };
     let ws = owner.with(|| use_websocket_with_options("ws://127.0.0.1:9/ws", options));
-    eventually(10, "a first retry scheduled", || {
-        matches!(ws.state.get_untracked(), ConnState::Reconnecting { attempt: 1, at } if at > switchboard_web::use_websocket::now_ms() + 1000.0)
+    eventually(10, "a retry scheduled", || {
+        matches!(ws.state.get_untracked(), ConnState::Reconnecting { at, .. } if at > now_ms() + 1000)
     })
     .await;
+    let ConnState::Reconnecting { attempt, .. } = ws.state.get_untracked() else {
+        unreachable!()
+    };
     let online = web_sys::Event::new("online").unwrap();
     window().dispatch_event(&online).unwrap();
     eventually(5, "the next attempt right away", || {
         matches!(
             ws.state.get_untracked(),
-            ConnState::Reconnecting { attempt: 2, .. }
+            ConnState::Reconnecting { attempt: next, .. } if next > attempt
         )
     })
     .await;
@@ -315,8 +420,8 @@ async fn the_token_provider_is_asked_on_every_connect() {
     })
     .await;
     // an authenticated user may use the channels its token grants
-    let sub = owner.with(|| ws.subscribe("room:auth"));
-    eventually(5, "subscribed", || sub.active.get_untracked()).await;
+    let sub = owner.with(|| ws.subscribe::<Value>("room:auth"));
+    eventually(5, "subscribed", || live(&sub)).await;
     assert_eq!(calls.get(), 1);
     ws.close();
     eventually(5, "closed", || {
@@ -329,7 +434,7 @@ async fn the_token_provider_is_asked_on_every_connect() {
     })
     .await;
     assert_eq!(calls.get(), 2);
-    eventually(5, "resubscribed", || sub.active.get_untracked()).await;
+    eventually(5, "resubscribed", || live(&sub)).await;
 
     // without a token the same server refuses: 4001, no reconnect loop
     let anon = owner.with(|| use_websocket(url));
@@ -338,5 +443,57 @@ async fn the_token_provider_is_asked_on_every_connect() {
     })
     .await;
     assert!(anon.last_error.get_untracked().unwrap().contains("4001"));
-    assert_eq!(anon.publish("room:auth", json!(1)), Err(SendError::Closed));
+    assert_eq!(anon.publish("room:auth", &1).err(), Some(SendError::Closed));
+    // A channel the token does not grant fails with the server's code, as the state.
+    let denied = owner.with(|| ws.subscribe::<Value>("secret"));
+    eventually(5, "refused subscription", || {
+        matches!(
+            denied.state.get_untracked(),
+            SubState::Failed {
+                code: ErrorCode::Forbidden,
+                ..
+            }
+        )
+    })
+    .await;
+}
+
+#[wasm_bindgen_test]
+async fn two_tabs_of_one_signed_in_user_are_one_member() {
+    let (Some(url), Some(token)) = (
+        option_env!("SWITCHBOARD_TEST_AUTH_WS_URL"),
+        option_env!("SWITCHBOARD_TEST_TOKEN"),
+    ) else {
+        panic!("run the wasm tests through scripts/test.sh: it starts an authenticating server");
+    };
+    let with_token = move || UseWebSocketOptions {
+        token: Some(std::rc::Rc::new(move || {
+            Box::pin(async move { Some(token.to_owned()) })
+        })),
+        ..UseWebSocketOptions::default()
+    };
+    let room = unique("room:tabs");
+    let tab1 = Owner::new();
+    let tab2 = Owner::new();
+    let ws1 = tab1.with(|| use_websocket_with_options(url, with_token()));
+    let ws2 = tab2.with(|| use_websocket_with_options(url, with_token()));
+    let r1 = tab1.with(|| ws1.join::<Value, _>(&room, &json!({"name": "Ada"})));
+    eventually(10, "tab 1 in", || live(&r1)).await;
+    let r2 = tab2.with(|| ws2.join::<Value, _>(&room, &json!({"name": "Ada"})));
+    eventually(10, "tab 2 in", || live(&r2)).await;
+    // The second tab's snapshot: one member with two connections.
+    eventually(5, "one member, two connections", || {
+        r2.members
+            .with_untracked(|m| m.len() == 1 && m[0].connections == 2)
+    })
+    .await;
+    assert_eq!(ws1.user_id.get_untracked(), ws2.user_id.get_untracked());
+    // A second tab is no join for the first, and closing it is no leave.
+    drop(tab2);
+    sleep(Duration::from_millis(500)).await;
+    assert!(
+        r1.last_presence.get_untracked().is_none(),
+        "nothing was announced"
+    );
+    assert_eq!(r1.members.with_untracked(Vec::len), 1);
 }

@@ -1,0 +1,100 @@
+//! `use_websocket` for Leptos: one Switchboard connection as signals, futures and
+//! callbacks.
+//!
+//! ```ignore
+//! let ws = provide_websocket(&same_origin_ws_url(), UseWebSocketOptions::default());
+//! let room = ws.join::<Chat, _>("room:lobby", &json!({"name": "Ada"}));
+//! let sent = ws.publish("room:lobby", &Chat { text: "hi".into() })?; // queued while offline
+//! spawn_local(async move { let offset = sent.await; });           // the ack, or why not
+//! let now: Time = ws.request("time", &()).await?;                   // typed both ways
+//! view! { <For each=move || room.messages.get() … /> <p>{move || room.members.get().len()}</p> }
+//! ```
+//!
+//! Everything the connection decides (reconnects by close code with backoff, the dead-link
+//! check, the offline queue and its pacing, acks, retries, restoring subscriptions) is the
+//! shared client core's (`switchboard-client`, tested natively against a simulated faulty
+//! server); this crate is glue: options, handles, signals, and one browser driver.
+//!
+//! The crate does not enable Leptos's `csr` feature and starts nothing during SSR: the
+//! connection's driver exists only in the browser build (`wasm32`); compiled for a server,
+//! the handle exists and stays closed.
+//!
+//! # Layout
+//! - [`options`]: the options, [`UseWebSocketOptions`].
+//! - [`handle`]: the handles components hold, [`WebSocket`] and [`Subscription`], and how
+//!   the core's events become signals, futures and callbacks.
+//! - `driver` (browser only): the `web_sys::WebSocket`, timers and network events.
+
+#[cfg(target_arch = "wasm32")]
+mod driver;
+pub mod handle;
+pub mod options;
+
+use leptos::prelude::*;
+pub use switchboard_client::{
+    Backoff, BatchOptions, ConnState, Overflow, PublishError, PublishResult, RequestError,
+    SendError, SubState,
+};
+
+pub use handle::{DecodeError, PresenceEvent, Publish, Received, Subscription, WebSocket};
+pub use options::{TokenProvider, UseWebSocketOptions};
+
+/// Milliseconds on the hook's monotonic clock (`performance.now()`): the clock of
+/// [`ConnState::Reconnecting::at`].
+pub fn now_ms() -> u64 {
+    handle::clock_ms()
+}
+
+/// `ws://host/ws` or `wss://host/ws` for a page at `protocol` and `host`.
+pub fn ws_url_for(protocol: &str, host: &str) -> String {
+    let scheme = if protocol == "https:" { "wss" } else { "ws" };
+    format!("{scheme}://{host}{}", switchboard_protocol::WS_PATH)
+}
+
+/// The WebSocket URL on the page's own origin (empty outside a browser).
+pub fn same_origin_ws_url() -> String {
+    match web_sys::window() {
+        Some(w) => {
+            let loc = w.location();
+            ws_url_for(
+                &loc.protocol().unwrap_or_default(),
+                &loc.host().unwrap_or_default(),
+            )
+        }
+        None => String::new(),
+    }
+}
+
+/// Connects to `url` with the default options.
+pub fn use_websocket(url: &str) -> WebSocket {
+    use_websocket_with_options(url, UseWebSocketOptions::default())
+}
+
+/// Connects to `url` and provides the handle as context for every component below.
+pub fn provide_websocket(url: &str, options: UseWebSocketOptions) -> WebSocket {
+    let ws = use_websocket_with_options(url, options);
+    provide_context(ws);
+    ws
+}
+
+/// The handle [`provide_websocket`] put in context.
+pub fn expect_websocket() -> WebSocket {
+    expect_context::<WebSocket>()
+}
+
+/// Connects to `url`; the connection lives until the current reactive owner is disposed.
+/// In the browser only: during SSR the handle exists and stays closed.
+pub fn use_websocket_with_options(url: &str, options: UseWebSocketOptions) -> WebSocket {
+    let seed = (js_sys::Math::random() * u32::MAX as f64) as u64
+        ^ ((js_sys::Math::random() * u32::MAX as f64) as u64) << 32;
+    let core = switchboard_client::ClientCore::new(options.core(), seed, handle::clock_ms());
+    let conn = handle::Conn::new(core, options.message_buffer, options.render_per_frame);
+    let ws = WebSocket::new(conn);
+    // The browser drives the connection; a server-side render (native code) never does.
+    #[cfg(target_arch = "wasm32")]
+    driver::start(ws, url.to_owned(), options.token.clone());
+    #[cfg(not(target_arch = "wasm32"))]
+    let _ = (url, &options);
+    handle::pump(ws);
+    ws
+}
