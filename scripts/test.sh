@@ -27,9 +27,9 @@ step "clippy (wasm32: the hook and the demo)"
 cargo clippy --locked -p switchboard-leptos -p switchboard-web --all-targets \
   --target wasm32-unknown-unknown -- -D warnings
 
-step "native tests (protocol, client core and native client, server, bench helpers)"
-cargo test --locked -p switchboard-protocol -p switchboard-client -p switchboard-server \
-  -p switchboard-bench --features switchboard-client/native
+step "native tests (protocol, client core and native client, hook outside a browser, server, bench helpers)"
+cargo test --locked -p switchboard-protocol -p switchboard-client -p switchboard-leptos \
+  -p switchboard-server -p switchboard-bench --features switchboard-client/native
 
 step "fuzzing the frame decoders (cargo-fuzz, ${FUZZ_SECS:-20} s per target)"
 FUZZ_SECS=${FUZZ_SECS:-20} ./scripts/fuzz.sh

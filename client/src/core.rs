@@ -386,8 +386,9 @@ enum Conn {
     Open {
         since: Ms,
         next_ping: Ms,
-        /// The outstanding ping: its id and when it was sent.
-        ping: Option<(String, Ms)>,
+        /// The outstanding ping: its id, when it was sent (or re-armed), and whether that
+        /// time measures a round trip (not after a re-arm).
+        ping: Option<(String, Ms, bool)>,
     },
 }
 
@@ -599,7 +600,7 @@ impl ClientCore {
                 next_ping, ping, ..
             } => {
                 at(*next_ping);
-                if let Some((_, sent)) = ping {
+                if let Some((_, sent, _)) = ping {
                     at(sent + ms(self.opts.pong_timeout));
                 }
                 if let Some(t) = self.pace_at {
@@ -758,7 +759,7 @@ impl ClientCore {
             Conn::Open {
                 next_ping, ping, ..
             } => {
-                if let Some((_, sent)) = ping
+                if let Some((_, sent, timed)) = ping
                     && now >= *sent + ms(self.opts.pong_timeout)
                 {
                     let deadline = *sent + ms(self.opts.pong_timeout);
@@ -767,6 +768,7 @@ impl ClientCore {
                         // waiting unread behind it. Give it its full time from now
                         // instead of judging the link by a stale clock.
                         *sent = now;
+                        *timed = false;
                     } else {
                         self.actions.push_back(Action::Disconnect {
                             code: CloseCode::NORMAL,
@@ -779,7 +781,7 @@ impl ClientCore {
                 if ping.is_none() && now >= *next_ping {
                     self.ping_seq += 1;
                     let id = format!("p{}", self.ping_seq);
-                    *ping = Some((id.clone(), now));
+                    *ping = Some((id.clone(), now, true));
                     *next_ping = now + ms(self.opts.ping_interval);
                     self.control.push_back(ClientFrame::Ping {
                         id: Some(id.into()),
@@ -978,7 +980,8 @@ impl ClientCore {
         };
         if let Some(sub) = self.subs.get_mut(channel) {
             sub.holders.insert(holder);
-            if sub.presence.is_none() && presence.is_some() {
+            let join = sub.presence.is_none() && presence.is_some();
+            if join {
                 sub.presence = presence;
             }
             let state = sub.state.clone();
@@ -986,6 +989,16 @@ impl ClientCore {
                 channel: channel.clone(),
                 state,
             });
+            if join && self.is_open() {
+                // Held without presence so far: subscribe again with it, from the position
+                // seen (the server re-sends what the gap in between holds).
+                self.control.push_back(ClientFrame::Unsubscribe {
+                    id: None,
+                    channel: channel.clone(),
+                });
+                self.send_subscribe(channel);
+                self.flush(now);
+            }
             return key;
         }
         self.subs.insert(
@@ -1289,15 +1302,17 @@ impl ClientCore {
             }
             ServerFrame::Pong { id, ts } => {
                 if let Conn::Open { ping, .. } = &mut self.conn
-                    && let Some((want, sent)) = ping
+                    && let Some((want, sent, timed)) = ping
                     && id.as_ref().is_some_and(|id| id.as_str() == want)
                 {
-                    let rtt_ms = now.saturating_sub(*sent);
+                    let rtt = timed.then(|| now.saturating_sub(*sent));
                     *ping = None;
-                    self.events.push_back(Event::Pong {
-                        rtt_ms,
-                        server_ts: ts,
-                    });
+                    if let Some(rtt_ms) = rtt {
+                        self.events.push_back(Event::Pong {
+                            rtt_ms,
+                            server_ts: ts,
+                        });
+                    }
                 }
             }
             ServerFrame::Ack { id, offset } => {
@@ -1422,11 +1437,13 @@ impl ClientCore {
             return;
         }
         if let Some(channel) = self.sub_ids.remove(&id) {
-            let delay = self.retry_delay(code);
+            let backoff = self.opts.backoff;
             if let Some(sub) = self.subs.get_mut(&channel) {
                 sub.pending = None;
                 if retryable {
-                    sub.retries += 1;
+                    // The subscription's own refusals in a row set its delay.
+                    let delay = ms(backoff.ceiling(sub.retries)).max(100);
+                    sub.retries = sub.retries.saturating_add(1);
                     sub.retry_at = Some(now + delay);
                 } else if code == ErrorCode::AlreadySubscribed {
                     // The server has it: a confirmation will not come; keep the state.
@@ -1439,7 +1456,7 @@ impl ClientCore {
             }
             return;
         }
-        if self.directs.remove(&id) || id.as_str().starts_with(&self.id_prefix) {
+        if self.directs.remove(&id) {
             self.events
                 .push_back(Event::DirectFailed { id, code, message });
             return;

@@ -29,6 +29,9 @@ pub enum SendError {
     Closed,
     /// Ephemeral frames are sent only while connected, never queued.
     NotConnected,
+    /// The data did not serialize to JSON (a map with non-string keys, a failing
+    /// `Serialize` implementation).
+    Unserializable,
     /// The encoded frame is larger than the server's `max_frame_bytes`: it could never be
     /// sent.
     TooLarge {
@@ -46,6 +49,7 @@ impl std::fmt::Display for SendError {
             Self::Dropped => f.write_str("outbox full: frame dropped"),
             Self::Closed => f.write_str("connection closed"),
             Self::NotConnected => f.write_str("not connected"),
+            Self::Unserializable => f.write_str("the data does not serialize to JSON"),
             Self::TooLarge { bytes, limit } => {
                 write!(f, "frame of {bytes} bytes, the server's limit is {limit}")
             }

@@ -462,7 +462,8 @@ fn a_frozen_tab_waking_late_does_not_call_a_live_link_dead() {
         id: Some(ping.into()),
         ts: None,
     });
-    assert!(h.events.iter().any(|e| matches!(e, Event::Pong { .. })));
+    // Answered (no round-trip time is claimed from the re-armed clock).
+    assert!(!h.events.iter().any(|e| matches!(e, Event::Pong { .. })));
     // A link that is really dead is still caught by timely ticks.
     h.at(320_000);
     assert!(h.take_sent().iter().any(|f| ping_id(f).is_some()));
@@ -472,4 +473,60 @@ fn a_frozen_tab_waking_late_does_not_call_a_live_link_dead() {
             .iter()
             .any(|a| matches!(a, Action::Disconnect { .. }))
     );
+}
+
+#[test]
+fn a_later_holder_asking_for_presence_joins_it() {
+    let mut h = H::new(Options::default());
+    h.welcome();
+    h.core.subscribe(&Channel::from("room"), None, h.now);
+    h.drain();
+    h.take_sent();
+    h.core.subscribe(
+        &Channel::from("room"),
+        Some(Payload::from(serde_json::json!({"name": "Ada"}))),
+        h.now,
+    );
+    h.drain();
+    let sent = h.take_sent();
+    assert!(matches!(sent[0], ClientFrame::Unsubscribe { .. }));
+    assert!(matches!(
+        &sent[1],
+        ClientFrame::Subscribe {
+            presence: Some(_),
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_subscription_refused_as_unavailable_backs_off() {
+    let mut h = H::new(Options::default());
+    h.welcome();
+    h.core.subscribe(&Channel::from("room"), None, h.now);
+    h.drain();
+    let mut waits = Vec::new();
+    for _ in 0..4 {
+        let id = h.take_sent().into_iter().rev().find_map(|f| match f {
+            ClientFrame::Subscribe { id, .. } => id,
+            _ => None,
+        });
+        let refused_at = h.now;
+        h.server(ServerFrame::error(id, ErrorCode::Unavailable, "down"));
+        // Tick until it is sent again.
+        let mut t = refused_at;
+        loop {
+            t += 50;
+            h.at(t);
+            if h.sent
+                .iter()
+                .any(|f| matches!(f, ClientFrame::Subscribe { .. }))
+            {
+                break;
+            }
+        }
+        waits.push(t - refused_at);
+    }
+    assert!(waits.windows(2).all(|w| w[1] >= w[0]), "{waits:?}");
+    assert!(waits[3] >= 4 * waits[0], "the delay grows: {waits:?}");
 }

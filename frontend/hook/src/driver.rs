@@ -186,11 +186,18 @@ async fn run(
                     }
                 }
                 Action::RefreshToken => {
+                    // Beside the loop: a slow provider must not hold up the socket.
                     if let Some(provider) = &token {
-                        let fresh = provider().await;
-                        let now = clock_ms();
-                        ws.conn.try_update_value(|c| {
-                            c.core.refresh_token(fresh, now, js_sys::Date::now() as u64)
+                        let fresh = provider();
+                        wasm_bindgen_futures::spawn_local(async move {
+                            let fresh = fresh.await;
+                            let now = clock_ms();
+                            ws.conn.try_update_value(|c| {
+                                c.core.refresh_token(fresh, now, js_sys::Date::now() as u64);
+                                if let Some(wake) = &mut c.wake {
+                                    let _ = wake.try_send(());
+                                }
+                            });
                         });
                     }
                 }

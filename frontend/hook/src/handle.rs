@@ -108,12 +108,37 @@ impl Conn {
     }
 }
 
-/// Milliseconds on the driver's monotonic clock.
+/// Milliseconds on the driver's monotonic clock: `performance.now()` in the browser.
+#[cfg(target_arch = "wasm32")]
 pub(crate) fn clock_ms() -> u64 {
     web_sys::window()
         .and_then(|w| w.performance())
         .map_or(0.0, |p| p.now())
         .max(0.0) as u64
+}
+
+/// Milliseconds on a monotonic clock (outside a browser: during SSR, in native tests).
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn clock_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
+
+/// The wall clock, milliseconds since the Unix epoch.
+pub(crate) fn wall_ms() -> f64 {
+    #[cfg(target_arch = "wasm32")]
+    {
+        js_sys::Date::now()
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_millis() as f64)
+    }
 }
 
 /// The connection handle: `Copy`, cheap to pass to components and to put in context.
@@ -258,7 +283,7 @@ impl WebSocket {
         data: &T,
         skip_self: bool,
     ) -> Result<Publish, SendError> {
-        let data = Payload::new(data).map_err(|_| SendError::Closed)?;
+        let data = Payload::new(data).map_err(|_| SendError::Unserializable)?;
         let (tx, rx) = oneshot::channel();
         self.call(|c, now| {
             let id = c
@@ -278,7 +303,7 @@ impl WebSocket {
         channel: &str,
         data: &T,
     ) -> Result<(), SendError> {
-        let data = Payload::new(data).map_err(|_| SendError::Closed)?;
+        let data = Payload::new(data).map_err(|_| SendError::Unserializable)?;
         self.call(|c, now| {
             c.core
                 .publish(&Channel::from(channel), data, true, true, now)
@@ -334,13 +359,23 @@ impl WebSocket {
         T: DeserializeOwned + Clone + Send + Sync + 'static,
         I: Serialize + ?Sized,
     {
-        let info = Payload::new(info).ok();
+        let info = match Payload::new(info) {
+            Ok(info) => Some(info),
+            Err(e) => {
+                // Subscribed anyway, so the messages come; say why presence was not joined.
+                if let Some(set) = self.setters() {
+                    set.last_error
+                        .try_set(Some(format!("presence info does not serialize: {e}")));
+                }
+                None
+            }
+        };
         Subscription::new(*self, Channel::from(channel), info)
     }
 
     /// Sends `data` to one connection (WebRTC signaling).
     pub fn direct<T: Serialize + ?Sized>(&self, to: &str, data: &T) -> Result<(), SendError> {
-        let data = Payload::new(data).map_err(|_| SendError::Closed)?;
+        let data = Payload::new(data).map_err(|_| SendError::Unserializable)?;
         self.call(|c, now| c.core.direct(&ClientId::from(to), data, now).map(|_| ()))
             .unwrap_or(Err(SendError::Closed))
     }
@@ -382,7 +417,7 @@ impl WebSocket {
     /// The server's clock now, milliseconds since the Unix epoch: compare message times
     /// with this, not with the browser's clock.
     pub fn server_now(&self) -> f64 {
-        js_sys::Date::now() + self.clock_offset_ms.get_untracked()
+        wall_ms() + self.clock_offset_ms.get_untracked()
     }
 
     fn setters(&self) -> Option<Setters> {
@@ -515,7 +550,7 @@ where
                             p.pop_front();
                         }
                         drop(p);
-                        if !per_frame {
+                        if !per_frame || !cfg!(target_arch = "wasm32") {
                             flush();
                         } else if !scheduled.replace(true) {
                             let flush = flush.clone();
@@ -691,7 +726,7 @@ fn apply(ws: WebSocket, event: Event) {
             set.client_id.try_set(Some(client_id.0));
             set.user_id.try_set(user_id);
             if let Some(ts) = server_ts {
-                set.clock_offset_ms.try_set(ts as f64 - js_sys::Date::now());
+                set.clock_offset_ms.try_set(ts as f64 - wall_ms());
             }
         }
         Event::Disconnected { code, reason, .. } => {
@@ -773,7 +808,7 @@ fn apply(ws: WebSocket, event: Event) {
             set.rtt_ms.try_set(Some(rtt_ms as f64));
             if let Some(ts) = server_ts {
                 // The server answered about half a round trip ago.
-                let offset = ts as f64 + rtt_ms as f64 / 2.0 - js_sys::Date::now();
+                let offset = ts as f64 + rtt_ms as f64 / 2.0 - wall_ms();
                 set.clock_offset_ms.try_set(offset);
             }
         }

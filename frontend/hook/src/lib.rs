@@ -53,6 +53,9 @@ pub fn ws_url_for(protocol: &str, host: &str) -> String {
 
 /// The WebSocket URL on the page's own origin (empty outside a browser).
 pub fn same_origin_ws_url() -> String {
+    if !cfg!(target_arch = "wasm32") {
+        return String::new();
+    }
     match web_sys::window() {
         Some(w) => {
             let loc = w.location();
@@ -85,8 +88,12 @@ pub fn expect_websocket() -> WebSocket {
 /// Connects to `url`; the connection lives until the current reactive owner is disposed.
 /// In the browser only: during SSR the handle exists and stays closed.
 pub fn use_websocket_with_options(url: &str, options: UseWebSocketOptions) -> WebSocket {
+    #[cfg(target_arch = "wasm32")]
     let seed = (js_sys::Math::random() * u32::MAX as f64) as u64
         ^ ((js_sys::Math::random() * u32::MAX as f64) as u64) << 32;
+    // Outside a browser nothing connects: the seed only names ids that are never sent.
+    #[cfg(not(target_arch = "wasm32"))]
+    let seed = handle::wall_ms() as u64;
     let core = switchboard_client::ClientCore::new(options.core(), seed, handle::clock_ms());
     let conn = handle::Conn::new(core, options.message_buffer, options.render_per_frame);
     let ws = WebSocket::new(conn);
