@@ -334,3 +334,90 @@ async fn a_publish_while_the_position_is_read_is_covered_by_the_position() {
         );
     }
 }
+
+/// A slow store (a group commit waiting for the disk): publishes to one channel are
+/// numbered at once and stored in the background; nothing is delivered or acked before
+/// it is stored, and deliveries keep offset order even when a later publish is stored
+/// first.
+#[tokio::test]
+async fn deliveries_wait_for_the_store_and_keep_offset_order() {
+    let (server, faults) = server(UNLIMITED).await;
+    let mut sub = Client::connect(&server).await;
+    sub.send_text(r#"{"type":"subscribe","channel":"slow"}"#)
+        .await;
+    subscribed_offset(sub.next().await);
+    let mut first = Client::connect(&server).await;
+    let mut second = Client::connect(&server).await;
+    let mut pause = faults.pause(Op::Append, Stage::After, Some("slow"));
+    first
+        .send_text(r#"{"type":"publish","id":"a","channel":"slow","data":1}"#)
+        .await;
+    pause.reached().await;
+    second
+        .send_text(r#"{"type":"publish","id":"b","channel":"slow","data":2}"#)
+        .await;
+    // The second is stored and acked; it is not delivered ahead of the first.
+    assert!(matches!(
+        second.next().await,
+        ServerFrame::Ack {
+            offset: Some(2),
+            ..
+        }
+    ));
+    assert!(
+        sub.collect().await.is_empty(),
+        "nothing delivered past an unstored message"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), first.next())
+            .await
+            .is_err(),
+        "no ack before the store has it"
+    );
+    pause.release();
+    assert!(matches!(
+        first.next().await,
+        ServerFrame::Ack {
+            offset: Some(1),
+            ..
+        }
+    ));
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        match sub.next().await {
+            ServerFrame::Message { offset, .. } => got.push(offset.unwrap()),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(got, [1, 2]);
+}
+
+/// A store that fails an append: the publisher is told `unavailable`, nothing is
+/// delivered for it, and the channel goes on.
+#[tokio::test]
+async fn a_failed_store_write_is_refused_and_not_delivered() {
+    let (server, faults) = server(UNLIMITED).await;
+    let mut sub = Client::connect(&server).await;
+    sub.send_text(r#"{"type":"subscribe","channel":"disk"}"#)
+        .await;
+    subscribed_offset(sub.next().await);
+    let mut publisher = Client::connect(&server).await;
+    faults.fail(Op::Append);
+    publisher
+        .send_text(r#"{"type":"publish","id":"x","channel":"disk","data":1}"#)
+        .await;
+    assert_eq!(
+        error(publisher.next().await),
+        (Some("x".into()), ErrorCode::Unavailable)
+    );
+    faults.heal(Op::Append);
+    publisher
+        .send_text(r#"{"type":"publish","id":"y","channel":"disk","data":2}"#)
+        .await;
+    assert!(matches!(publisher.next().await, ServerFrame::Ack { .. }));
+    let got = sub.collect().await;
+    assert!(
+        matches!(got.as_slice(), [ServerFrame::Message { data, .. }] if *data == serde_json::json!(2)),
+        "{got:?}"
+    );
+}

@@ -2,7 +2,8 @@
 //! another node on the same in-process backend (streams, presence, subscriptions), which
 //! lets tests run two hubs against one broker without a network.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use futures::future::BoxFuture;
@@ -35,11 +36,69 @@ struct Bus {
 }
 
 struct ChannelBus {
-    /// Held while a message is numbered and delivered, so every node gets the channel's
-    /// messages in offset order.
-    order: tokio::sync::Mutex<()>,
+    /// The channel's deliveries in the order they were numbered. A stored message waits
+    /// here until the store has it; whoever finds the front ready delivers it, so every
+    /// node gets the channel's messages in offset order while several publishes wait for
+    /// the same group commit.
+    order: Mutex<Ordered>,
     /// The nodes subscribed to the channel.
     nodes: Mutex<Vec<Arc<Node>>>,
+}
+
+#[derive(Default)]
+struct Ordered {
+    queue: VecDeque<Slot>,
+    next_slot: u64,
+}
+
+struct Slot {
+    id: u64,
+    delivery: Delivery,
+    state: SlotState,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    /// Numbered, not stored yet.
+    Waiting,
+    /// Ready to deliver.
+    Ready,
+    /// The store failed it: skipped.
+    Failed,
+}
+
+impl Ordered {
+    fn push(&mut self, delivery: Delivery, state: SlotState) -> u64 {
+        self.next_slot += 1;
+        self.queue.push_back(Slot {
+            id: self.next_slot,
+            delivery,
+            state,
+        });
+        self.next_slot
+    }
+
+    fn settle(&mut self, id: u64, state: SlotState) {
+        if let Some(slot) = self.queue.iter_mut().find(|s| s.id == id) {
+            slot.state = state;
+        }
+    }
+
+    /// The deliveries that are now due, in order.
+    fn due(&mut self) -> Vec<Delivery> {
+        let mut due = Vec::new();
+        while self
+            .queue
+            .front()
+            .is_some_and(|s| s.state != SlotState::Waiting)
+        {
+            let slot = self.queue.pop_front().expect("checked");
+            if slot.state == SlotState::Ready {
+                due.push(slot.delivery);
+            }
+        }
+        due
+    }
 }
 
 struct Present {
@@ -88,7 +147,7 @@ impl Bus {
             .entry(channel.clone())
             .or_insert_with(|| {
                 Arc::new(ChannelBus {
-                    order: tokio::sync::Mutex::new(()),
+                    order: Mutex::default(),
                     nodes: Mutex::default(),
                 })
             })
@@ -110,6 +169,30 @@ impl Bus {
             if let Some(handler) = node.handler.get() {
                 handler.deliver(channel, delivery);
             }
+        }
+    }
+
+    /// Queues a delivery behind the channel's stored messages still waiting, and delivers
+    /// what is due. Under the channel's lock: deliveries reach the nodes in queue order.
+    fn enqueue(&self, entry: &ChannelBus, channel: &Channel, delivery: Delivery) {
+        let mut order = lock(&entry.order);
+        order.push(delivery, SlotState::Ready);
+        for d in order.due() {
+            self.deliver(entry, channel, &d);
+        }
+    }
+
+    /// Marks a slot stored (or failed) and delivers what is due.
+    fn settle(&self, entry: &ChannelBus, channel: &Channel, slot: u64, stored: bool) {
+        let mut order = lock(&entry.order);
+        let state = if stored {
+            SlotState::Ready
+        } else {
+            SlotState::Failed
+        };
+        order.settle(slot, state);
+        for d in order.due() {
+            self.deliver(entry, channel, &d);
         }
     }
 }
@@ -151,47 +234,85 @@ impl Broker for MemoryBroker {
 
     fn publish(&self, p: Publication) -> BoxFuture<'_, Result<Published, BrokerError>> {
         Box::pin(async move {
-            let bus = &self.bus;
+            let bus = self.bus.clone();
             let entry = bus.entry(&p.channel);
             // Encoded before the channel's lock is taken: the lock covers numbering and
-            // delivery only.
+            // queueing only.
             let body = message_body(&p.channel, p.from, p.data, now_ms(), p.ephemeral);
-            let result = async {
-                let _order = entry.order.lock().await;
-                if p.ephemeral {
-                    let delivery = Delivery {
-                        frame: Encoded::from_bytes(body).expect("encoded JSON is UTF-8"),
-                        position: None,
-                        droppable: true,
-                        except: p.except,
-                    };
-                    bus.deliver(&entry, &p.channel, &delivery);
-                    return Ok(Published {
-                        position: None,
-                        duplicate: false,
-                    });
-                }
-                let appended = bus
-                    .history
-                    .append(&p.channel, p.dedupe_key.as_deref(), body)
-                    .await?;
-                if let Some(frame) = appended.frame {
-                    let delivery = Delivery {
-                        frame,
-                        position: Some(appended.position.clone()),
-                        droppable: false,
-                        except: p.except,
-                    };
-                    bus.deliver(&entry, &p.channel, &delivery);
-                }
-                Ok(Published {
-                    position: Some(appended.position),
-                    duplicate: appended.duplicate,
-                })
+            if p.ephemeral {
+                let delivery = Delivery {
+                    frame: Encoded::from_bytes(body).expect("encoded JSON is UTF-8"),
+                    position: None,
+                    droppable: true,
+                    except: p.except,
+                };
+                bus.enqueue(&entry, &p.channel, delivery);
+                bus.release(&p.channel, entry);
+                return Ok(Published {
+                    position: None,
+                    duplicate: false,
+                });
             }
-            .await;
-            bus.release(&p.channel, entry);
-            result
+            // Numbered and queued under the lock, so queue order is offset order.
+            let numbered = {
+                let mut order = lock(&entry.order);
+                bus.history
+                    .append(&p.channel, p.dedupe_key.as_deref(), body)
+                    .map(|appending| {
+                        let slot = appending.appended.frame.clone().map(|frame| {
+                            let delivery = Delivery {
+                                frame,
+                                position: Some(appending.appended.position.clone()),
+                                droppable: false,
+                                except: p.except,
+                            };
+                            order.push(delivery, SlotState::Waiting)
+                        });
+                        (appending, slot)
+                    })
+            };
+            let (appending, slot) = match numbered {
+                Ok(numbered) => numbered,
+                Err(e) => {
+                    bus.release(&p.channel, entry);
+                    return Err(e.into());
+                }
+            };
+            let published = Published {
+                position: Some(appending.appended.position.clone()),
+                duplicate: appending.appended.duplicate,
+            };
+            let channel = p.channel.clone();
+            // Settling is detached from this future: a publisher that goes away before the
+            // store answers must not leave the channel's queue stuck behind its slot.
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let settle = {
+                let bus = bus.clone();
+                let entry = entry.clone();
+                async move {
+                    let stored = appending.stored.await;
+                    if let Some(slot) = slot {
+                        bus.settle(&entry, &channel, slot, stored.is_ok());
+                    }
+                    bus.release(&channel, entry);
+                    let _ = tx.send(stored);
+                }
+            };
+            let mut settle = Box::pin(settle);
+            // A store that answers at once (memory) needs no task.
+            let pending = {
+                let waker = futures::task::noop_waker();
+                let mut cx = std::task::Context::from_waker(&waker);
+                settle.as_mut().poll(&mut cx).is_pending()
+            };
+            if pending {
+                tokio::spawn(settle);
+            }
+            match rx.await {
+                Ok(Ok(())) => Ok(published),
+                Ok(Err(e)) => Err(e.into()),
+                Err(_) => Err(BrokerError("the store did not answer".into())),
+            }
         })
     }
 
@@ -200,21 +321,16 @@ impl Broker for MemoryBroker {
         channel: &'a Channel,
         frame: Encoded,
     ) -> BoxFuture<'a, Result<(), BrokerError>> {
-        Box::pin(async move {
-            let entry = self.bus.entry(channel);
-            {
-                let _order = entry.order.lock().await;
-                let delivery = Delivery {
-                    frame,
-                    position: None,
-                    droppable: false,
-                    except: None,
-                };
-                self.bus.deliver(&entry, channel, &delivery);
-            }
-            self.bus.release(channel, entry);
-            Ok(())
-        })
+        let entry = self.bus.entry(channel);
+        let delivery = Delivery {
+            frame,
+            position: None,
+            droppable: false,
+            except: None,
+        };
+        self.bus.enqueue(&entry, channel, delivery);
+        self.bus.release(channel, entry);
+        Box::pin(async { Ok(()) })
     }
 
     fn history(&self) -> &dyn History {

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures::future::{BoxFuture, ready};
 use switchboard_protocol::{Channel, StreamPosition};
 
-use super::{Appended, History, HistoryError, Page, Retention, Since, Unrecoverable};
+use super::{Appended, Appending, History, HistoryError, Page, Retention, Since, Unrecoverable};
 use crate::clock;
 use crate::frame::{Encoded, with_position};
 
@@ -218,13 +218,13 @@ impl MemoryHistory {
 }
 
 impl History for MemoryHistory {
-    fn append<'a>(
-        &'a self,
-        channel: &'a Channel,
-        dedupe: Option<&'a str>,
+    fn append(
+        &self,
+        channel: &Channel,
+        dedupe: Option<&str>,
         body: Bytes,
-    ) -> BoxFuture<'a, Result<Appended, HistoryError>> {
-        Box::pin(ready(Ok(self.append_now(channel, dedupe, &body))))
+    ) -> Result<Appending, HistoryError> {
+        Ok(Appending::done(self.append_now(channel, dedupe, &body)))
     }
 
     fn position<'a>(
@@ -341,9 +341,9 @@ mod tests {
         let ch = Channel::from("c");
         let start = block_on(h.position(&ch)).unwrap();
         assert_eq!(start.offset, 0);
-        let a = block_on(h.append(&ch, Some("u:1/m1"), body(1))).unwrap();
-        let b = block_on(h.append(&ch, None, body(2))).unwrap();
-        let again = block_on(h.append(&ch, Some("u:1/m1"), body(1))).unwrap();
+        let a = h.append(&ch, Some("u:1/m1"), body(1)).unwrap().appended;
+        let b = h.append(&ch, None, body(2)).unwrap().appended;
+        let again = h.append(&ch, Some("u:1/m1"), body(1)).unwrap().appended;
         assert_eq!((a.position.offset, b.position.offset), (1, 2));
         assert_eq!(a.position.epoch, start.epoch, "position fixed the epoch");
         assert!(again.duplicate && again.frame.is_none());
@@ -360,7 +360,7 @@ mod tests {
         let h = MemoryHistory::new(retention);
         let ch = Channel::from("c");
         for i in 0..8 {
-            block_on(h.append(&ch, None, body(i))).unwrap();
+            h.append(&ch, None, body(i)).unwrap().appended;
         }
         let top = block_on(h.position(&ch)).unwrap();
         let at = |offset| StreamPosition {
@@ -406,9 +406,9 @@ mod tests {
         };
         let h = MemoryHistory::with_clock(retention, clock);
         let ch = Channel::from("c");
-        block_on(h.append(&ch, None, body(1))).unwrap();
+        h.append(&ch, None, body(1)).unwrap().appended;
         now.fetch_add(600, Ordering::Relaxed);
-        block_on(h.append(&ch, None, body(2))).unwrap();
+        h.append(&ch, None, body(2)).unwrap().appended;
         now.fetch_add(600, Ordering::Relaxed);
         assert_eq!(offsets(&block_on(h.latest(&ch, 10)).unwrap()), [2]);
     }
@@ -425,9 +425,11 @@ mod tests {
         let first = block_on(h.position(&busy)).unwrap();
         for i in 0..2000u64 {
             let ch = Channel::from(format!("spray-{i}"));
-            block_on(h.append(&ch, Some(&format!("id{i}")), body(i))).unwrap();
+            h.append(&ch, Some(&format!("id{i}")), body(i))
+                .unwrap()
+                .appended;
             if i % 10 == 0 {
-                block_on(h.append(&busy, None, body(i))).unwrap();
+                h.append(&busy, None, body(i)).unwrap().appended;
             }
             assert!(h.bytes() <= retention.max_bytes, "{}", h.bytes());
         }

@@ -61,6 +61,26 @@ pub struct Appended {
     pub frame: Option<Encoded>,
 }
 
+/// An append in progress.
+pub struct Appending {
+    /// Its position and frame, final from the start.
+    pub appended: Appended,
+    /// Resolves once the message is stored as durably as the store promises (at once for
+    /// memory; after the group commit's fsync for the durable store). A failure means it
+    /// was not stored and must not be delivered.
+    pub stored: BoxFuture<'static, Result<(), HistoryError>>,
+}
+
+impl Appending {
+    /// An append that is already stored.
+    pub fn done(appended: Appended) -> Self {
+        Self {
+            appended,
+            stored: Box::pin(futures::future::ready(Ok(()))),
+        }
+    }
+}
+
 /// The answer to "what came after this position?".
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Since {
@@ -97,18 +117,23 @@ pub struct HistoryError(pub String);
 
 /// A store of channel streams.
 pub trait History: Send + Sync + 'static {
-    /// Appends a message to `channel`'s stream. `body` is its `message` frame without the
-    /// position (see [`crate::frame::message_body`]). When `dedupe` is set and the stream
-    /// remembers that key, nothing is appended and the first position is returned.
-    fn append<'a>(
-        &'a self,
-        channel: &'a Channel,
-        dedupe: Option<&'a str>,
+    /// Appends a message to `channel`'s stream: numbers it at once (its offset is final,
+    /// so concurrent appends to one channel get increasing offsets in call order) and
+    /// starts storing it; [`Appending::stored`] resolves once it is stored as durably as
+    /// the store promises. `body` is its `message` frame without the position (see
+    /// [`crate::frame::message_body`]). When `dedupe` is set and the stream remembers that
+    /// key, nothing is appended and the first position is returned.
+    fn append(
+        &self,
+        channel: &Channel,
+        dedupe: Option<&str>,
         body: Bytes,
-    ) -> BoxFuture<'a, Result<Appended, HistoryError>>;
+    ) -> Result<Appending, HistoryError>;
 
-    /// The stream's current position (offset 0 before its first message). Creates the
-    /// stream, fixing its epoch, if it did not exist.
+    /// The stream's position: the offset of its last stored message (0 before the first),
+    /// counting only messages whose [`Appending::stored`] has resolved, so every message
+    /// after it is still to be delivered. Creates the stream, fixing its epoch, if it did
+    /// not exist.
     fn position<'a>(
         &'a self,
         channel: &'a Channel,

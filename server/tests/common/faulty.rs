@@ -11,7 +11,7 @@ use switchboard_server::broker::{
     Broker, BrokerError, BrokerHandler, MemoryBroker, PresenceChange, Publication, Published,
 };
 use switchboard_server::frame::Encoded;
-use switchboard_server::history::{Appended, History, HistoryError, MemoryHistory, Page, Since};
+use switchboard_server::history::{Appending, History, HistoryError, MemoryHistory, Page, Since};
 use tokio::sync::oneshot;
 
 /// The operations that can fail or pause.
@@ -26,7 +26,8 @@ pub enum Op {
     Presence,
     /// `history().position()`
     Position,
-    /// `history().append()`
+    /// `history().append()`: failing refuses the append; pausing at `After` holds the
+    /// stored future (a slow disk).
     Append,
 }
 
@@ -127,7 +128,8 @@ impl Faults {
 /// The in-memory broker and its store, with faults.
 pub struct FaultyBroker {
     inner: MemoryBroker,
-    history: FaultyHistory,
+    /// The same store the inner broker appends to, so faults reach appends too.
+    history: Arc<FaultyHistory>,
     pub faults: Arc<Faults>,
 }
 
@@ -139,13 +141,13 @@ struct FaultyHistory {
 impl FaultyBroker {
     pub fn new() -> Self {
         let faults = Arc::new(Faults::default());
-        let store = Arc::new(MemoryHistory::default());
+        let history = Arc::new(FaultyHistory {
+            inner: Arc::new(MemoryHistory::default()),
+            faults: faults.clone(),
+        });
         Self {
-            inner: MemoryBroker::with_history(store.clone()),
-            history: FaultyHistory {
-                inner: store,
-                faults: faults.clone(),
-            },
+            inner: MemoryBroker::with_history(history.clone()),
+            history,
             faults,
         }
     }
@@ -208,7 +210,7 @@ impl Broker for FaultyBroker {
         )
     }
     fn history(&self) -> &dyn History {
-        &self.history
+        &*self.history
     }
     fn presence_join<'a>(
         &'a self,
@@ -257,25 +259,28 @@ fn history_error(e: BrokerError) -> HistoryError {
 }
 
 impl History for FaultyHistory {
-    fn append<'a>(
-        &'a self,
-        channel: &'a Channel,
-        dedupe: Option<&'a str>,
+    fn append(
+        &self,
+        channel: &Channel,
+        dedupe: Option<&str>,
         body: Bytes,
-    ) -> BoxFuture<'a, Result<Appended, HistoryError>> {
-        Box::pin(async move {
-            let ch = channel.as_str();
-            self.faults
-                .point(Op::Append, Stage::Before, ch)
+    ) -> Result<Appending, HistoryError> {
+        if self.faults.failing.lock().unwrap().contains(&Op::Append) {
+            return Err(HistoryError("injected failure of Append".into()));
+        }
+        let mut appending = self.inner.append(channel, dedupe, body)?;
+        // A pause here is a slow disk: numbered at once, stored later.
+        let stored = std::mem::replace(&mut appending.stored, Box::pin(async { Ok(()) }));
+        let faults = self.faults.clone();
+        let ch = channel.to_string();
+        appending.stored = Box::pin(async move {
+            stored.await?;
+            faults
+                .point(Op::Append, Stage::After, &ch)
                 .await
-                .map_err(history_error)?;
-            let out = self.inner.append(channel, dedupe, body).await?;
-            self.faults
-                .point(Op::Append, Stage::After, ch)
-                .await
-                .map_err(history_error)?;
-            Ok(out)
-        })
+                .map_err(history_error)
+        });
+        Ok(appending)
     }
     fn position<'a>(
         &'a self,
