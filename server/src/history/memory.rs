@@ -360,7 +360,7 @@ mod tests {
         let h = MemoryHistory::new(retention);
         let ch = Channel::from("c");
         for i in 0..8 {
-            h.append(&ch, None, body(i)).unwrap().appended;
+            h.append(&ch, None, body(i)).unwrap();
         }
         let top = block_on(h.position(&ch)).unwrap();
         let at = |offset| StreamPosition {
@@ -406,9 +406,9 @@ mod tests {
         };
         let h = MemoryHistory::with_clock(retention, clock);
         let ch = Channel::from("c");
-        h.append(&ch, None, body(1)).unwrap().appended;
+        h.append(&ch, None, body(1)).unwrap();
         now.fetch_add(600, Ordering::Relaxed);
-        h.append(&ch, None, body(2)).unwrap().appended;
+        h.append(&ch, None, body(2)).unwrap();
         now.fetch_add(600, Ordering::Relaxed);
         assert_eq!(offsets(&block_on(h.latest(&ch, 10)).unwrap()), [2]);
     }
@@ -429,7 +429,7 @@ mod tests {
                 .unwrap()
                 .appended;
             if i % 10 == 0 {
-                h.append(&busy, None, body(i)).unwrap().appended;
+                h.append(&busy, None, body(i)).unwrap();
             }
             assert!(h.bytes() <= retention.max_bytes, "{}", h.bytes());
         }
