@@ -425,9 +425,7 @@ mod tests {
         let first = block_on(h.position(&busy)).unwrap();
         for i in 0..2000u64 {
             let ch = Channel::from(format!("spray-{i}"));
-            h.append(&ch, Some(&format!("id{i}")), body(i))
-                .unwrap()
-                .appended;
+            h.append(&ch, Some(&format!("id{i}")), body(i)).unwrap();
             if i % 10 == 0 {
                 h.append(&busy, None, body(i)).unwrap();
             }
