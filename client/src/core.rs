@@ -1262,6 +1262,7 @@ impl ClientCore {
             id: Some(id),
             channel: channel.clone(),
             since: sub.position.clone(),
+            rewind: None,
             presence: sub.presence.clone(),
         });
     }

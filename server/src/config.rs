@@ -68,6 +68,32 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_DIRECT_QUEUE_BYTES", default_value_t = 256 << 10)]
     pub direct_queue_bytes: usize,
 
+    /// Where channel streams are kept: `disk` (the embedded store in --data-dir, kept
+    /// across restarts) or `memory` (lost on restart).
+    #[arg(long, env = "SWITCHBOARD_HISTORY", value_enum, default_value_t = HistoryStore::Disk)]
+    pub history: HistoryStore,
+
+    /// Directory of the embedded store (`history.redb`), created if missing.
+    #[arg(long, env = "SWITCHBOARD_DATA_DIR", default_value = "switchboard-data")]
+    pub data_dir: PathBuf,
+
+    /// What a publish's ack means with the disk store: `fsync` (on disk: group commits
+    /// are fsync'd before their acks) or `os` (written, fsync'd within a second; a crash
+    /// loses that second and starts new epochs).
+    #[arg(long, env = "SWITCHBOARD_DURABILITY", value_enum, default_value_t = crate::history::Durability::Fsync)]
+    pub durability: crate::history::Durability,
+
+    /// Retention for the channels matching a pattern, `PATTERN=COUNT[/AGE]`, e.g.
+    /// `ticker:*=10/1m` (repeat the option or separate with commas; the first match
+    /// wins; others use --history-size and --history-ttl).
+    #[arg(long, env = "SWITCHBOARD_RETENTION", value_delimiter = ',')]
+    pub retention: Vec<crate::history::RetentionRule>,
+
+    /// Most messages one recovery (`subscribe` with `since`) or `history` request
+    /// returns; a client further behind is told to reload (`recovered: false`).
+    #[arg(long, env = "SWITCHBOARD_RECOVERY_LIMIT", default_value_t = 1000)]
+    pub recovery_limit: usize,
+
     /// Most messages each channel's stream keeps.
     #[arg(long, env = "SWITCHBOARD_HISTORY_SIZE", default_value_t = 100)]
     pub history_size: usize,
@@ -81,6 +107,12 @@ pub struct Config {
     /// dropped whole and come back with a new epoch.
     #[arg(long, env = "SWITCHBOARD_HISTORY_MEMORY", default_value_t = 64 << 20)]
     pub history_memory: usize,
+
+    /// Bytes the disk store's streams may use together (messages, publish ids, one record
+    /// per channel). Over it, the least recently written channels' streams are dropped
+    /// whole and come back with a new epoch.
+    #[arg(long, env = "SWITCHBOARD_HISTORY_DISK", default_value_t = 1 << 30)]
+    pub history_disk: u64,
 
     /// Publish ids each channel's stream remembers, so a resend gets its first offset
     /// instead of a second copy.
@@ -296,6 +328,15 @@ impl Secret {
     }
 }
 
+/// Where channel streams are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HistoryStore {
+    /// The embedded store on disk (redb), kept across restarts.
+    Disk,
+    /// In this process's memory, lost on restart.
+    Memory,
+}
+
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -340,7 +381,35 @@ impl Config {
             max_age_ms: self.history_ttl.as_millis() as u64,
             dedupe_window: self.dedupe_window,
             max_bytes: self.history_memory,
+            max_disk_bytes: self.history_disk,
+            rules: self.retention.clone(),
         }
+    }
+
+    /// How much one recovery, rewind or `history` page may send: `--recovery-limit`
+    /// messages, and no more bytes than one connection's queue holds.
+    pub fn recovery_read_limit(&self) -> crate::history::ReadLimit {
+        crate::history::ReadLimit {
+            messages: self.recovery_limit,
+            bytes: self.queue_bytes,
+        }
+    }
+
+    /// The channel streams these options ask for: the embedded store in --data-dir, or
+    /// memory.
+    pub fn open_history(&self) -> Result<std::sync::Arc<dyn crate::history::History>, String> {
+        Ok(match self.history {
+            HistoryStore::Memory => {
+                std::sync::Arc::new(crate::history::MemoryHistory::new(self.retention()))
+            }
+            HistoryStore::Disk => {
+                let path = self.data_dir.join("history.redb");
+                let store =
+                    crate::history::DiskHistory::open(&path, self.durability, self.retention())
+                        .map_err(|e| format!("opening {}: {e}", path.display()))?;
+                std::sync::Arc::new(store)
+            }
+        })
     }
 
     /// Whether the server checks tokens: a secret, a public key or a key set is configured.

@@ -17,6 +17,16 @@
 //! lock that forwards deliveries. The node's first subscriber subscribes the node at the
 //! broker *before* reading the stream's position, so nothing appended in between is missed,
 //! and deliveries at or below the position are dropped as already seen.
+//!
+//! Recovery: a subscriber is registered at the channel's position P, so every stored
+//! message after P goes to its queue. The subscribe then reads the missed messages from
+//! history, *up to P only* (the store may be ahead of what this node has forwarded), and
+//! the session writes them and the `subscribed` answer as direct answers. A session writes
+//! its direct answers before it takes anything from its queue, so the client gets the
+//! recovered messages, the answer, then the live ones, in offset order, with no gap and no
+//! duplicate at the seam. What is delivered during the read waits in the queue, within
+//! its bounds (a subscriber whose queue overflows meanwhile is closed as a slow consumer,
+//! as always).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,12 +34,13 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use switchboard_protocol::{
     Channel, ClientId, CloseCode, Member, Payload, PresenceAction, Sender, ServerFrame,
-    StreamPosition,
+    StreamPosition, Unrecovered,
 };
 
 use crate::broker::{Broker, BrokerError, BrokerHandler, Delivery, Publication, Published};
 use crate::clock;
 use crate::frame::Encoded;
+use crate::history::{ReadLimit, Since};
 use crate::metrics::Metrics;
 use crate::queue::{self, Bounds, Class, Inbox, Outbox, SendError};
 
@@ -71,10 +82,31 @@ impl Client {
     }
 }
 
+/// What a subscribe should send besides going live.
+#[derive(Debug, Clone, Default)]
+pub struct Recovery {
+    /// Recover the messages after this position.
+    pub since: Option<StreamPosition>,
+    /// When there is no `since`, or it cannot be recovered: send up to this many of the
+    /// latest messages.
+    pub rewind: usize,
+    /// Most messages and bytes one recovery may send.
+    pub limit: ReadLimit,
+}
+
+/// A subscribe that succeeded: write `messages`, then `reply`, before anything from the
+/// connection's queue.
+pub struct Subscription {
+    /// Recovered (or rewound) `message` frames, in offset order.
+    pub messages: Vec<Encoded>,
+    /// The `subscribed` frame.
+    pub reply: ServerFrame,
+}
+
 /// Result of a subscribe.
 pub enum SubscribeOutcome {
-    /// Subscribed; the frame confirms it.
-    Subscribed(ServerFrame),
+    /// Subscribed: send what it carries.
+    Subscribed(Subscription),
     /// The client already was.
     AlreadySubscribed,
     /// The channel's presence set is full; nothing was done.
@@ -123,10 +155,30 @@ struct ChannelState {
     position: Option<StreamPosition>,
     /// While positioning: the newest position delivered meanwhile.
     seen: Option<StreamPosition>,
-    /// Local subscribers, and whether each joined presence.
-    subscribers: HashMap<ClientId, (ClientHandle, bool)>,
+    /// Local subscribers.
+    subscribers: HashMap<ClientId, Subscriber>,
     /// Removed from the channel map: a subscribe that waited for it starts over.
     retired: bool,
+}
+
+/// One local subscriber of a channel.
+struct Subscriber {
+    client: ClientHandle,
+    /// Whether it joined presence.
+    present: bool,
+    /// Stored messages at or below this offset (of the channel's epoch) are not delivered
+    /// to it: it already has them.
+    floor: Option<u64>,
+}
+
+/// What a subscribe sends before the live messages.
+struct Recovered {
+    messages: Vec<Encoded>,
+    /// The position its `subscribed` announces.
+    position: StreamPosition,
+    unrecovered: Option<Unrecovered>,
+    /// Skip stored messages up to here (it has them from elsewhere).
+    floor: Option<u64>,
 }
 
 /// Hands broker deliveries to the hub without keeping it alive.
@@ -162,10 +214,18 @@ impl BrokerHandler for Node {
         } else if st.position.is_none() {
             return;
         }
-        for (client, _) in st.subscribers.values() {
-            if Some(&client.id) != delivery.except.as_ref() {
-                inner.deliver(client, &delivery.frame, delivery.droppable);
+        let offset = delivery.position.as_ref().map(|p| p.offset);
+        for sub in st.subscribers.values_mut() {
+            if Some(&sub.client.id) == delivery.except.as_ref() {
+                continue;
             }
+            if let (Some(floor), Some(offset)) = (sub.floor, offset) {
+                if offset <= floor {
+                    continue;
+                }
+                sub.floor = None;
+            }
+            inner.deliver(&sub.client, &delivery.frame, delivery.droppable);
         }
     }
 }
@@ -359,13 +419,16 @@ impl Hub {
     }
 
     /// Subscribes `client` to `channel`, joining presence with `presence` info when given
-    /// (unless the presence set already has `max_members` other members).
+    /// (unless the presence set already has `max_members` other members), and reads what
+    /// `recovery` asks for. The caller writes the outcome's messages and reply before
+    /// anything from the connection's queue.
     pub async fn subscribe(
         &self,
         client: &ClientHandle,
         channel: &Channel,
         presence: Option<Payload>,
         max_members: usize,
+        recovery: Recovery,
     ) -> Result<SubscribeOutcome, BrokerError> {
         let broker = &self.inner.broker;
         let (entry, guard) = loop {
@@ -413,31 +476,117 @@ impl Hub {
         }
         let position = {
             let mut st = lock(&entry.state);
-            st.subscribers
-                .insert(client.id.clone(), (client.clone(), presence.is_some()));
+            let subscriber = Subscriber {
+                client: client.clone(),
+                present: presence.is_some(),
+                floor: None,
+            };
+            st.subscribers.insert(client.id.clone(), subscriber);
             st.position.clone().unwrap_or_else(|| StreamPosition {
                 offset: 0,
                 epoch: String::new(),
             })
         };
         drop(guard);
+        let undo = async |e: BrokerError| {
+            // Undo, so the hub and the session agree the client is not subscribed.
+            let _ = self.unsubscribe(client, channel).await;
+            Err(e)
+        };
+        let recovered = match self.recover(channel, &position, &recovery).await {
+            Ok(recovered) => recovered,
+            Err(e) => return undo(e).await,
+        };
+        if let Some(floor) = recovered.floor {
+            let mut st = lock(&entry.state);
+            if let Some(sub) = st.subscribers.get_mut(&client.id) {
+                sub.floor = Some(floor);
+            }
+        }
         let snapshot = match presence {
             Some(_) => match broker.presence(channel).await {
                 Ok(members) => Some(members),
-                Err(e) => {
-                    // Undo, so the hub and the session agree the client is not subscribed.
-                    let _ = self.unsubscribe(client, channel).await;
-                    return Err(e);
-                }
+                Err(e) => return undo(e).await,
             },
             None => None,
         };
-        Ok(SubscribeOutcome::Subscribed(ServerFrame::Subscribed {
-            channel: channel.clone(),
-            position,
-            recovered: false,
-            presence: snapshot,
+        let m = &self.inner.metrics;
+        m.recovered
+            .fetch_add(recovered.messages.len() as u64, Ordering::Relaxed);
+        if recovered.unrecovered.is_some() {
+            m.unrecovered.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(SubscribeOutcome::Subscribed(Subscription {
+            messages: recovered.messages,
+            reply: ServerFrame::Subscribed {
+                channel: channel.clone(),
+                position: recovered.position,
+                recovered: recovery.since.is_some() && recovered.unrecovered.is_none(),
+                unrecovered: recovered.unrecovered,
+                presence: snapshot,
+            },
         }))
+    }
+
+    /// Reads what a subscriber registered at `position` missed (or the latest messages),
+    /// up to `position`: what comes after it is in the subscriber's queue already.
+    async fn recover(
+        &self,
+        channel: &Channel,
+        position: &StreamPosition,
+        recovery: &Recovery,
+    ) -> Result<Recovered, BrokerError> {
+        let history = self.inner.broker.history();
+        let mut out = Recovered {
+            messages: Vec::new(),
+            position: position.clone(),
+            unrecovered: None,
+            floor: None,
+        };
+        if let Some(since) = &recovery.since {
+            if since.epoch != position.epoch {
+                out.unrecovered = Some(Unrecovered::Epoch);
+            } else if since.offset >= position.offset {
+                // Nothing missed. (Beyond this node's position: another node delivered
+                // further already; skip those here.)
+                out.position.offset = since.offset;
+                if since.offset > position.offset {
+                    out.floor = Some(since.offset);
+                }
+                return Ok(out);
+            } else {
+                match history.since(channel, since, recovery.limit).await? {
+                    Since::Unrecoverable(why, _) => out.unrecovered = Some(why.into()),
+                    Since::Complete(page) if page.position.epoch != position.epoch => {
+                        out.unrecovered = Some(Unrecovered::Epoch);
+                    }
+                    Since::Complete(page) if page.last() < position.offset => {
+                        out.unrecovered = Some(Unrecovered::TooMany);
+                    }
+                    Since::Complete(page) => {
+                        let wanted = (position.offset - since.offset) as usize;
+                        out.messages = page.messages;
+                        out.messages.truncate(wanted);
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+        if recovery.rewind > 0 && position.offset > 0 {
+            let limit = ReadLimit {
+                messages: recovery.rewind.min(recovery.limit.messages),
+                bytes: recovery.limit.bytes,
+            };
+            let page = history.latest(channel, limit).await?;
+            if page.position.epoch == position.epoch {
+                // Only those up to the position: the rest is queued already.
+                let beyond = page.last().saturating_sub(position.offset) as usize;
+                out.messages = page.messages;
+                out.messages
+                    .truncate(out.messages.len().saturating_sub(beyond));
+            }
+        }
+        Ok(out)
     }
 
     /// Removes `client` from `channel`, and from its presence even when the broker fails
@@ -453,7 +602,8 @@ impl Hub {
             return Ok(false);
         };
         let _guard = entry.membership.lock().await;
-        let Some((_, present)) = lock(&entry.state).subscribers.remove(&client.id) else {
+        let Some(Subscriber { present, .. }) = lock(&entry.state).subscribers.remove(&client.id)
+        else {
             return Ok(false);
         };
         let unsubscribed = self.retire(channel, &entry).await;

@@ -63,7 +63,6 @@ use admission::{Admission, Admissions};
 use auth::{Auth, AuthError};
 use broker::{Broker, MemoryBroker};
 pub use config::Config;
-use history::MemoryHistory;
 pub use hub::Hub;
 pub use methods::Methods;
 use metrics::Metrics;
@@ -86,19 +85,33 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// State for `config` with the built-in methods.
+    /// State for `config` with the built-in methods. Panics if the configured history
+    /// store cannot be opened: see [`AppState::try_new`].
     pub fn new(config: Config) -> Self {
         Self::with_methods(config, Methods::with_builtins())
     }
 
-    /// State for `config` with your own method table.
+    /// State for `config` with the built-in methods, or why its history store cannot be
+    /// opened.
+    pub fn try_new(config: Config) -> Result<Self, String> {
+        Self::try_with_methods(config, Methods::with_builtins())
+    }
+
+    /// State for `config` with your own method table. Panics if the configured history
+    /// store cannot be opened.
     pub fn with_methods(config: Config, methods: Methods) -> Self {
-        let history = Arc::new(MemoryHistory::new(config.retention()));
-        Self::with_broker(
+        Self::try_with_methods(config, methods).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// State for `config` with your own method table, or why its history store cannot be
+    /// opened.
+    pub fn try_with_methods(config: Config, methods: Methods) -> Result<Self, String> {
+        let history = config.open_history()?;
+        Ok(Self::with_broker(
             config,
             methods,
             Arc::new(MemoryBroker::with_history(history)),
-        )
+        ))
     }
 
     /// State for `config` with your own method table and broker.
@@ -186,6 +199,8 @@ pub async fn run(
         hub.kill_all(CloseCode::GOING_AWAY);
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), sessions.wait()).await;
     }
+    // Everything acked is durable, and the next start knows this one ended cleanly.
+    hub.broker().history().shutdown();
     tracing::info!(left = hub.connection_count(), "stopped");
     Ok(())
 }

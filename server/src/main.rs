@@ -34,7 +34,8 @@ async fn main() -> anyhow::Result<()> {
         worst_case_mib = budget.total(&config) >> 20,
         "memory bound (see server/src/budget.rs; lower --max-connections or --queue-bytes to lower it)"
     );
-    run(listener, AppState::new(config), shutdown_signal()).await?;
+    let state = AppState::try_new(config).map_err(anyhow::Error::msg)?;
+    run(listener, state, shutdown_signal()).await?;
     Ok(())
 }
 

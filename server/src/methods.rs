@@ -25,13 +25,16 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use serde::Serialize;
 use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use switchboard_protocol::{Channel, ClientId, ErrorCode, Payload, limits::validate_channel};
+use switchboard_protocol::{
+    Channel, ClientId, ErrorCode, Payload, StreamPosition, Unrecovered, limits::validate_channel,
+};
 
 use crate::auth::Grants;
 use crate::clock::now_ms;
+use crate::history::{ReadLimit, Since};
 use crate::hub::Hub;
 
 /// What a handler knows about the caller.
@@ -45,6 +48,8 @@ pub struct RequestCtx {
     pub user_id: Option<String>,
     /// What it may see and do.
     pub grants: Arc<Grants>,
+    /// Most messages and bytes one history read may return to it.
+    pub read_limit: ReadLimit,
 }
 
 /// Why a handler did not produce a result.
@@ -79,6 +84,98 @@ impl MethodError {
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Payload, MethodError>> + Send>>;
 type Handler = Arc<dyn Fn(RequestCtx, Payload) -> BoxFuture + Send + Sync>;
 
+/// The params of the built-in `history` method.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryParams {
+    /// The channel.
+    pub channel: Channel,
+    /// Return the messages after this position (oldest first); without it, the latest.
+    #[serde(default)]
+    pub since: Option<StreamPosition>,
+    /// Most messages to return (default [`HISTORY_PAGE`]; at most the server's
+    /// `--recovery-limit`, and no more bytes than the caller's queue holds).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// Messages the `history` method returns when the request sets no `limit`.
+pub const HISTORY_PAGE: usize = 100;
+
+/// The result of the built-in `history` method.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryPage {
+    /// The channel.
+    pub channel: Channel,
+    /// The stream's position when it was read.
+    pub position: StreamPosition,
+    /// `message` frames, oldest first, without holes.
+    pub messages: Vec<Payload>,
+    /// With `since`: there are messages after the last one returned (ask again from it).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub more: bool,
+    /// With `since`: why the messages after it cannot be returned (then `messages` is
+    /// empty).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unrecovered: Option<Unrecovered>,
+}
+
+async fn history(ctx: RequestCtx, params: HistoryParams) -> Result<HistoryPage, MethodError> {
+    let channel = params.channel;
+    validate_channel(channel.as_str()).map_err(MethodError::BadRequest)?;
+    if !ctx.grants.may_subscribe(channel.as_str()) {
+        return Err(MethodError::Forbidden(format!("no access to {channel}")));
+    }
+    let limit = ReadLimit {
+        messages: params
+            .limit
+            .unwrap_or(HISTORY_PAGE)
+            .min(ctx.read_limit.messages),
+        bytes: ctx.read_limit.bytes,
+    };
+    let store = ctx.hub.broker().history();
+    let unavailable = |e: crate::history::HistoryError| MethodError::Unavailable(e.to_string());
+    let (page, unrecovered) = match &params.since {
+        Some(since) => match store
+            .since(&channel, since, limit)
+            .await
+            .map_err(unavailable)?
+        {
+            Since::Complete(page) => (page, None),
+            Since::Unrecoverable(why, position) => {
+                let page = crate::history::Page {
+                    messages: Vec::new(),
+                    first: position.offset + 1,
+                    position,
+                };
+                (page, Some(why.into()))
+            }
+        },
+        None => (
+            store.latest(&channel, limit).await.map_err(unavailable)?,
+            None,
+        ),
+    };
+    let more = params.since.is_some() && unrecovered.is_none() && page.more();
+    let messages = page
+        .messages
+        .iter()
+        .map(|m| Payload::from_json(m.as_str()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| MethodError::Failed(e.to_string()))?;
+    ctx.hub
+        .metrics()
+        .recovered
+        .fetch_add(messages.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    Ok(HistoryPage {
+        channel,
+        position: page.position,
+        messages,
+        more,
+        unrecovered,
+    })
+}
+
 /// The method table.
 #[derive(Clone, Default)]
 pub struct Methods {
@@ -97,6 +194,9 @@ impl Methods {
     ///   caller may subscribe to
     /// - `presence` with `{"channel": name}` → the channel's members (`forbidden` when the
     ///   caller may not subscribe to it)
+    /// - `history` with `{"channel": name, "since"?: position, "limit"?: n}` → a page of the
+    ///   channel's stored messages (see [`HistoryParams`] and [`HistoryPage`]; `forbidden`
+    ///   when the caller may not subscribe to it)
     pub fn with_builtins() -> Self {
         Self::new()
             .method("time", |_, _: IgnoredAny| async {
@@ -127,6 +227,7 @@ impl Methods {
                     .map_err(|e| MethodError::Unavailable(e.to_string()))?;
                 Ok(json!({ "channel": channel, "count": members.len(), "members": members }))
             })
+            .method("history", history)
     }
 
     /// Registers (or replaces) a method. Its params are deserialized into `P` (absent

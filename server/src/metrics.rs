@@ -40,6 +40,11 @@ pub struct Metrics {
     pub directs_refused: AtomicU64,
     /// Stored messages that reached this node past a gap in their stream's offsets.
     pub gaps: AtomicU64,
+    /// Messages sent again from history: recovered after a reconnect, rewound on
+    /// subscribe, or read with the `history` method.
+    pub recovered: AtomicU64,
+    /// Subscribes with `since` that could not recover (`recovered: false`).
+    pub unrecovered: AtomicU64,
     /// Request handlers that panicked (answered with `internal`).
     pub handler_panics: AtomicU64,
     /// `error` frames sent, by code (indexed like [`ErrorCode::ALL`]).
@@ -119,6 +124,16 @@ impl Metrics {
             "switchboard_stream_gaps_total",
             "Stored messages that arrived past a gap in their stream's offsets.",
             &self.gaps,
+        );
+        counter(
+            "switchboard_recovered_messages_total",
+            "Messages sent again from history (recovery, rewind and the history method).",
+            &self.recovered,
+        );
+        counter(
+            "switchboard_unrecovered_total",
+            "Subscribes with since that could not recover the missed messages.",
+            &self.unrecovered,
         );
         counter(
             "switchboard_handler_panics_total",

@@ -194,6 +194,11 @@ impl Outbox {
         }
     }
 
+    /// The queue's bounds.
+    pub fn bounds(&self) -> Bounds {
+        self.0.bounds
+    }
+
     /// Asks the receiver to close the connection with `code`, ahead of anything queued.
     /// The first kill wins; returns whether this was it.
     pub fn kill(&self, code: CloseCode) -> bool {

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use switchboard_protocol::{Channel, ServerFrame, StreamPosition, codec};
 use switchboard_server::broker::{Broker, BrokerHandler, Delivery, MemoryBroker, Publication};
 use switchboard_server::frame::Encoded;
-use switchboard_server::history::{Since, Unrecoverable};
+use switchboard_server::history::{ReadLimit, Since, Unrecoverable};
 
 #[derive(Debug, Clone, PartialEq)]
 struct Got {
@@ -307,7 +307,13 @@ async fn history_is_exact_or_says_why_not(p: Pair) {
         offset: start.offset + 2,
         epoch: start.epoch.clone(),
     };
-    match p.b.history().since(&ch, &since, 100).await.unwrap() {
+    match p
+        .b
+        .history()
+        .since(&ch, &since, ReadLimit::messages(100))
+        .await
+        .unwrap()
+    {
         Since::Complete(page) => {
             let offsets: Vec<_> = page.messages.iter().map(offset_of).collect();
             assert_eq!(
@@ -318,9 +324,17 @@ async fn history_is_exact_or_says_why_not(p: Pair) {
         }
         other => panic!("{other:?}"),
     }
-    match p.b.history().since(&ch, &since, 2).await.unwrap() {
-        Since::Unrecoverable(Unrecoverable::TooMany, pos) => {
-            assert_eq!(pos.offset, start.offset + 5)
+    match p
+        .b
+        .history()
+        .since(&ch, &since, ReadLimit::messages(2))
+        .await
+        .unwrap()
+    {
+        Since::Complete(page) => {
+            let offsets: Vec<_> = page.messages.iter().map(offset_of).collect();
+            assert_eq!(offsets, [start.offset + 3, start.offset + 4]);
+            assert!(page.more(), "one more after the limit");
         }
         other => panic!("{other:?}"),
     }
@@ -329,10 +343,17 @@ async fn history_is_exact_or_says_why_not(p: Pair) {
         epoch: "some-other-epoch".into(),
     };
     assert!(matches!(
-        p.a.history().since(&ch, &other_epoch, 100).await.unwrap(),
+        p.a.history()
+            .since(&ch, &other_epoch, ReadLimit::messages(100))
+            .await
+            .unwrap(),
         Since::Unrecoverable(Unrecoverable::Epoch, _)
     ));
-    let latest = p.b.history().latest(&ch, 2).await.unwrap();
+    let latest =
+        p.b.history()
+            .latest(&ch, ReadLimit::messages(2))
+            .await
+            .unwrap();
     let offsets: Vec<_> = latest.messages.iter().map(offset_of).collect();
     assert_eq!(offsets, [start.offset + 4, start.offset + 5]);
 }

@@ -14,6 +14,7 @@ fn sub(channel: &str) -> ClientFrame {
         id: None,
         channel: channel.into(),
         since: None,
+        rewind: None,
         presence: None,
     }
 }
@@ -186,8 +187,10 @@ async fn subscribe_publish_fan_out_and_ack() {
                 channel,
                 position,
                 recovered,
+                unrecovered,
                 presence,
             } => {
+                assert_eq!(unrecovered, None);
                 assert_eq!(channel.as_str(), "news");
                 assert_eq!(position.offset, 0);
                 assert!(!recovered);
@@ -325,6 +328,7 @@ async fn presence_join_snapshot_and_leave() {
         id: None,
         channel: "room:lobby".into(),
         since: None,
+        rewind: None,
         presence: Some(json!({"name":"Ada"}).into()),
     })
     .await;
@@ -341,6 +345,7 @@ async fn presence_join_snapshot_and_leave() {
         id: None,
         channel: "room:lobby".into(),
         since: None,
+        rewind: None,
         presence: Some(json!({"name":"Bob"}).into()),
     })
     .await;
@@ -545,6 +550,7 @@ async fn shutdown_closes_everyone_with_1001() {
         id: None,
         channel: "room:x".into(),
         since: None,
+        rewind: None,
         presence: Some(json!({}).into()),
     })
     .await;

@@ -44,6 +44,11 @@ pub enum ClientFrame {
         /// Recover the messages after this position (after a reconnect).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         since: Option<StreamPosition>,
+        /// Also send up to this many of the channel's latest stored messages before going
+        /// live (recent history when joining a room), when `since` is absent or cannot be
+        /// recovered.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rewind: Option<u32>,
         /// Join the channel's presence set with this member info (e.g. `{"name":"Ada"}`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         presence: Option<Payload>,

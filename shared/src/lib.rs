@@ -40,7 +40,7 @@ pub use payload::Payload;
 pub use server::ServerFrame;
 pub use types::{
     Channel, ClientId, ClientInfo, Member, PresenceAction, RequestId, Sender, SessionId,
-    StreamPosition,
+    StreamPosition, Unrecovered,
 };
 
 /// The protocol version announced in `welcome`. Adding a frame kind or a required field is a

@@ -8,6 +8,7 @@ use crate::limits::Limits;
 use crate::payload::Payload;
 use crate::types::{
     Channel, ClientId, Member, PresenceAction, RequestId, Sender, SessionId, StreamPosition,
+    Unrecovered,
 };
 
 /// A frame from server to client. Serialized as a JSON object tagged by `"type"`
@@ -57,10 +58,13 @@ pub enum ServerFrame {
         /// The stream's current position; the next message has `offset + 1`.
         position: StreamPosition,
         /// True when `since` was given and every missed message was re-sent (as `message`
-        /// frames, before this one). False when `since` was absent or recovery was not
-        /// possible (the client should reload state).
+        /// frames, right before this one). False when `since` was absent or recovery was
+        /// not possible (then `unrecovered` says why, and the client should reload state).
         #[serde(default, skip_serializing_if = "is_false")]
         recovered: bool,
+        /// Why the messages after `since` could not be recovered.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        unrecovered: Option<Unrecovered>,
         /// The presence set, when the subscribe carried `presence`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         presence: Option<Vec<Member>>,

@@ -105,6 +105,24 @@ pub struct Member {
     pub connections: u32,
 }
 
+/// Why a `subscribe` with `since` could not recover the missed messages
+/// (`subscribed.unrecovered`): the client must reload the channel's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unrecovered {
+    /// The stream was reset since that position (its history was lost), or the position
+    /// is not one of this stream's.
+    Epoch,
+    /// Some of the missed messages are no longer kept (retention by count or age).
+    Trimmed,
+    /// More messages were missed than one recovery returns (the server's
+    /// `--recovery-limit`, or the connection's queue size in bytes).
+    TooMany,
+    /// A reason this client does not know yet.
+    #[serde(other)]
+    Unknown,
+}
+
 /// Whether a `presence` frame announces a member arriving or leaving.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -16,7 +16,7 @@ use crate::payload::Payload;
 use crate::server::ServerFrame;
 use crate::types::{
     Channel, ClientId, ClientInfo, Member, PresenceAction, RequestId, Sender, SessionId,
-    StreamPosition,
+    StreamPosition, Unrecovered,
 };
 
 /// A payload field: absent is `None`, `null` is `Some(null)`.
@@ -38,6 +38,7 @@ struct ClientWire {
     id: Option<RequestId>,
     channel: Option<Channel>,
     since: Option<StreamPosition>,
+    rewind: Option<u32>,
     presence: Option<Payload>,
     #[serde(default, deserialize_with = "present")]
     data: Option<Payload>,
@@ -63,6 +64,7 @@ impl<'de> Deserialize<'de> for ClientFrame {
                 id: w.id,
                 channel: required(w.channel, "channel")?,
                 since: w.since,
+                rewind: w.rewind,
                 presence: w.presence,
             },
             "unsubscribe" => Self::Unsubscribe {
@@ -106,6 +108,7 @@ struct ServerWire {
     channel: Option<Channel>,
     position: Option<StreamPosition>,
     recovered: Option<bool>,
+    unrecovered: Option<Unrecovered>,
     presence: Option<Vec<Member>>,
     from: Option<Sender>,
     #[serde(default, deserialize_with = "present")]
@@ -143,6 +146,7 @@ impl<'de> Deserialize<'de> for ServerFrame {
                 channel: required(w.channel, "channel")?,
                 position: required(w.position, "position")?,
                 recovered: w.recovered.unwrap_or(false),
+                unrecovered: w.unrecovered,
                 presence: w.presence,
             },
             "unsubscribed" => Self::Unsubscribed {

@@ -13,7 +13,7 @@ macro_rules! pj {
 use switchboard_protocol::codec::{self, FrameError};
 use switchboard_protocol::{
     ClientFrame, ClientInfo, ErrorCode, Limits, Member, PresenceAction, Sender, ServerFrame,
-    StreamPosition,
+    StreamPosition, Unrecovered,
 };
 
 fn pos(offset: u64) -> StreamPosition {
@@ -57,15 +57,17 @@ fn client_cases() -> Vec<(ClientFrame, &'static str)> {
                 id: Some("s1".into()),
                 channel: "room:lobby".into(),
                 since: Some(pos(41)),
+                rewind: Some(20),
                 presence: Some(pj!({"name":"Ada"})),
             },
-            r#"{"type":"subscribe","id":"s1","channel":"room:lobby","since":{"offset":41,"epoch":"e1"},"presence":{"name":"Ada"}}"#,
+            r#"{"type":"subscribe","id":"s1","channel":"room:lobby","since":{"offset":41,"epoch":"e1"},"rewind":20,"presence":{"name":"Ada"}}"#,
         ),
         (
             ClientFrame::Subscribe {
                 id: None,
                 channel: "news".into(),
                 since: None,
+                rewind: None,
                 presence: None,
             },
             r#"{"type":"subscribe","channel":"news"}"#,
@@ -174,9 +176,20 @@ fn server_cases() -> Vec<(ServerFrame, &'static str)> {
                 channel: "room:lobby".into(),
                 position: pos(42),
                 recovered: true,
+                unrecovered: None,
                 presence: Some(vec![ada.clone()]),
             },
             r#"{"type":"subscribed","channel":"room:lobby","position":{"offset":42,"epoch":"e1"},"recovered":true,"presence":[{"user_id":"u1","info":{"name":"Ada"},"connections":1}]}"#,
+        ),
+        (
+            ServerFrame::Subscribed {
+                channel: "news".into(),
+                position: pos(42),
+                recovered: false,
+                unrecovered: Some(Unrecovered::Trimmed),
+                presence: None,
+            },
+            r#"{"type":"subscribed","channel":"news","position":{"offset":42,"epoch":"e1"},"unrecovered":"trimmed"}"#,
         ),
         (
             ServerFrame::Unsubscribed {

@@ -27,12 +27,14 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
         (
             channel(),
             proptest::option::of((any::<u64>(), "[a-z0-9]{1,8}")),
+            proptest::option::of(any::<u32>()),
             proptest::option::of(data())
         )
-            .prop_map(|(c, since, presence)| ClientFrame::Subscribe {
+            .prop_map(|(c, since, rewind, presence)| ClientFrame::Subscribe {
                 id: None,
                 channel: c.into(),
                 since: since.map(|(offset, epoch)| StreamPosition { offset, epoch }),
+                rewind,
                 // a presence of JSON null is the same as no presence on the wire
                 presence: presence.filter(|p| !p.is_null()).map(Into::into),
             }),

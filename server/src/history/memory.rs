@@ -10,7 +10,9 @@ use bytes::Bytes;
 use futures::future::{BoxFuture, ready};
 use switchboard_protocol::{Channel, StreamPosition};
 
-use super::{Appended, Appending, History, HistoryError, Page, Retention, Since, Unrecoverable};
+use super::{
+    Appended, Appending, History, HistoryError, Page, ReadLimit, Retention, Since, Unrecoverable,
+};
 use crate::clock;
 use crate::frame::{Encoded, with_position};
 
@@ -105,10 +107,11 @@ impl MemoryHistory {
         let Some(stream) = shard.streams.get_mut(channel) else {
             return;
         };
-        let oldest = (self.clock)().saturating_sub(self.retention.max_age_ms);
+        let (max_messages, max_age) = self.retention.for_channel(channel.as_str());
+        let oldest = (self.clock)().saturating_sub(max_age);
         let mut freed = 0;
         while let Some(first) = stream.messages.front() {
-            if stream.messages.len() <= self.retention.max_messages && first.ts >= oldest {
+            if stream.messages.len() <= max_messages && first.ts >= oldest {
                 break;
             }
             freed += first.frame.len() + MESSAGE_OVERHEAD;
@@ -186,7 +189,7 @@ impl MemoryHistory {
         };
         let frame = with_position(body, &position);
         let mut charged = frame.len() + MESSAGE_OVERHEAD;
-        if self.retention.max_messages > 0 {
+        if self.retention.for_channel(channel.as_str()).0 > 0 {
             stream.messages.push_back(Stored {
                 offset: stream.top,
                 ts: now,
@@ -246,7 +249,7 @@ impl History for MemoryHistory {
         &'a self,
         channel: &'a Channel,
         since: &'a StreamPosition,
-        limit: usize,
+        limit: ReadLimit,
     ) -> BoxFuture<'a, Result<Since, HistoryError>> {
         let mut guard = self.shard(channel);
         let shard = &mut *guard;
@@ -261,16 +264,14 @@ impl History for MemoryHistory {
             Since::Unrecoverable(Unrecoverable::Epoch, position)
         } else if since.offset + 1 < first_kept {
             Since::Unrecoverable(Unrecoverable::Trimmed, position)
-        } else if stream.top - since.offset > limit as u64 {
-            Since::Unrecoverable(Unrecoverable::TooMany, position)
         } else {
-            let messages = stream
-                .messages
-                .iter()
-                .filter(|m| m.offset > since.offset)
-                .map(|m| m.frame.clone())
-                .collect();
-            Since::Complete(Page { messages, position })
+            let skip = (since.offset + 1 - first_kept) as usize;
+            let messages = limit.take(stream.messages.iter().skip(skip).map(|m| &m.frame));
+            Since::Complete(Page {
+                messages,
+                first: since.offset + 1,
+                position,
+            })
         };
         self.evict(shard, channel);
         Box::pin(ready(Ok(answer)))
@@ -279,20 +280,17 @@ impl History for MemoryHistory {
     fn latest<'a>(
         &'a self,
         channel: &'a Channel,
-        limit: usize,
+        limit: ReadLimit,
     ) -> BoxFuture<'a, Result<Page, HistoryError>> {
         let mut guard = self.shard(channel);
         let shard = &mut *guard;
         self.trim(shard, channel);
         let stream = self.touch(shard, channel);
-        let skip = stream.messages.len().saturating_sub(limit);
+        let mut messages = limit.take(stream.messages.iter().rev().map(|m| &m.frame));
+        messages.reverse();
         let page = Page {
-            messages: stream
-                .messages
-                .iter()
-                .skip(skip)
-                .map(|m| m.frame.clone())
-                .collect(),
+            first: stream.top + 1 - messages.len() as u64,
+            messages,
             position: StreamPosition {
                 offset: stream.top,
                 epoch: stream.epoch.clone(),
@@ -352,48 +350,6 @@ mod tests {
     }
 
     #[test]
-    fn since_is_exact_or_says_why_not() {
-        let retention = Retention {
-            max_messages: 5,
-            ..Retention::default()
-        };
-        let h = MemoryHistory::new(retention);
-        let ch = Channel::from("c");
-        for i in 0..8 {
-            h.append(&ch, None, body(i)).unwrap();
-        }
-        let top = block_on(h.position(&ch)).unwrap();
-        let at = |offset| StreamPosition {
-            offset,
-            epoch: top.epoch.clone(),
-        };
-        match block_on(h.since(&ch, &at(5), 10)).unwrap() {
-            Since::Complete(page) => assert_eq!(offsets(&page), [6, 7, 8]),
-            other => panic!("{other:?}"),
-        }
-        match block_on(h.since(&ch, &at(8), 10)).unwrap() {
-            Since::Complete(page) => assert!(page.messages.is_empty()),
-            other => panic!("{other:?}"),
-        }
-        let why = |since: &StreamPosition, limit| match block_on(h.since(&ch, since, limit)) {
-            Ok(Since::Unrecoverable(why, pos)) => {
-                assert_eq!(pos, top);
-                why
-            }
-            other => panic!("{other:?}"),
-        };
-        assert_eq!(why(&at(2), 10), Unrecoverable::Trimmed, "1..=3 are gone");
-        assert_eq!(why(&at(4), 2), Unrecoverable::TooMany);
-        assert_eq!(why(&at(9), 10), Unrecoverable::Epoch, "beyond the top");
-        let other = StreamPosition {
-            offset: 5,
-            epoch: "other".into(),
-        };
-        assert_eq!(why(&other, 10), Unrecoverable::Epoch);
-        assert_eq!(offsets(&block_on(h.latest(&ch, 2)).unwrap()), [7, 8]);
-    }
-
-    #[test]
     fn messages_past_their_age_are_dropped() {
         let now = Arc::new(AtomicU64::new(1_000_000));
         let clock = {
@@ -410,7 +366,10 @@ mod tests {
         now.fetch_add(600, Ordering::Relaxed);
         h.append(&ch, None, body(2)).unwrap();
         now.fetch_add(600, Ordering::Relaxed);
-        assert_eq!(offsets(&block_on(h.latest(&ch, 10)).unwrap()), [2]);
+        assert_eq!(
+            offsets(&block_on(h.latest(&ch, ReadLimit::messages(10))).unwrap()),
+            [2]
+        );
     }
 
     #[test]
@@ -420,6 +379,7 @@ mod tests {
             max_messages: 5,
             ..Retention::default()
         };
+        let max_bytes = retention.max_bytes;
         let h = MemoryHistory::new(retention);
         let busy = Channel::from("busy");
         let first = block_on(h.position(&busy)).unwrap();
@@ -429,7 +389,7 @@ mod tests {
             if i % 10 == 0 {
                 h.append(&busy, None, body(i)).unwrap();
             }
-            assert!(h.bytes() <= retention.max_bytes, "{}", h.bytes());
+            assert!(h.bytes() <= max_bytes, "{}", h.bytes());
         }
         assert!(h.streams() < 2000, "streams were evicted");
         assert_eq!(

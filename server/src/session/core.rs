@@ -29,7 +29,7 @@ use crate::auth::{AuthError, Grants, Identity};
 use crate::broker::Publication;
 use crate::clock::now_ms;
 use crate::frame::Encoded;
-use crate::hub::{ClientHandle, DirectError, SubscribeOutcome};
+use crate::hub::{ClientHandle, DirectError, Recovery, SubscribeOutcome};
 use crate::methods::{MethodError, RequestCtx};
 
 /// Anonymous publish ids at least this long are deduplicated across connections.
@@ -264,9 +264,17 @@ impl Core {
             ClientFrame::Subscribe {
                 id,
                 channel,
+                since,
+                rewind,
                 presence,
-                ..
-            } => self.on_subscribe(id, channel, presence).await,
+            } => {
+                let recovery = Recovery {
+                    since,
+                    rewind: rewind.unwrap_or(0) as usize,
+                    limit: self.state.config.recovery_read_limit(),
+                };
+                self.on_subscribe(id, channel, presence, recovery).await;
+            }
             ClientFrame::Unsubscribe { id, channel } => self.on_unsubscribe(id, channel).await,
             ClientFrame::Publish {
                 id,
@@ -331,6 +339,7 @@ impl Core {
         id: Option<RequestId>,
         channel: Channel,
         presence: Option<Payload>,
+        recovery: Recovery,
     ) {
         if !self.grants().may_subscribe(channel.as_str()) {
             let msg = format!("no permission to subscribe to {channel}");
@@ -347,12 +356,15 @@ impl Core {
         let hub = self.state.hub.clone();
         let max_members = self.state.config.max_presence_members;
         match hub
-            .subscribe(&self.client, &channel, presence, max_members)
+            .subscribe(&self.client, &channel, presence, max_members, recovery)
             .await
         {
-            Ok(SubscribeOutcome::Subscribed(reply)) => {
+            Ok(SubscribeOutcome::Subscribed(subscription)) => {
+                // Direct answers, so they are written before the live messages already
+                // in the queue (see `Hub::subscribe`).
+                self.out.extend(subscription.messages);
+                self.push(&subscription.reply);
                 self.subscriptions.insert(channel);
-                self.push(&reply);
             }
             Ok(SubscribeOutcome::AlreadySubscribed) => {
                 let msg = format!("already subscribed to {channel}");
@@ -393,6 +405,7 @@ impl Core {
             client_id: self.client.id.clone(),
             user_id: self.client.user_id.clone(),
             grants: self.grants_arc(),
+            read_limit: self.state.config.recovery_read_limit(),
         };
         let Some(call) = self.state.methods.call(&method, ctx, params) else {
             let msg = format!("no method {method:?}");
@@ -609,7 +622,7 @@ mod tests {
     use crate::methods::Methods;
 
     fn config(args: &[&str]) -> Config {
-        let mut argv = vec!["switchboard-server"];
+        let mut argv = vec!["switchboard-server", "--history", "memory"];
         argv.extend_from_slice(args);
         Config::parse_from(argv)
     }

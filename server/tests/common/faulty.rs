@@ -11,7 +11,9 @@ use switchboard_server::broker::{
     Broker, BrokerError, BrokerHandler, MemoryBroker, PresenceChange, Publication, Published,
 };
 use switchboard_server::frame::Encoded;
-use switchboard_server::history::{Appending, History, HistoryError, MemoryHistory, Page, Since};
+use switchboard_server::history::{
+    Appending, History, HistoryError, MemoryHistory, Page, ReadLimit, Since,
+};
 use tokio::sync::oneshot;
 
 /// The operations that can fail or pause.
@@ -29,6 +31,8 @@ pub enum Op {
     /// `history().append()`: failing refuses the append; pausing at `After` holds the
     /// stored future (a slow disk).
     Append,
+    /// `history().since()` and `history().latest()`: the reads of a recovery.
+    Read,
 }
 
 /// Before or after the real operation ran.
@@ -304,15 +308,39 @@ impl History for FaultyHistory {
         &'a self,
         channel: &'a Channel,
         since: &'a StreamPosition,
-        limit: usize,
+        limit: ReadLimit,
     ) -> BoxFuture<'a, Result<Since, HistoryError>> {
-        self.inner.since(channel, since, limit)
+        Box::pin(async move {
+            let ch = channel.as_str();
+            self.faults
+                .point(Op::Read, Stage::Before, ch)
+                .await
+                .map_err(history_error)?;
+            let out = self.inner.since(channel, since, limit).await?;
+            self.faults
+                .point(Op::Read, Stage::After, ch)
+                .await
+                .map_err(history_error)?;
+            Ok(out)
+        })
     }
     fn latest<'a>(
         &'a self,
         channel: &'a Channel,
-        limit: usize,
+        limit: ReadLimit,
     ) -> BoxFuture<'a, Result<Page, HistoryError>> {
-        self.inner.latest(channel, limit)
+        Box::pin(async move {
+            let ch = channel.as_str();
+            self.faults
+                .point(Op::Read, Stage::Before, ch)
+                .await
+                .map_err(history_error)?;
+            let out = self.inner.latest(channel, limit).await?;
+            self.faults
+                .point(Op::Read, Stage::After, ch)
+                .await
+                .map_err(history_error)?;
+            Ok(out)
+        })
     }
 }

@@ -40,6 +40,10 @@ impl TestServer {
 pub fn config(args: &[&str]) -> Config {
     use clap::Parser;
     let mut argv = vec!["switchboard-server", "--addr", "127.0.0.1:0"];
+    // Streams in memory unless a test asks for the disk store (with its own --data-dir).
+    if !args.contains(&"--history") {
+        argv.extend_from_slice(&["--history", "memory"]);
+    }
     argv.extend_from_slice(args);
     Config::parse_from(argv)
 }
