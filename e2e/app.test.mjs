@@ -4,16 +4,28 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 
 const SERVER = process.env.SWITCHBOARD_SERVER ?? '../target/debug/switchboard-server';
 const DIST = process.env.SWITCHBOARD_DIST ?? '../dist';
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 
-/** Starts the server on `addr` and resolves with its process and base URL. */
-function startServer(addr = '127.0.0.1:0', extra = ['--demo-ticker', '100ms']) {
+/**
+ * Starts the server on `addr` with its history in `dataDir` (a new directory unless
+ * given: pass the old server's to restart it) and resolves with its process, base URL
+ * and data directory.
+ */
+function startServer(
+  addr = '127.0.0.1:0',
+  extra = ['--demo-ticker', '100ms'],
+  dataDir = mkdtempSync(join(tmpdir(), 'switchboard-e2e-')),
+) {
   return new Promise((resolve, reject) => {
-    const proc = spawn(SERVER, ['--addr', addr, '--dist', DIST, ...extra], {
+    const args = ['--addr', addr, '--dist', DIST, '--data-dir', dataDir, ...extra];
+    const proc = spawn(SERVER, args, {
       stdio: ['ignore', 'pipe', 'inherit'],
       env: { ...process.env, RUST_LOG: 'warn' },
     });
@@ -24,7 +36,7 @@ function startServer(addr = '127.0.0.1:0', extra = ['--demo-ticker', '100ms']) {
       const m = out.match(/listening on (http:\/\/[0-9.:]+)/);
       if (m) {
         clearTimeout(timer);
-        resolve({ proc, url: m[1] });
+        resolve({ proc, url: m[1], dataDir });
       }
     });
     proc.on('exit', (code) => reject(new Error(`server exited with ${code}: ${out}`)));
@@ -113,7 +125,7 @@ test('server restart: the page shows reconnecting, then reconnects by itself', a
   await stopServer(server); // SIGTERM: clients get 1001 (going away) and reconnect
   await page.locator('#status', { hasText: 'reconnecting' }).waitFor({ timeout: 10_000 });
   await page.locator('#state-detail', { hasText: /attempt \d+ in \d+\.\d s/ }).waitFor({ timeout: 10_000 });
-  server = await startServer(addr);
+  server = await startServer(addr, undefined, server.dataDir);
   await page.locator('#status', { hasText: 'connected' }).waitFor({ timeout: 45_000 });
   assert.equal((await page.locator('#reconnects').textContent()).trim(), '1');
   assert.notEqual(await page.locator('#client-id').textContent(), before);
@@ -185,7 +197,7 @@ test('server restart while typing: countdown, reconnect, queued messages once an
   for (const text of ['one', 'two', 'three']) await say(ada.page, text);
   await ada.page.locator('#queued', { hasText: '3' }).waitFor({ timeout: 5_000 });
 
-  server = await startServer(addr);
+  server = await startServer(addr, undefined, server.dataDir);
   for (const { page } of [ada, bob]) {
     await page.locator('#status', { hasText: 'connected' }).waitFor({ timeout: 45_000 });
     // the room membership came back by itself

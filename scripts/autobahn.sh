@@ -14,7 +14,7 @@ if [ -z "$server" ]; then
   server=target/release/switchboard-server
 fi
 log=$(mktemp)
-"$server" --addr 127.0.0.1:0 --dist /nonexistent --echo-endpoint \
+"$server" --addr 127.0.0.1:0 --dist /nonexistent --echo-endpoint --history memory \
   >"$log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT

@@ -43,7 +43,7 @@ lg() { pin 1 target/release/loadgen "$@"; }
 # A workload that fails (its error is in the log) leaves a row saying so; the run goes on.
 failed() { echo "| $1 | failed: see the bench log |"; }
 
-sb=(target/release/switchboard-server --addr 127.0.0.1:0 --dist /nonexistent
+sb=(target/release/switchboard-server --addr 127.0.0.1:0 --dist /nonexistent --history memory
     --max-connections 30000 --max-connections-per-ip 30000
     --rate-per-sec 1000000 --rate-burst 1000000 --log-format json)
 # NAME|DIALECT|COMMAND[|fanout-only]

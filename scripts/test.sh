@@ -42,7 +42,8 @@ server=target/debug/switchboard-server
 cargo build --locked -p switchboard-server --bins
 log=$(mktemp)
 # The wasm test page is served by wasm-bindgen-test-runner on a random port: allow it.
-"$server" --addr 127.0.0.1:0 --dist dist --allowed-origins "*" >"$log" 2>&1 &
+"$server" --addr 127.0.0.1:0 --dist dist --allowed-origins "*" --data-dir "$(mktemp -d)" \
+  >"$log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do grep -q 'listening on' "$log" && break; sleep 0.1; done
 url=$(grep -o 'http://[0-9.:]*' "$log" | head -n1)
@@ -51,7 +52,7 @@ url=$(grep -o 'http://[0-9.:]*' "$log" | head -n1)
 # A second server that requires tokens, and a token for it, for the token-provider test.
 auth_log=$(mktemp)
 "$server" --addr 127.0.0.1:0 --dist dist --allowed-origins "*" --jwt-secret wasm-test-secret \
-  --auth-timeout 2s >"$auth_log" 2>&1 &
+  --auth-timeout 2s --history memory >"$auth_log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do grep -q 'listening on' "$auth_log" && break; sleep 0.1; done
 auth_url=$(grep -o 'http://[0-9.:]*' "$auth_log" | head -n1)

@@ -20,14 +20,20 @@
 //!   a reconnect (the server's idempotent publish drops the duplicate) and after a
 //!   retryable refusal (`rate_limited`, `unavailable`);
 //! - sending is paced by the limits the server announced, so a full outbox drains without
-//!   hitting the rate limit; no frame larger than `max_frame_bytes` is ever sent.
+//!   hitting the rate limit; no frame larger than `max_frame_bytes` is ever sent;
+//! - each subscription delivers its channel's stored messages in offset order, each once:
+//!   it remembers the last offset delivered and resubscribes from it after a reconnect
+//!   (the server re-sends what was missed); a jump in the offsets while live is filled from
+//!   history before anything after it is delivered, and a periodic position check notices
+//!   a loss no later message would reveal. When missed messages cannot be had, the
+//!   subscription says so ([`Recovery::Reset`]) instead of carrying on silently.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use switchboard_protocol::{
     Channel, ClientFrame, ClientId, ClientInfo, CloseCode, ErrorCode, Limits, Member, Payload,
-    PresenceAction, Reconnect, RequestId, Sender, ServerFrame, StreamPosition, codec,
+    PresenceAction, Reconnect, RequestId, Sender, ServerFrame, StreamPosition, Unrecovered, codec,
 };
 
 use crate::backoff::Backoff;
@@ -80,6 +86,10 @@ pub struct Options {
     pub client_info: Option<ClientInfo>,
     /// Connect at once; otherwise on [`ClientCore::open`]. Defaults to `true`.
     pub immediate: bool,
+    /// How often a live subscription asks the server for its channel's position, to notice
+    /// messages lost without a later one revealing the gap (Centrifugo's default).
+    /// Defaults to 40 s; `None` turns it off.
+    pub position_check: Option<Duration>,
 }
 
 impl Default for Options {
@@ -100,6 +110,7 @@ impl Default for Options {
             has_token_provider: false,
             client_info: None,
             immediate: true,
+            position_check: Some(Duration::from_secs(40)),
         }
     }
 }
@@ -234,10 +245,11 @@ pub enum SubState {
     Subscribing,
     /// Confirmed; messages after `position` arrive.
     Live {
-        /// The stream position the server confirmed.
+        /// The stream position the server confirmed (or the one delivered when the state
+        /// changed while live).
         position: StreamPosition,
-        /// Whether the missed messages since the last position were re-sent.
-        recovered: bool,
+        /// How it got here: a first subscribe, a recovery, a filled gap, or a reset.
+        recovery: Recovery,
     },
     /// Refused for good (`forbidden`, `invalid_channel`, …).
     Failed {
@@ -246,6 +258,33 @@ pub enum SubState {
         /// The server's explanation.
         message: String,
     },
+}
+
+/// How a subscription (re)started, or what happened to it while live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// Subscribed without a position (the first time): the messages from now on, after
+    /// the rewound ones if it asked for some.
+    Fresh,
+    /// Resubscribed from the last position delivered (after a reconnect, or a server
+    /// restart), and every missed message was delivered, in order, right after this state.
+    Recovered,
+    /// A jump in the offsets was noticed while live (or by the position check), and every
+    /// missing message was fetched and delivered in order before the ones after it.
+    GapFilled,
+    /// Missed messages cannot be delivered, for this reason: reload the channel's state
+    /// (the rewound messages, if it asked for some, follow this state).
+    Reset(Unrecovered),
+}
+
+/// How to subscribe.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubOptions {
+    /// Join the channel's presence set with this member info.
+    pub presence: Option<Payload>,
+    /// On the first subscribe, and after a [`Recovery::Reset`], receive up to this many of
+    /// the latest stored messages first (a chat's recent history). Defaults to 0.
+    pub rewind: u32,
 }
 
 /// A message received on a channel.
@@ -420,13 +459,54 @@ impl Item {
 struct Sub {
     holders: BTreeSet<u64>,
     presence: Option<Payload>,
+    rewind: u32,
+    /// The position of the last stored message delivered (or announced by `subscribed`).
     position: Option<StreamPosition>,
     state: SubState,
-    /// The id of the subscribe frame waiting for its answer.
+    /// The id of the subscribe frame waiting for its answer, and whether it asked to
+    /// recover from a position.
     pending: Option<RequestId>,
+    recovering: bool,
+    /// Messages that arrived before `subscribed`: delivered after its state (the position
+    /// moves only then, so a subscribe that fails and is retried asks from the old one).
+    early: Vec<(StreamPosition, Message)>,
+    /// A `history` request filling a gap: its id; the messages after the gap wait in
+    /// `held` meanwhile.
+    filling: Option<RequestId>,
+    held: VecDeque<(StreamPosition, Message)>,
+    /// The next position check, and the one in flight.
+    next_check: Option<Ms>,
+    checking: Option<RequestId>,
     /// Not before this time (after an `unavailable`).
     retry_at: Option<Ms>,
     retries: u32,
+}
+
+/// Messages one subscription holds while it fills a gap; past it, it gives up and
+/// reports a reset.
+const MAX_HELD: usize = 10_000;
+
+/// Most messages one gap-filling request asks for (the server may return fewer; the
+/// rest is asked for next).
+const FILL_PAGE: u64 = 1000;
+
+/// What a `history` request made by the core itself is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Internal {
+    /// Fill a gap in a channel's offsets.
+    Fill(Channel),
+    /// Ask for a channel's position.
+    Check(Channel),
+}
+
+/// The result of the `history` method, as the core reads it.
+#[derive(serde::Deserialize)]
+struct HistoryPage {
+    position: StreamPosition,
+    #[serde(default)]
+    messages: Vec<Payload>,
+    #[serde(default)]
+    unrecovered: Option<Unrecovered>,
 }
 
 struct Req {
@@ -500,6 +580,8 @@ pub struct ClientCore {
     subs: BTreeMap<Channel, Sub>,
     /// Which channel a subscribe frame's id belongs to.
     sub_ids: HashMap<RequestId, Channel>,
+    /// The core's own `history` requests, with their deadlines.
+    internal: HashMap<RequestId, (Internal, Ms)>,
     /// Publishes refused with a retryable error wait until then.
     paused_until: Option<Ms>,
     /// Retryable refusals in a row (their delay grows).
@@ -543,6 +625,7 @@ impl ClientCore {
             directs: BTreeSet::new(),
             subs: BTreeMap::new(),
             sub_ids: HashMap::new(),
+            internal: HashMap::new(),
             paused_until: None,
             retries: 0,
             pace_at: None,
@@ -618,6 +701,12 @@ impl ClientCore {
                     if let Some(t) = sub.retry_at {
                         at(t);
                     }
+                    if let Some(t) = sub.next_check {
+                        at(t);
+                    }
+                }
+                for (_, deadline) in self.internal.values() {
+                    at(*deadline);
                 }
             }
         }
@@ -805,6 +894,8 @@ impl ClientCore {
                 for channel in retry {
                     self.send_subscribe(&channel);
                 }
+                self.internal_timeouts(now);
+                self.position_checks(now);
                 self.flush(now);
             }
         }
@@ -972,6 +1063,19 @@ impl ClientCore {
     /// Adds a holder to `channel`'s subscription (subscribing with the first one, joining
     /// presence with `presence` if it is the first to ask for it).
     pub fn subscribe(&mut self, channel: &Channel, presence: Option<Payload>, now: Ms) -> SubKey {
+        self.subscribe_with(
+            channel,
+            SubOptions {
+                presence,
+                rewind: 0,
+            },
+            now,
+        )
+    }
+
+    /// [`ClientCore::subscribe`] with every option.
+    pub fn subscribe_with(&mut self, channel: &Channel, opts: SubOptions, now: Ms) -> SubKey {
+        let SubOptions { presence, rewind } = opts;
         self.next_holder += 1;
         let holder = self.next_holder;
         let key = SubKey {
@@ -980,6 +1084,7 @@ impl ClientCore {
         };
         if let Some(sub) = self.subs.get_mut(channel) {
             sub.holders.insert(holder);
+            sub.rewind = sub.rewind.max(rewind);
             let join = sub.presence.is_none() && presence.is_some();
             if join {
                 sub.presence = presence;
@@ -1006,9 +1111,16 @@ impl ClientCore {
             Sub {
                 holders: BTreeSet::from([holder]),
                 presence,
+                rewind,
                 position: None,
                 state: SubState::Subscribing,
                 pending: None,
+                recovering: false,
+                early: Vec::new(),
+                filling: None,
+                held: VecDeque::new(),
+                next_check: None,
+                checking: None,
                 retry_at: None,
                 retries: 0,
             },
@@ -1035,6 +1147,9 @@ impl ClientCore {
         let sub = self.subs.remove(&key.channel).expect("present");
         if let Some(id) = sub.pending {
             self.sub_ids.remove(&id);
+        }
+        for id in sub.filling.iter().chain(sub.checking.iter()) {
+            self.internal.remove(id);
         }
         if self.is_open() {
             self.control.push_back(ClientFrame::Unsubscribe {
@@ -1216,11 +1331,19 @@ impl ClientCore {
         self.directs.clear();
         self.control.clear();
         self.sub_ids.clear();
+        self.internal.clear();
         self.pace_at = None;
         self.paused_until = None;
         for (channel, sub) in &mut self.subs {
             sub.pending = None;
             sub.retry_at = None;
+            sub.next_check = None;
+            sub.checking = None;
+            // A gap being filled: what is held comes again after the resubscribe
+            // recovers from the last position delivered.
+            sub.filling = None;
+            sub.held.clear();
+            sub.early.clear();
             if !matches!(sub.state, SubState::Subscribing | SubState::Failed { .. }) {
                 sub.state = SubState::Subscribing;
                 self.events.push_back(Event::Subscription {
@@ -1258,11 +1381,13 @@ impl ClientCore {
             self.sub_ids.remove(&old);
         }
         self.sub_ids.insert(id.clone(), channel.clone());
+        sub.recovering = sub.position.is_some();
+        sub.early.clear();
         self.control.push_back(ClientFrame::Subscribe {
             id: Some(id),
             channel: channel.clone(),
             since: sub.position.clone(),
-            rewind: None,
+            rewind: (sub.rewind > 0).then_some(sub.rewind),
             presence: sub.presence.clone(),
         });
     }
@@ -1323,7 +1448,9 @@ impl ClientCore {
                 }
             }
             ServerFrame::Response { id, result } => {
-                if self.requests.remove(&id).is_some() {
+                if let Some((what, _)) = self.internal.remove(&id) {
+                    self.on_history(what, &id, Ok(result), now);
+                } else if self.requests.remove(&id).is_some() {
                     self.events.push_back(Event::Response {
                         id,
                         result: Ok(result),
@@ -1335,27 +1462,40 @@ impl ClientCore {
                 channel,
                 position,
                 recovered,
+                unrecovered,
                 presence,
-                ..
             } => {
+                let check = self.opts.position_check.map(|d| now + ms(d));
                 if let Some(sub) = self.subs.get_mut(&channel) {
                     if let Some(id) = sub.pending.take() {
                         self.sub_ids.remove(&id);
                     }
                     sub.retries = 0;
-                    sub.position = Some(position.clone());
-                    sub.state = SubState::Live {
-                        position,
-                        recovered,
+                    let recovery = match unrecovered {
+                        Some(why) => Recovery::Reset(why),
+                        None if recovered && sub.recovering => Recovery::Recovered,
+                        // Asked to recover, and the server did not say it did.
+                        None if sub.recovering => Recovery::Reset(Unrecovered::Unknown),
+                        None => Recovery::Fresh,
                     };
+                    sub.recovering = false;
+                    sub.position = Some(position.clone());
+                    sub.state = SubState::Live { position, recovery };
+                    sub.next_check = check;
                     let state = sub.state.clone();
+                    let early = std::mem::take(&mut sub.early);
                     self.events.push_back(Event::Subscription {
                         channel: channel.clone(),
                         state,
                     });
                     if let Some(members) = presence {
-                        self.events.push_back(Event::Members { channel, members });
+                        self.events.push_back(Event::Members {
+                            channel: channel.clone(),
+                            members,
+                        });
                     }
+                    self.events
+                        .extend(early.into_iter().map(|(_, m)| Event::Message(m)));
                 }
             }
             ServerFrame::Unsubscribed { .. } => {}
@@ -1368,20 +1508,26 @@ impl ClientCore {
                 offset,
                 epoch,
             } => {
-                let Some(sub) = self.subs.get_mut(&channel) else {
+                if !self.subs.contains_key(&channel) {
                     return;
-                };
-                if let (Some(offset), Some(epoch)) = (offset, epoch) {
-                    sub.position = Some(StreamPosition { offset, epoch });
                 }
-                self.events.push_back(Event::Message(Message {
+                let position = match (offset, epoch) {
+                    (Some(offset), Some(epoch)) => Some(StreamPosition { offset, epoch }),
+                    _ => None,
+                };
+                let message = Message {
                     channel,
                     offset,
                     from,
                     data,
                     ts,
                     ephemeral,
-                }));
+                };
+                match position {
+                    Some(position) => self.on_stored(position, message, now),
+                    // Ephemeral: not part of the stream, delivered as it comes.
+                    None => self.events.push_back(Event::Message(message)),
+                }
             }
             ServerFrame::Presence {
                 channel,
@@ -1437,6 +1583,11 @@ impl ClientCore {
             });
             return;
         }
+        if let Some((what, _)) = self.internal.remove(&id) {
+            let error = RequestError::Server { code, message };
+            self.on_history(what, &id, Err(error), now);
+            return;
+        }
         if let Some(channel) = self.sub_ids.remove(&id) {
             let backoff = self.opts.backoff;
             if let Some(sub) = self.subs.get_mut(&channel) {
@@ -1463,6 +1614,336 @@ impl ClientCore {
             return;
         }
         self.events.push_back(Event::ServerError { code, message });
+    }
+
+    /// A stored message of a subscribed channel: delivered if it is the next one, dropped
+    /// if already delivered, held behind a gap while the gap is filled.
+    fn on_stored(&mut self, position: StreamPosition, message: Message, now: Ms) {
+        let channel = message.channel.clone();
+        let Some(sub) = self.subs.get_mut(&channel) else {
+            return;
+        };
+        let seen = sub.position.as_ref();
+        let duplicate =
+            seen.is_some_and(|s| s.epoch == position.epoch && position.offset <= s.offset);
+        match &sub.state {
+            SubState::Failed { .. } => {}
+            // Recovered or rewound messages come before `subscribed`: delivered after it,
+            // so its state (a reset, say) comes first.
+            SubState::Subscribing => {
+                let last = sub.early.last().map(|(p, _)| p).or(seen);
+                let repeated =
+                    last.is_some_and(|s| s.epoch == position.epoch && position.offset <= s.offset);
+                if !repeated && sub.pending.is_some() {
+                    sub.early.push((position, message));
+                }
+            }
+            SubState::Live { .. } if sub.filling.is_some() => {
+                let last = sub.held.back().map(|(p, _)| p).or(seen);
+                let repeated =
+                    last.is_some_and(|s| s.epoch == position.epoch && position.offset <= s.offset);
+                if !repeated {
+                    sub.held.push_back((position, message));
+                }
+                if sub.held.len() > MAX_HELD {
+                    self.give_up_filling(&channel, Unrecovered::TooMany);
+                }
+            }
+            SubState::Live { .. } => match seen {
+                Some(s) if s.epoch == position.epoch && position.offset > s.offset + 1 => {
+                    let since = s.clone();
+                    let upto = position.offset;
+                    sub.held.push_back((position, message));
+                    self.fill(&channel, since, upto, now);
+                }
+                _ if duplicate => {}
+                Some(s) if s.epoch != position.epoch => {
+                    // The stream was reset: what came before in the old epoch is gone.
+                    sub.position = Some(position.clone());
+                    sub.state = SubState::Live {
+                        position,
+                        recovery: Recovery::Reset(Unrecovered::Epoch),
+                    };
+                    let state = sub.state.clone();
+                    self.events
+                        .push_back(Event::Subscription { channel, state });
+                    self.events.push_back(Event::Message(message));
+                }
+                _ => {
+                    sub.position = Some(position);
+                    self.events.push_back(Event::Message(message));
+                }
+            },
+        }
+    }
+
+    /// Asks for the messages after `since`, up to (not including) `upto`, holding what
+    /// comes meanwhile.
+    fn fill(&mut self, channel: &Channel, since: StreamPosition, upto: u64, now: Ms) {
+        let id = self.next_request_id("h");
+        let Some(sub) = self.subs.get_mut(channel) else {
+            return;
+        };
+        let limit = upto.saturating_sub(since.offset + 1).clamp(1, FILL_PAGE);
+        sub.filling = Some(id.clone());
+        self.send_history(id, Internal::Fill(channel.clone()), since, limit, now);
+    }
+
+    fn send_history(
+        &mut self,
+        id: RequestId,
+        what: Internal,
+        since: StreamPosition,
+        limit: u64,
+        now: Ms,
+    ) {
+        let channel = match &what {
+            Internal::Fill(c) | Internal::Check(c) => c.clone(),
+        };
+        let params = serde_json::json!({
+            "channel": channel,
+            "since": {"offset": since.offset, "epoch": since.epoch},
+            "limit": limit,
+        });
+        self.control.push_back(ClientFrame::Request {
+            id: id.clone(),
+            method: "history".into(),
+            params: params.into(),
+        });
+        self.internal
+            .insert(id, (what, now + ms(self.opts.request_timeout)));
+    }
+
+    /// The answer to one of the core's own `history` requests.
+    fn on_history(
+        &mut self,
+        what: Internal,
+        id: &RequestId,
+        result: Result<Payload, RequestError>,
+        now: Ms,
+    ) {
+        let page = result.and_then(|p| {
+            p.parse::<HistoryPage>()
+                .map_err(|e| RequestError::Decode(e.to_string()))
+        });
+        match what {
+            Internal::Check(channel) => {
+                let Some(sub) = self.subs.get_mut(&channel) else {
+                    return;
+                };
+                if sub.checking.as_ref() != Some(id) {
+                    return;
+                }
+                sub.checking = None;
+                let (Ok(page), Some(seen)) = (page, sub.position.clone()) else {
+                    return;
+                };
+                if sub.filling.is_some() || !matches!(sub.state, SubState::Live { .. }) {
+                    return;
+                }
+                if page.position.epoch != seen.epoch {
+                    // Reset while quiet: say so now rather than at the next message.
+                    sub.position = Some(page.position.clone());
+                    sub.state = SubState::Live {
+                        position: page.position,
+                        recovery: Recovery::Reset(Unrecovered::Epoch),
+                    };
+                    let state = sub.state.clone();
+                    self.events
+                        .push_back(Event::Subscription { channel, state });
+                } else if page.position.offset > seen.offset {
+                    // Behind: fetch what is missing (what is in flight meanwhile is
+                    // dropped as a duplicate).
+                    self.fill(&channel, seen, page.position.offset + 1, now);
+                }
+            }
+            Internal::Fill(channel) => {
+                let Some(sub) = self.subs.get_mut(&channel) else {
+                    return;
+                };
+                if sub.filling.as_ref() != Some(id) {
+                    return;
+                }
+                sub.filling = None;
+                let page = match page {
+                    Ok(page) => page,
+                    Err(RequestError::Server {
+                        code: ErrorCode::RateLimited | ErrorCode::Unavailable,
+                        ..
+                    }) => {
+                        // Ask again from where it stands.
+                        if let Some(since) = sub.position.clone() {
+                            let upto = sub.held.front().map_or(since.offset + 2, |(p, _)| p.offset);
+                            self.fill(&channel, since, upto, now);
+                        }
+                        return;
+                    }
+                    Err(_) => {
+                        self.give_up_filling(&channel, Unrecovered::Unknown);
+                        return;
+                    }
+                };
+                if let Some(why) = page.unrecovered {
+                    self.give_up_filling(&channel, why);
+                    return;
+                }
+                let mut delivered = 0;
+                let mut broken = false;
+                for raw in &page.messages {
+                    let Some(Ok(ServerFrame::Message {
+                        channel: ch,
+                        from,
+                        data,
+                        ts,
+                        ephemeral,
+                        offset: Some(offset),
+                        epoch: Some(epoch),
+                    })) = codec::decode_server(raw.get()).into_iter().next()
+                    else {
+                        broken = true;
+                        break;
+                    };
+                    let Some(seen) = sub.position.clone() else {
+                        break;
+                    };
+                    if epoch != seen.epoch || offset > seen.offset + 1 {
+                        broken = true;
+                        break;
+                    }
+                    if offset <= seen.offset {
+                        continue;
+                    }
+                    sub.position = Some(StreamPosition { offset, epoch });
+                    delivered += 1;
+                    self.events.push_back(Event::Message(Message {
+                        channel: ch,
+                        offset: Some(offset),
+                        from,
+                        data,
+                        ts,
+                        ephemeral,
+                    }));
+                }
+                let still_gap = |sub: &Sub| {
+                    let front = sub.held.front().map(|(p, _)| p);
+                    matches!((front, &sub.position), (Some(f), Some(s)) if f.epoch == s.epoch && f.offset > s.offset + 1)
+                };
+                if broken || (delivered == 0 && still_gap(sub)) {
+                    // A page that does not move on: the gap cannot be filled this way.
+                    self.give_up_filling(&channel, Unrecovered::Unknown);
+                    return;
+                }
+                self.release_held(&channel, delivered > 0, now);
+            }
+        }
+    }
+
+    /// After a fill page: the held messages go through again, in order (one past another
+    /// gap starts the next fill and keeps the rest held). Once no gap is left, the state
+    /// says a gap was filled, if the fill delivered anything.
+    fn release_held(&mut self, channel: &Channel, filled: bool, now: Ms) {
+        let Some(sub) = self.subs.get_mut(channel) else {
+            return;
+        };
+        let held = std::mem::take(&mut sub.held);
+        for (position, message) in held {
+            let Some(sub) = self.subs.get_mut(channel) else {
+                return;
+            };
+            if sub.filling.is_some() {
+                sub.held.push_back((position, message));
+            } else {
+                self.on_stored(position, message, now);
+            }
+        }
+        let Some(sub) = self.subs.get_mut(channel) else {
+            return;
+        };
+        if filled
+            && sub.filling.is_none()
+            && let (SubState::Live { .. }, Some(position)) = (&sub.state, sub.position.clone())
+        {
+            sub.state = SubState::Live {
+                position,
+                recovery: Recovery::GapFilled,
+            };
+            let state = sub.state.clone();
+            self.events.push_back(Event::Subscription {
+                channel: channel.clone(),
+                state,
+            });
+        }
+    }
+
+    /// The gap cannot be filled: the state says so, then the held messages follow.
+    fn give_up_filling(&mut self, channel: &Channel, why: Unrecovered) {
+        let Some(sub) = self.subs.get_mut(channel) else {
+            return;
+        };
+        if let Some(id) = sub.filling.take() {
+            self.internal.remove(&id);
+        }
+        let held = std::mem::take(&mut sub.held);
+        let position = held
+            .back()
+            .map(|(p, _)| p.clone())
+            .or_else(|| sub.position.clone());
+        let Some(position) = position else {
+            return;
+        };
+        sub.position = Some(position.clone());
+        sub.state = SubState::Live {
+            position,
+            recovery: Recovery::Reset(why),
+        };
+        let state = sub.state.clone();
+        self.events.push_back(Event::Subscription {
+            channel: channel.clone(),
+            state,
+        });
+        self.events
+            .extend(held.into_iter().map(|(_, m)| Event::Message(m)));
+    }
+
+    /// The core's own requests past their deadline: a fill is asked again, a check
+    /// forgotten.
+    fn internal_timeouts(&mut self, now: Ms) {
+        let expired: Vec<RequestId> = self
+            .internal
+            .iter()
+            .filter(|(_, (_, deadline))| now >= *deadline)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            if let Some((what, _)) = self.internal.remove(&id) {
+                self.on_history(what, &id, Err(RequestError::Timeout), now);
+            }
+        }
+    }
+
+    /// Position checks that are due.
+    fn position_checks(&mut self, now: Ms) {
+        let Some(every) = self.opts.position_check else {
+            return;
+        };
+        let due: Vec<(Channel, StreamPosition)> = self
+            .subs
+            .iter_mut()
+            .filter(|(_, s)| s.next_check.is_some_and(|t| now >= t))
+            .filter_map(|(c, s)| {
+                s.next_check = Some(now + ms(every));
+                let idle = s.filling.is_none() && s.checking.is_none();
+                let live = matches!(s.state, SubState::Live { .. });
+                (idle && live).then(|| s.position.clone().map(|p| (c.clone(), p)))?
+            })
+            .collect();
+        for (channel, position) in due {
+            let id = self.next_request_id("h");
+            if let Some(sub) = self.subs.get_mut(&channel) {
+                sub.checking = Some(id.clone());
+            }
+            self.send_history(id, Internal::Check(channel), position, 0, now);
+        }
     }
 
     /// How long to wait after a retryable refusal.

@@ -21,7 +21,8 @@ pub mod outbox;
 
 pub use crate::core::{
     Action, ClientCore, ConnState, Event, Message, Ms, Options, PublishError, PublishId,
-    PublishResult, RequestError, SubKey, SubState,
+    PublishResult, Recovery, RequestError, SubKey, SubOptions, SubState,
 };
 pub use backoff::Backoff;
 pub use outbox::{BatchOptions, Overflow, SendError};
+pub use switchboard_protocol::Unrecovered;

@@ -48,7 +48,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
 use crate::core::{
     Action, ClientCore, ConnState, Event, Ms, Options, PublishError, PublishResult, RequestError,
-    SubKey, SubState,
+    SubKey, SubOptions, SubState,
 };
 use crate::outbox::SendError;
 
@@ -348,7 +348,7 @@ impl Client {
     /// [`Payload`] for anything). Dropping the stream releases it; the last holder of a
     /// channel unsubscribes.
     pub fn subscribe<T: DeserializeOwned>(&self, channel: &str) -> Subscription<T> {
-        self.subscribe_with(channel, None)
+        self.subscribe_with(channel, SubOptions::default())
     }
 
     /// Subscribes and joins the channel's presence with `info`.
@@ -358,18 +358,23 @@ impl Client {
         info: &I,
     ) -> Result<Subscription<T>, ClientError> {
         let info = Payload::new(info)?;
-        Ok(self.subscribe_with(channel, Some(info)))
+        let opts = SubOptions {
+            presence: Some(info),
+            rewind: 0,
+        };
+        Ok(self.subscribe_with(channel, opts))
     }
 
-    fn subscribe_with<T: DeserializeOwned>(
+    /// Subscribes with every option: presence, and `rewind` (the latest messages first).
+    pub fn subscribe_with<T: DeserializeOwned>(
         &self,
         channel: &str,
-        presence: Option<Payload>,
+        opts: SubOptions,
     ) -> Subscription<T> {
         let channel = Channel::from(channel);
         let (key, rx) = self.call(|s, now| {
             let (tx, rx) = mpsc::channel(s.stream_capacity);
-            let key = s.core.subscribe(&channel, presence, now);
+            let key = s.core.subscribe_with(&channel, opts, now);
             s.listeners
                 .entry(channel.clone())
                 .or_default()

@@ -260,6 +260,7 @@ fn subscriptions_are_restored_with_their_position_and_report_their_state() {
             epoch: "e".into(),
         },
         recovered: false,
+        unrecovered: None,
         presence: None,
     });
     h.server(ServerFrame::Message {

@@ -150,6 +150,7 @@ impl Server {
                         epoch: "e".into(),
                     },
                     recovered: false,
+                    unrecovered: None,
                     presence: None,
                 }),
                 ClientFrame::Unsubscribe { channel, .. } => {

@@ -610,7 +610,7 @@ async fn tokens_minted_by_the_cli_with_a_private_key_are_accepted() {
 #[tokio::test]
 async fn a_key_file_the_server_cannot_use_stops_it_at_startup() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard-server"))
-        .args(["--addr", "127.0.0.1:0"])
+        .args(["--addr", "127.0.0.1:0", "--history", "memory"])
         .args(["--jwt-public-key", &format!("{KEYS}rsa.pem")])
         .output()
         .unwrap();

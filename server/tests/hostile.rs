@@ -143,8 +143,11 @@ async fn attack(url: String, me: usize, peers: Vec<String>, shared: Vec<String>)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_clients_stay_within_the_memory_bound() {
     let bin = env!("CARGO_BIN_EXE_switchboard-server");
+    let data = tempfile::tempdir().unwrap();
     let mut child = Command::new(bin)
         .args(["--addr", "127.0.0.1:0", "--dist", "/nonexistent-dist"])
+        .arg("--data-dir")
+        .arg(data.path())
         .env("RUST_LOG", "error")
         .stdout(Stdio::piped())
         .spawn()
