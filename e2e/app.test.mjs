@@ -216,6 +216,88 @@ test('server restart while typing: countdown, reconnect, queued messages once an
   await bob.context.close();
 });
 
+/** Kills the server with SIGKILL (no shutdown at all) and waits for it to exit. */
+function killServer(server) {
+  return new Promise((resolve) => {
+    if (server.proc.exitCode !== null || server.proc.signalCode !== null) return resolve();
+    server.proc.on('exit', resolve);
+    server.proc.kill('SIGKILL');
+  });
+}
+
+test('SIGKILL mid-chat: the one who comes back last still gets every message, once, in order', async () => {
+  const room = `k${Date.now()}`;
+  const query = '?backoff_ms=100';
+  const ada = await joinAs('Ada', room, server.url, query);
+  const grace = await joinAs('Grace', room, server.url, query);
+  await ada.page.locator('#member-count', { hasText: '2' }).waitFor({ timeout: 10_000 });
+  const before = ['a1', 'g1', 'a2', 'g2', 'a3'];
+  for (const text of before) {
+    const [from, to] = text.startsWith('a') ? [ada, grace] : [grace, ada];
+    await say(from.page, text);
+    await to.page.locator('#messages .text', { hasText: new RegExp(`^${text}$`) })
+      .waitFor({ timeout: 5_000 });
+  }
+  // Grace is away (her laptop lid is closed) until Ada is back and has sent everything:
+  // the order that used to lose her 3 of the 8 messages.
+  await grace.page.click('#offline-toggle');
+  await grace.page.locator('#status', { hasText: 'closed' }).waitFor({ timeout: 5_000 });
+  await ada.page.type('#chat-input', 'while the server di');
+  const addr = server.url.replace('http://', '');
+  await killServer(server);
+  await ada.page.locator('#status', { hasText: 'reconnecting' }).waitFor({ timeout: 10_000 });
+  const after = ['a4', 'a5', 'a6'];
+  for (const text of after) await say(ada.page, text);
+  await ada.page.locator('#queued', { hasText: '3' }).waitFor({ timeout: 5_000 });
+  server = await startServer(addr, undefined, server.dataDir);
+  await ada.page.locator('#status', { hasText: 'connected' }).waitFor({ timeout: 30_000 });
+  await ada.page.locator('#queued', { hasText: /^0$/ }).waitFor({ timeout: 10_000 });
+  await ada.page.locator('#messages .text', { hasText: /^a6$/ }).waitFor({ timeout: 10_000 });
+  // Now Grace comes back.
+  await grace.page.click('#offline-toggle');
+  await grace.page.locator('#status', { hasText: 'connected' }).waitFor({ timeout: 15_000 });
+  await grace.page.locator('#messages .text', { hasText: /^a6$/ }).waitFor({ timeout: 10_000 });
+  await grace.page.locator('#notices', { hasText: 'caught up' }).waitFor({ timeout: 5_000 });
+  await grace.page.waitForTimeout(300);
+  const all = [...before, ...after];
+  assert.deepEqual(await messages(grace.page), all, 'Grace: every message once, in order');
+  assert.deepEqual(await messages(ada.page), all, 'Ada: the same');
+  // Someone joining now sees the conversation so far (the room's recent lines).
+  const carol = await joinAs('Carol', room);
+  await carol.page.locator('#messages .text', { hasText: /^a6$/ }).waitFor({ timeout: 10_000 });
+  assert.deepEqual(await messages(carol.page), all, 'Carol: the recent lines on joining');
+  for (const t of [ada, grace, carol]) {
+    assert.deepEqual(t.errors, []);
+    await t.context.close();
+  }
+});
+
+test('lines typed offline survive a page reload and are sent once', async () => {
+  const room = `o${Date.now()}`;
+  const ada = await joinAs('Ada', room);
+  const bob = await joinAs('Bob', room);
+  await ada.page.locator('#member-count', { hasText: '2' }).waitFor({ timeout: 10_000 });
+  await ada.page.click('#offline-toggle');
+  await ada.page.locator('#status', { hasText: 'closed' }).waitFor({ timeout: 5_000 });
+  for (const text of ['kept 1', 'kept 2']) await say(ada.page, text);
+  await ada.page.locator('#queued', { hasText: '2' }).waitFor({ timeout: 5_000 });
+  await ada.page.locator('#pending', { hasText: 'kept 2' }).waitFor({ timeout: 5_000 });
+  // The tab reloads (a crash, an update, the user): the lines come back with the page,
+  // connect and go out.
+  await ada.page.reload();
+  await ada.page.locator('#status', { hasText: 'connected' }).waitFor({ timeout: 15_000 });
+  await bob.page.locator('#messages .text', { hasText: /^kept 2$/ }).waitFor({ timeout: 10_000 });
+  await ada.page.locator('#queued', { hasText: /^0$/ }).waitFor({ timeout: 10_000 });
+  // Reloaded again: nothing is sent twice.
+  await ada.page.reload();
+  await ada.page.locator('#status', { hasText: 'connected' }).waitFor({ timeout: 15_000 });
+  await bob.page.waitForTimeout(500);
+  assert.deepEqual(await messages(bob.page), ['kept 1', 'kept 2'], 'once each, in order');
+  assert.deepEqual(ada.errors, []);
+  await ada.context.close();
+  await bob.context.close();
+});
+
 test('notifications become toasts and the ticker moves', async () => {
   const a = await openApp(server.url);
   const b = await openApp(server.url);

@@ -999,6 +999,58 @@ impl ClientCore {
         Ok(id)
     }
 
+    /// The stored publishes not acked yet, oldest first, as frames with their ids: what an
+    /// app saves to keep them across its own restart (a page reload) and gives to
+    /// [`ClientCore::restore_publishes`] in the next run.
+    pub fn unacked_publishes(&self) -> Vec<ClientFrame> {
+        let mut all: Vec<(u64, &ClientFrame)> = self
+            .in_flight
+            .values()
+            .map(|(seq, frame)| (*seq, frame))
+            .chain(self.outbox.iter().filter_map(|item| match item {
+                Item::Publish { seq, frame, .. } => Some((*seq, frame)),
+                _ => None,
+            }))
+            .collect();
+        all.sort_by_key(|(seq, _)| *seq);
+        all.into_iter().map(|(_, f)| f.clone()).collect()
+    }
+
+    /// Queues publishes an earlier run saved with [`ClientCore::unacked_publishes`], with
+    /// their original ids: the server acks one it already stored with its first offset
+    /// instead of storing it twice. Each ends in an [`Event::Published`] like any other;
+    /// returns their ids in order. Frames that are not stored publishes with an id are
+    /// skipped; so is what does not fit in the outbox.
+    pub fn restore_publishes(&mut self, frames: Vec<ClientFrame>, now: Ms) -> Vec<PublishId> {
+        let mut ids = Vec::new();
+        for frame in frames {
+            let ClientFrame::Publish {
+                id: Some(id),
+                ephemeral: false,
+                ..
+            } = &frame
+            else {
+                continue;
+            };
+            let id = id.clone();
+            let seq = self.next_seq;
+            // `sent`: it may have reached the server in the earlier run.
+            let item = Item::Publish {
+                seq,
+                frame,
+                sent: true,
+            };
+            if self.check_size(item.frame()).is_err() || self.push(item, now).is_err() {
+                continue;
+            }
+            self.next_seq += 1;
+            self.outcomes.insert(seq, (id.clone(), None));
+            ids.push(id);
+        }
+        self.flush(now);
+        ids
+    }
+
     /// Calls `method`; the answer comes as one [`Event::Response`] with the returned id.
     /// Requests wait in the outbox while offline, within their timeout.
     pub fn request(

@@ -531,3 +531,73 @@ fn a_subscription_refused_as_unavailable_backs_off() {
     assert!(waits.windows(2).all(|w| w[1] >= w[0]), "{waits:?}");
     assert!(waits[3] >= 4 * waits[0], "the delay grows: {waits:?}");
 }
+
+#[test]
+fn unacked_publishes_survive_a_restart_of_the_app_with_their_ids() {
+    // First run: two publishes go out, one is acked, a third waits offline.
+    let mut h = H::new(Options::default());
+    h.welcome();
+    let ch = Channel::from("room");
+    let data = |n: u64| Payload::from(serde_json::json!(n));
+    let a = h.core.publish(&ch, data(1), false, false, h.now).unwrap();
+    let b = h.core.publish(&ch, data(2), false, false, h.now).unwrap();
+    h.drain();
+    h.server(ServerFrame::Ack {
+        id: a.clone(),
+        offset: Some(1),
+    });
+    h.lost(None);
+    let c = h.core.publish(&ch, data(3), false, false, h.now).unwrap();
+    h.drain();
+    let saved: Vec<String> = h
+        .core
+        .unacked_publishes()
+        .iter()
+        .map(codec::encode)
+        .collect();
+    assert_eq!(saved.len(), 2, "b (sent, not acked) and c (queued), not a");
+
+    // Second run: restored with the same ids, sent on connect, each answered once.
+    let mut h2 = H::new(Options::default());
+    let frames: Vec<ClientFrame> = saved
+        .iter()
+        .map(|t| {
+            codec::decode_client(t, &Limits::default())
+                .remove(0)
+                .unwrap()
+        })
+        .collect();
+    let ids = h2.core.restore_publishes(frames, h2.now);
+    assert_eq!(ids, [b.clone(), c.clone()]);
+    assert_eq!(h2.core.queued(), 2);
+    h2.welcome();
+    let sent: Vec<_> = h2
+        .take_sent()
+        .into_iter()
+        .filter_map(|f| match f {
+            ClientFrame::Publish { id, .. } => id,
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        sent,
+        [b.clone(), c.clone()],
+        "the same ids: the server deduplicates"
+    );
+    for (id, offset) in [(b.clone(), 2), (c.clone(), 3)] {
+        h2.server(ServerFrame::Ack {
+            id,
+            offset: Some(offset),
+        });
+    }
+    let published: Vec<_> = h2
+        .take_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Published { id, result } => Some((id, result)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(published, [(b, Ok(Some(2))), (c, Ok(Some(3)))]);
+    assert!(h2.core.unacked_publishes().is_empty());
+}

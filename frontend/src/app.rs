@@ -5,6 +5,12 @@
 //! For tests and tinkering, the page reads hook options from its query string:
 //! `?ping_ms=1000&pong_ms=1000` (the dead-link check), `?backoff_ms=200` (the first
 //! reconnect delay).
+//!
+//! Delivery: a room shows its last [`REWIND`] lines when you join (the subscription's
+//! `rewind`), what you missed when you come back (the hook resubscribes from the last line
+//! it delivered), and says so when lines were lost for good (a reset: it then shows the
+//! latest again). Lines typed offline wait in the outbox, which this app keeps in
+//! `localStorage`, so they are sent once even after the page is reloaded.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -13,16 +19,23 @@ use leptos::html::Div;
 use leptos::prelude::*;
 use serde::{Deserialize, Serialize};
 use switchboard_leptos::{
-    Backoff, ConnState, PublishResult, Received, Subscription, UseWebSocketOptions, WebSocket,
-    expect_websocket, now_ms, provide_websocket, same_origin_ws_url,
+    Backoff, ConnState, PublishResult, Received, Recovery, SubOptions, SubState, Subscription,
+    UseWebSocketOptions, WebSocket, expect_websocket, now_ms, provide_websocket,
+    same_origin_ws_url,
 };
-use switchboard_protocol::PresenceAction;
+use switchboard_protocol::{Payload, PresenceAction};
 
 /// How often the UI samples fast-changing state (ticker, countdown, typing).
 const UI_TICK: Duration = Duration::from_millis(250);
 
 /// Chat lines a room keeps on screen.
 const CHAT_LOG: usize = 1000;
+
+/// Recent lines a room shows when you join it.
+const REWIND: u32 = 50;
+
+/// Where the demo keeps its unsent lines across reloads.
+const OUTBOX_KEY: &str = "switchboard-demo-outbox";
 
 /// A chat line, or (ephemeral) a typing signal.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,7 +68,10 @@ struct Who {
 
 /// Hook options from the page's query string (see the module docs).
 fn options_from_query() -> UseWebSocketOptions {
-    let mut options = UseWebSocketOptions::default();
+    let mut options = UseWebSocketOptions {
+        persist_outbox: Some(OUTBOX_KEY.into()),
+        ..UseWebSocketOptions::default()
+    };
     let search = window().location().search().unwrap_or_default();
     for pair in search.trim_start_matches('?').split('&') {
         let Some((key, value)) = pair.split_once('=') else {
@@ -176,8 +192,9 @@ fn Chat() -> impl IntoView {
 #[derive(Clone)]
 struct Pending {
     text: String,
-    /// `None` until the ack (or the refusal).
-    outcome: RwSignal<Option<PublishResult>>,
+    /// `None` until the ack (or the refusal); no signal for a line restored from an
+    /// earlier run of the page (it is shown until the ack).
+    outcome: Option<RwSignal<Option<PublishResult>>>,
 }
 
 /// One room: members, notices, messages, typing, composer.
@@ -186,7 +203,14 @@ fn Room(name: String, room: String, on_leave: impl Fn() + 'static) -> impl IntoV
     let ws = expect_websocket();
     let clock = expect_context::<ReadSignal<u64>>();
     let channel = format!("room:{room}");
-    let sub: Subscription<Chat> = ws.join(&channel, &Who { name: name.clone() });
+    let who = Payload::new(&Who { name: name.clone() }).ok();
+    let sub: Subscription<Chat> = ws.subscribe_with(
+        &channel,
+        SubOptions {
+            presence: who,
+            rewind: REWIND,
+        },
+    );
     let (draft, set_draft) = signal(String::new());
     let (notices, set_notices) = signal(Vec::<String>::new());
     let (send_error, set_send_error) = signal(None::<String>);
@@ -218,6 +242,30 @@ fn Room(name: String, room: String, on_leave: impl Fn() + 'static) -> impl IntoV
     // The room's chat lines, oldest first: every one of them, from the subscription's
     // callback (its `messages` signal keeps only the last 200, typing signals included).
     let (log, set_log) = signal(Vec::<Received<Chat>>::new());
+    // Back after a disconnect: say whether every missed line came; after a reset, start
+    // over from the latest lines (they follow this state).
+    let notice = move |text: &str| {
+        set_notices.update(|n| {
+            n.push(text.to_owned());
+            if n.len() > 5 {
+                n.remove(0);
+            }
+        });
+    };
+    sub.on_state(move |state| {
+        if let SubState::Live { recovery, .. } = state {
+            match recovery {
+                Recovery::Fresh => {}
+                Recovery::Recovered | Recovery::GapFilled => notice("caught up"),
+                Recovery::Reset(why) => {
+                    set_log.set(Vec::new());
+                    notice(&format!(
+                        "some messages were lost ({why:?}): showing the latest"
+                    ));
+                }
+            }
+        }
+    });
     sub.on_message(move |m| {
         if let Ok(m) = m
             && !m.ephemeral
@@ -231,19 +279,33 @@ fn Room(name: String, room: String, on_leave: impl Fn() + 'static) -> impl IntoV
         }
     });
     let lines = move || log.get();
-    // Ours that are not in the room's lines yet.
-    let waiting = move || -> Vec<Pending> {
-        let shown: BTreeSet<u64> = log.with(|m| m.iter().filter_map(|m| m.offset).collect());
-        pending
-            .get()
-            .into_iter()
-            .filter(|p| match p.outcome.get() {
-                Some(Ok(Some(offset))) => !shown.contains(&offset),
-                Some(Ok(None)) => false,
-                _ => true,
-            })
-            .collect()
-    };
+    // Ours that are not in the room's lines yet: sent from this page, or restored from
+    // an earlier run of it (until the server acks them).
+    let restored_channel = channel.clone();
+    let waiting =
+        move || -> Vec<Pending> {
+            let shown: BTreeSet<u64> = log.with(|m| m.iter().filter_map(|m| m.offset).collect());
+            let restored = ws.restored.with(|r| {
+                r.iter()
+                    .filter(|p| p.channel == restored_channel)
+                    .filter_map(|p| p.data.parse::<Chat>().ok())
+                    .map(|c| Pending {
+                        text: c.text,
+                        outcome: None,
+                    })
+                    .collect::<Vec<_>>()
+            });
+            restored
+                .into_iter()
+                .chain(pending.get().into_iter().filter(
+                    |p| match p.outcome.and_then(|o| o.get()) {
+                        Some(Ok(Some(offset))) => !shown.contains(&offset),
+                        Some(Ok(None)) => false,
+                        _ => true,
+                    },
+                ))
+                .collect()
+        };
     // Keep the newest line in view.
     Effect::new(move |_| {
         log.track();
@@ -310,7 +372,12 @@ fn Room(name: String, room: String, on_leave: impl Fn() + 'static) -> impl IntoV
                 set_draft.set(String::new());
                 set_send_error.set(None);
                 let outcome = RwSignal::new(None);
-                set_pending.update(|p| p.push(Pending { text, outcome }));
+                set_pending.update(|p| {
+                    p.push(Pending {
+                        text,
+                        outcome: Some(outcome),
+                    })
+                });
                 leptos::task::spawn_local(async move {
                     let result = ack.await;
                     if let Err(e) = &result {
@@ -347,7 +414,7 @@ fn Room(name: String, room: String, on_leave: impl Fn() + 'static) -> impl IntoV
                     </ul>
                     <ul id="pending">
                         {move || waiting().into_iter().map(|p| {
-                            let state = move || match p.outcome.get() {
+                            let state = move || match p.outcome.and_then(|o| o.get()) {
                                 Some(Err(e)) => format!("not delivered: {e}"),
                                 _ => "sending…".to_owned(),
                             };

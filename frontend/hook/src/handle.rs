@@ -21,11 +21,12 @@ use leptos::prelude::*;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use switchboard_client::{
-    Action, ClientCore, ConnState, Event, Message, PublishError, PublishResult, RequestError,
-    SendError, SubKey, SubState,
+    Action, ClientCore, ConnState, Event, Message, PublishError, PublishId, PublishResult,
+    Recovery, RequestError, SendError, SubKey, SubOptions, SubState,
 };
 use switchboard_protocol::{
-    Channel, ClientId, CloseCode, Member, Payload, PresenceAction, RequestId, Sender,
+    Channel, ClientFrame, ClientId, CloseCode, Member, Payload, PresenceAction, RequestId, Sender,
+    codec,
 };
 
 /// A message received on a subscription, its data decoded as `T`.
@@ -61,6 +62,18 @@ pub struct PresenceEvent {
     pub member: Member,
 }
 
+/// A publish an earlier run of the page left unacked, queued again from `localStorage`
+/// (see [`crate::UseWebSocketOptions::persist_outbox`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestoredPublish {
+    /// Its id (the same as in the earlier run, so the server never stores it twice).
+    pub id: PublishId,
+    /// The channel.
+    pub channel: String,
+    /// The data.
+    pub data: Payload,
+}
+
 /// What a channel's holders hear.
 pub(crate) enum ChannelEvent<'a> {
     Message(&'a Message),
@@ -72,6 +85,8 @@ pub(crate) enum ChannelEvent<'a> {
 type Listener = Rc<dyn Fn(&ChannelEvent<'_>)>;
 /// A subscription's message callbacks.
 type Callbacks<T> = StoredValue<Vec<Rc<dyn Fn(&Result<Received<T>, DecodeError>)>>, LocalStorage>;
+/// A subscription's state callbacks.
+type StateCallbacks = StoredValue<Vec<Rc<dyn Fn(&SubState)>>, LocalStorage>;
 type DirectListener = Rc<dyn Fn(&Sender, &Payload)>;
 
 /// What the handles and the driver share (not `Send`: the browser has one thread).
@@ -89,11 +104,17 @@ pub(crate) struct Conn {
     pub(crate) wake: Option<mpsc::Sender<()>>,
     pub(crate) message_buffer: usize,
     pub(crate) render_per_frame: bool,
+    /// The `localStorage` key of the unacked publishes, and whether they changed since
+    /// they were last written there.
+    pub(crate) persist: Option<String>,
+    persist_dirty: bool,
 }
 
 impl Conn {
     pub(crate) fn new(core: ClientCore, message_buffer: usize, render_per_frame: bool) -> Self {
         Self {
+            persist: None,
+            persist_dirty: false,
             core,
             publishes: HashMap::new(),
             requests: HashMap::new(),
@@ -170,6 +191,9 @@ pub struct WebSocket {
     pub frames_out: ReadSignal<u64>,
     /// The last 50 direct messages to this connection, oldest first.
     pub directs: ReadSignal<VecDeque<(Sender, Payload)>>,
+    /// Publishes an earlier run of the page left unacked and that are not acked yet
+    /// (with [`crate::UseWebSocketOptions::persist_outbox`]): show them as pending.
+    pub restored: ReadSignal<Vec<RestoredPublish>>,
     pub(crate) conn: StoredValue<Conn, LocalStorage>,
     pub(crate) set: StoredValue<Setters>,
 }
@@ -191,6 +215,7 @@ pub(crate) struct Setters {
     #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
     pub(crate) frames_out: WriteSignal<u64>,
     pub(crate) directs: WriteSignal<VecDeque<(Sender, Payload)>>,
+    pub(crate) restored: WriteSignal<Vec<RestoredPublish>>,
 }
 
 impl WebSocket {
@@ -209,7 +234,9 @@ impl WebSocket {
         let (frames_in, s_frames_in) = signal(0u64);
         let (frames_out, s_frames_out) = signal(0u64);
         let (directs, s_directs) = signal(VecDeque::new());
+        let (restored, s_restored) = signal(Vec::new());
         Self {
+            restored,
             state,
             last_error,
             last_close,
@@ -238,6 +265,7 @@ impl WebSocket {
                 frames_in: s_frames_in,
                 frames_out: s_frames_out,
                 directs: s_directs,
+                restored: s_restored,
             }),
         }
     }
@@ -290,6 +318,7 @@ impl WebSocket {
                 .core
                 .publish(&Channel::from(channel), data, false, skip_self, now)?;
             c.publishes.insert(id, tx);
+            c.persist_dirty = c.persist.is_some();
             Ok(())
         })
         .unwrap_or(Err(SendError::Closed))?;
@@ -350,7 +379,16 @@ impl WebSocket {
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
-        Subscription::new(*self, Channel::from(channel), None)
+        Subscription::new(*self, Channel::from(channel), SubOptions::default())
+    }
+
+    /// Subscribes with every option: presence info, and `rewind` (the channel's latest
+    /// stored messages first, e.g. a chat's recent lines; again after a reset).
+    pub fn subscribe_with<T>(&self, channel: &str, opts: SubOptions) -> Subscription<T>
+    where
+        T: DeserializeOwned + Clone + Send + Sync + 'static,
+    {
+        Subscription::new(*self, Channel::from(channel), opts)
     }
 
     /// Joins `channel` as a room: subscribes and enters its presence set with `info`.
@@ -370,7 +408,11 @@ impl WebSocket {
                 None
             }
         };
-        Subscription::new(*self, Channel::from(channel), info)
+        let opts = SubOptions {
+            presence: info,
+            rewind: 0,
+        };
+        Subscription::new(*self, Channel::from(channel), opts)
     }
 
     /// Sends `data` to one connection (WebRTC signaling).
@@ -463,9 +505,11 @@ pub struct Subscription<T: Send + Sync + 'static> {
     channel: StoredValue<Channel>,
     key: StoredValue<Option<SubKey>, LocalStorage>,
     callbacks: Callbacks<T>,
+    state_callbacks: StateCallbacks,
     /// The most recent messages, oldest first (at most `message_buffer`).
     pub messages: ReadSignal<VecDeque<Received<T>>>,
-    /// Subscribing, live (with its position), or failed (with the server's error).
+    /// Subscribing, live (with its position and how it got there: fresh, recovered, a
+    /// filled gap, or a reset), or failed (with the server's error).
     pub state: ReadSignal<SubState>,
     /// The presence set (rooms), sorted by user id.
     pub members: ReadSignal<Vec<Member>>,
@@ -488,7 +532,7 @@ impl<T> Subscription<T>
 where
     T: DeserializeOwned + Clone + Send + Sync + 'static,
 {
-    fn new(ws: WebSocket, channel: Channel, presence: Option<Payload>) -> Self {
+    fn new(ws: WebSocket, channel: Channel, opts: SubOptions) -> Self {
         let (messages, set_messages) = signal(VecDeque::<Received<T>>::new());
         let (state, set_state) = signal(SubState::Subscribing);
         let known = ws
@@ -500,6 +544,7 @@ where
         let (last_presence, set_last_presence) = signal(None::<PresenceEvent>);
         let (decode_error, set_decode_error) = signal(None::<DecodeError>);
         let callbacks: Callbacks<T> = StoredValue::new_local(Vec::new());
+        let state_callbacks: StateCallbacks = StoredValue::new_local(Vec::new());
         let (buffer, per_frame) = ws
             .conn
             .try_with_value(|c| (c.message_buffer, c.render_per_frame))
@@ -563,7 +608,23 @@ where
                 }
             }
             ChannelEvent::State(s) => {
+                if let SubState::Live {
+                    recovery: Recovery::Reset(_),
+                    ..
+                } = s
+                {
+                    // Messages were lost: what the buffer holds is stale. The rewound
+                    // messages, if any, follow.
+                    pending.borrow_mut().clear();
+                    set_messages.try_set(VecDeque::new());
+                }
                 set_state.try_set((*s).clone());
+                let cbs = state_callbacks
+                    .try_with_value(|c| c.clone())
+                    .unwrap_or_default();
+                for cb in cbs {
+                    cb(s);
+                }
             }
             ChannelEvent::Members(ms) => {
                 set_members.try_set(ms.to_vec());
@@ -580,7 +641,7 @@ where
             }
         });
         let key = ws.call(|c, now| {
-            let key = c.core.subscribe(&channel, presence, now);
+            let key = c.core.subscribe_with(&channel, opts, now);
             c.channels
                 .entry(channel.clone())
                 .or_default()
@@ -592,6 +653,7 @@ where
             channel: StoredValue::new(channel),
             key: StoredValue::new_local(key),
             callbacks,
+            state_callbacks,
             messages,
             state,
             members,
@@ -607,6 +669,14 @@ where
     /// arrives (apps that keep their own state need every message, not a buffer).
     pub fn on_message(&self, f: impl Fn(&Result<Received<T>, DecodeError>) + 'static) {
         self.callbacks.try_update_value(|c| c.push(Rc::new(f)));
+    }
+
+    /// Calls `f` with every state change of this subscription, as it happens: a
+    /// [`Recovery::Reset`] means messages were lost and the app should reload what it
+    /// keeps for this channel (the rewound messages, if it asked for some, follow).
+    pub fn on_state(&self, f: impl Fn(&SubState) + 'static) {
+        self.state_callbacks
+            .try_update_value(|c| c.push(Rc::new(f)));
     }
 
     /// Publishes on this channel (see [`WebSocket::publish`]).
@@ -672,6 +742,7 @@ pub(crate) fn pump(ws: WebSocket) {
             {
                 set.queued.try_set(queued);
             }
+            save_outbox(ws);
             return;
         }
         for event in events {
@@ -741,6 +812,15 @@ fn apply(ws: WebSocket, event: Event) {
             set.last_close.try_set(Some((code, reason)));
         }
         Event::Published { id, result } => {
+            ws.conn
+                .try_update_value(|c| c.persist_dirty = c.persist.is_some());
+            if ws
+                .restored
+                .try_with_untracked(|r| r.iter().any(|p| p.id == id))
+                == Some(true)
+            {
+                set.restored.try_update(|r| r.retain(|p| p.id != id));
+            }
             if matches!(result, Err(PublishError::Dropped)) {
                 set.dropped.try_update(|n| *n += 1);
             }
@@ -816,6 +896,74 @@ fn apply(ws: WebSocket, event: Event) {
             set.last_error
                 .try_set(Some(format!("bad frame from the server: {e}")));
         }
+    }
+}
+
+/// Writes the unacked publishes to `localStorage`, if asked to and they changed.
+fn save_outbox(ws: WebSocket) {
+    let Some(Some((key, frames))) = ws.conn.try_update_value(|c| {
+        let key = c.persist.clone().filter(|_| c.persist_dirty)?;
+        c.persist_dirty = false;
+        let frames: Vec<String> = c
+            .core
+            .unacked_publishes()
+            .iter()
+            .map(codec::encode)
+            .collect();
+        Some((key, frames))
+    }) else {
+        return;
+    };
+    let json = serde_json::to_string(&frames).unwrap_or_default();
+    #[cfg(target_arch = "wasm32")]
+    if let Some(storage) = web_sys::window().and_then(|w| w.local_storage().ok().flatten()) {
+        // Full or refused (private mode): the messages still go while the page lives.
+        let _ = storage.set_item(&key, &json);
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    let _ = (key, json);
+}
+
+/// Queues the publishes an earlier run saved under the persist key (see
+/// [`crate::UseWebSocketOptions::persist_outbox`]).
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+pub(crate) fn restore_outbox(ws: WebSocket, saved: &str) {
+    let limits = switchboard_protocol::Limits::default();
+    let frames: Vec<ClientFrame> = serde_json::from_str::<Vec<String>>(saved)
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|text| codec::decode_client(text, &limits))
+        .filter_map(Result::ok)
+        .collect();
+    if frames.is_empty() {
+        return;
+    }
+    let restored: Vec<RestoredPublish> = frames
+        .iter()
+        .filter_map(|f| match f {
+            ClientFrame::Publish {
+                id: Some(id),
+                channel,
+                data,
+                ..
+            } => Some(RestoredPublish {
+                id: id.clone(),
+                channel: channel.0.clone(),
+                data: data.clone(),
+            }),
+            _ => None,
+        })
+        .collect();
+    let Some(ids) = ws.call(|c, now| c.core.restore_publishes(frames, now)) else {
+        return;
+    };
+    if let Some(set) = ws.setters() {
+        set.restored.try_set(
+            restored
+                .into_iter()
+                .filter(|r| ids.contains(&r.id))
+                .collect(),
+        );
     }
 }
 

@@ -32,11 +32,13 @@ pub mod options;
 
 use leptos::prelude::*;
 pub use switchboard_client::{
-    Backoff, BatchOptions, ConnState, Overflow, PublishError, PublishResult, RequestError,
-    SendError, SubState,
+    Backoff, BatchOptions, ConnState, Overflow, PublishError, PublishId, PublishResult, Recovery,
+    RequestError, SendError, SubOptions, SubState, Unrecovered,
 };
 
-pub use handle::{DecodeError, PresenceEvent, Publish, Received, Subscription, WebSocket};
+pub use handle::{
+    DecodeError, PresenceEvent, Publish, Received, RestoredPublish, Subscription, WebSocket,
+};
 pub use options::{TokenProvider, UseWebSocketOptions};
 
 /// Milliseconds on the hook's monotonic clock (`performance.now()`): the clock of
@@ -95,8 +97,18 @@ pub fn use_websocket_with_options(url: &str, options: UseWebSocketOptions) -> We
     #[cfg(not(target_arch = "wasm32"))]
     let seed = handle::wall_ms() as u64;
     let core = switchboard_client::ClientCore::new(options.core(), seed, handle::clock_ms());
-    let conn = handle::Conn::new(core, options.message_buffer, options.render_per_frame);
+    let mut conn = handle::Conn::new(core, options.message_buffer, options.render_per_frame);
+    conn.persist = options.persist_outbox.clone();
     let ws = WebSocket::new(conn);
+    // Publishes an earlier run of the page left unacked go first, with their ids.
+    #[cfg(target_arch = "wasm32")]
+    if let Some(key) = &options.persist_outbox
+        && let Some(saved) = web_sys::window()
+            .and_then(|w| w.local_storage().ok().flatten())
+            .and_then(|s| s.get_item(key).ok().flatten())
+    {
+        handle::restore_outbox(ws, &saved);
+    }
     // The browser drives the connection; a server-side render (native code) never does.
     #[cfg(target_arch = "wasm32")]
     driver::start(ws, url.to_owned(), options.token.clone());

@@ -47,6 +47,14 @@ pub struct UseWebSocketOptions {
     pub token: Option<TokenProvider>,
     /// Connect right away; otherwise on [`crate::WebSocket::open`]. Defaults to `true`.
     pub immediate: bool,
+    /// How often a live subscription checks its channel's position with the server, to
+    /// notice a lost message no later one reveals. Defaults to 40 s; `None` turns it off.
+    pub position_check: Option<Duration>,
+    /// Keep the publishes not acked yet in the browser's `localStorage` under this key,
+    /// so messages typed offline are sent (once) after the page is reloaded or reopened.
+    /// They come back in [`crate::WebSocket::restored`]. Defaults to `None` (off): turn it
+    /// on per app, with a key per user if several share a browser.
+    pub persist_outbox: Option<String>,
 }
 
 impl Default for UseWebSocketOptions {
@@ -68,6 +76,8 @@ impl Default for UseWebSocketOptions {
             render_per_frame: true,
             token: None,
             immediate: core.immediate,
+            position_check: core.position_check,
+            persist_outbox: None,
         }
     }
 }
@@ -93,6 +103,7 @@ impl UseWebSocketOptions {
                 version: env!("CARGO_PKG_VERSION").into(),
             }),
             immediate: self.immediate,
+            position_check: self.position_check,
             ..Options::default()
         }
     }
