@@ -12,13 +12,17 @@
 //! | handling one frame: its decoded payload, the encoded message, its numbered copy | `3 × max_frame_bytes` |
 //! | writing: the write buffer, which takes at most one frame beyond its size | `WRITE_BUFFER + 2 × max_frame_bytes` |
 //! | the largest reply: a presence snapshot, or one frame | `max(max_presence_members × member, max_frame_bytes)` |
+//! | a recovery, rewind or `history` page read and its encoding | `2 × queue_bytes` |
 //! | the outbound queue and its direct-message budget | `queue_bytes + direct_queue_bytes` |
 //! | subscriptions, each with its presence entry | `max_subscriptions × (SUBSCRIPTION_BYTES + channel + member)` |
 //!
 //! where `member = max_presence_bytes + 2 × 256 + max_id_bytes + MEMBER_BYTES` (the
 //! info, the name a token stamps into it and the token's `sub`, each at most 256 bytes,
-//! and a connection id). Shared by all:
-//! the streams (`history_memory`) and [`BASE_BYTES`] for the process itself. Requests
+//! and a connection id). Shared by all: the streams (with `--history memory`,
+//! `history_memory`; with the disk store, its page cache and the stream records it keeps
+//! in memory: [`crate::history::PAGE_CACHE_BYTES`] + [`crate::history::CACHED_STREAMS`] ×
+//! [`crate::history::CACHED_STREAM_BYTES`]) and [`BASE_BYTES`] for the process itself.
+//! Requests
 //! running beside a session ([`crate::session`] allows 16 per connection) hold what their
 //! handlers hold; the built-in ones answer at once.
 
@@ -68,6 +72,7 @@ impl MemoryBudget {
                 "largest reply",
                 (config.max_presence_members * member).max(frame),
             ),
+            ("recovery", 2 * config.queue_bytes),
             ("queues", config.queue_bytes + config.direct_queue_bytes),
             (
                 "subscriptions",
@@ -76,7 +81,13 @@ impl MemoryBudget {
         ];
         Self {
             per_connection: parts.iter().map(|(_, n)| n).sum(),
-            shared: config.history_memory,
+            shared: match config.history {
+                crate::config::HistoryStore::Memory => config.history_memory,
+                crate::config::HistoryStore::Disk => {
+                    crate::history::PAGE_CACHE_BYTES
+                        + crate::history::CACHED_STREAMS * crate::history::CACHED_STREAM_BYTES
+                }
+            },
             base: BASE_BYTES,
             parts,
         }
@@ -108,7 +119,15 @@ mod tests {
         assert!(b.per_connection > (1 << 20) + (256 << 10));
         let smaller = Config::parse_from(["switchboard-server", "--queue-bytes", "131072"]);
         let s = MemoryBudget::from_config(&smaller);
-        assert_eq!(b.per_connection - s.per_connection, (1 << 20) - 131_072);
+        // The queue, and a recovery read of up to a queue's worth and its encoding.
+        assert_eq!(
+            b.per_connection - s.per_connection,
+            3 * ((1 << 20) - 131_072)
+        );
         assert_eq!(b.for_connections(0), b.base + b.shared);
+        // The disk store's share is its caches; the memory store's, its budget.
+        let memory = Config::parse_from(["switchboard-server", "--history", "memory"]);
+        assert_eq!(MemoryBudget::from_config(&memory).shared, 64 << 20);
+        assert!(b.shared < 64 << 20, "{}", b.shared);
     }
 }

@@ -72,7 +72,14 @@ const ID_BYTES: u64 = 64;
 
 /// Records of streams with no write in flight kept in memory; past it they are dropped
 /// (and read again from the file when next used).
-pub const CACHED_STREAMS: usize = 1 << 16;
+pub const CACHED_STREAMS: usize = 1 << 14;
+
+/// Memory one cached stream record may take: the record, its channel name (at most
+/// `MAX_CHANNEL_LEN`) and the map's own overhead.
+pub const CACHED_STREAM_BYTES: usize = 512;
+
+/// redb's page cache (its default is 1 GiB): recent messages are read from here.
+pub const PAGE_CACHE_BYTES: usize = 32 << 20;
 
 /// Most writes in one group commit.
 const MAX_BATCH: usize = 4096;
@@ -275,9 +282,11 @@ fn open_db(path: &Path, durability: Durability) -> Result<(Database, File), Hist
     let file = open_file(path)?;
     let sync_handle = file.try_clone().map_err(err)?;
     let backend = FileBackend::new(file).map_err(err)?;
+    let mut builder = Builder::new();
+    builder.set_cache_size(PAGE_CACHE_BYTES);
     let db = match durability {
-        Durability::Fsync => Builder::new().create_with_backend(backend),
-        Durability::Os => Builder::new().create_with_backend(NoSyncBackend(backend)),
+        Durability::Fsync => builder.create_with_backend(backend),
+        Durability::Os => builder.create_with_backend(NoSyncBackend(backend)),
     }
     .map_err(err)?;
     Ok((db, sync_handle))

@@ -25,7 +25,7 @@ use switchboard_protocol::{Channel, StreamPosition};
 
 use crate::frame::Encoded;
 
-pub use disk::{CACHED_STREAMS, DiskHistory, Durability};
+pub use disk::{CACHED_STREAM_BYTES, CACHED_STREAMS, DiskHistory, Durability, PAGE_CACHE_BYTES};
 pub use memory::{Clock, DEDUPE_ENTRY, MESSAGE_OVERHEAD, MemoryHistory, STREAM_OVERHEAD};
 
 /// How long the streams of the channels matching a pattern keep their messages
