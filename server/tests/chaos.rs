@@ -46,10 +46,10 @@ struct Server {
 }
 
 impl Server {
-    fn start(addr: &str, data: &std::path::Path) -> Self {
+    fn start(addr: &str, data: &std::path::Path, durability: &str) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard-server"))
             .args(["--addr", addr, "--dist", "/nonexistent"])
-            .args(["--history", "disk", "--durability", "fsync"])
+            .args(["--history", "disk", "--durability", durability])
             .arg("--data-dir")
             .arg(data)
             .args(["--rate-per-sec", "100000", "--rate-burst", "100000"])
@@ -105,6 +105,17 @@ struct Received {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_restarts_lose_and_duplicate_nothing() {
+    chaos("fsync").await;
+}
+
+/// `--durability os` acks before the fsync: a killed process loses nothing either, since
+/// what it wrote is in the operating system's cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_restarts_lose_and_duplicate_nothing_with_os_durability() {
+    chaos("os").await;
+}
+
+async fn chaos(durability: &'static str) {
     let kills = env_or("CHAOS_KILLS", 4);
     let per_publisher = env_or("CHAOS_MESSAGES", 600) as u32 / PUBLISHERS;
     let data = tempfile::tempdir().unwrap();
@@ -113,7 +124,11 @@ async fn sigkill_restarts_lose_and_duplicate_nothing() {
         l.local_addr().unwrap().to_string()
     };
     let url = format!("ws://{addr}/ws");
-    let server = Arc::new(Mutex::new(Some(Server::start(&addr, data.path()))));
+    let server = Arc::new(Mutex::new(Some(Server::start(
+        &addr,
+        data.path(),
+        durability,
+    ))));
 
     // Subscribers first, live on every channel.
     let mut received = Vec::new();
@@ -173,7 +188,7 @@ async fn sigkill_restarts_lose_and_duplicate_nothing() {
                 let new = tokio::task::spawn_blocking({
                     let addr = addr.clone();
                     let data = data.clone();
-                    move || Server::start(&addr, &data)
+                    move || Server::start(&addr, &data, durability)
                 })
                 .await
                 .unwrap();
@@ -252,7 +267,7 @@ async fn sigkill_restarts_lose_and_duplicate_nothing() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     println!(
-        "chaos: {kills} SIGKILLs, {total} messages on {CHANNELS} channels from {PUBLISHERS} \
+        "chaos (--durability {durability}): {kills} SIGKILLs, {total} messages on {CHANNELS} channels from {PUBLISHERS} \
          publishers in {:.1} s, {SUBSCRIBERS} subscribers",
         published.as_secs_f64()
     );
