@@ -5,27 +5,39 @@
 # core 0 and the load generator to core 1. Loopback only; every workload is bounded in
 # connections and time. Writes docs/benchmarks.md (and prints it).
 #
-#   scripts/bench.sh            full run (~10 min)
-#   QUICK=1 scripts/bench.sh    fewer connections and shorter phases (~3 min)
+# The durable-history workloads (issue 11) run Switchboard alone, with each history setting
+# (memory; disk with --durability os; disk with --durability fsync), each on a fresh
+# --data-dir.
+#
+#   scripts/bench.sh                   full run (~14 min)
+#   QUICK=1 scripts/bench.sh           fewer connections and shorter phases (~5 min)
+#   ONLY=history scripts/bench.sh      only the history workloads (combines with QUICK=1);
+#                                      prints their sections and writes them to
+#                                      target/bench-history.md, not docs/benchmarks.md
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/setup.sh
 
 SUBS=${SUBS:-1000}; RATES=${RATES:-250,500,1000,2000}; SECS=${SECS:-5}
 IDLE=${IDLE:-10000}; RPC_CONNS=${RPC_CONNS:-100}; STORM=${STORM:-1000}; SLOW_SECS=${SLOW_SECS:-10}
-if [ "${QUICK:-0}" = 1 ]; then SUBS=200; RATES=1000,5000; SECS=2; IDLE=2000; STORM=300; SLOW_SECS=4; fi
+PUB_CONNS=${PUB_CONNS:-50}; PUB_WINDOW=${PUB_WINDOW:-16}; PUB_CHANNELS=${PUB_CHANNELS:-4}
+MISSED=${MISSED:-50}; ONLY=${ONLY:-}
+if [ "${QUICK:-0}" = 1 ]; then
+  SUBS=200; RATES=1000,5000; SECS=2; IDLE=2000; STORM=300; SLOW_SECS=4; PUB_CONNS=20
+fi
+case "$ONLY" in ""|history) ;; *) echo "ONLY must be empty or history" >&2; exit 2 ;; esac
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 echo "==> building (release)"
 cargo build --locked --release -p switchboard-server -p switchboard-bench
-if [ ! -f bench/peers/node_modules/.package-lock.json ] \
-  || [ bench/peers/package-lock.json -nt bench/peers/node_modules/.package-lock.json ]; then
+if [ -z "$ONLY" ] && { [ ! -f bench/peers/node_modules/.package-lock.json ] \
+  || [ bench/peers/package-lock.json -nt bench/peers/node_modules/.package-lock.json ]; }; then
   (cd bench/peers && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
 pin() { if command -v taskset >/dev/null; then taskset -c "$1" "${@:2}"; else "${@:2}"; fi; }
-pids=()
-trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
+pids=(); dirs=()
+trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "${dirs[@]}"' EXIT
 
 # start NAME CMD...: runs a server on core 0, sets $url and $pid
 start() {
@@ -43,9 +55,11 @@ lg() { pin 1 target/release/loadgen "$@"; }
 # A workload that fails (its error is in the log) leaves a row saying so; the run goes on.
 failed() { echo "| $1 | failed: see the bench log |"; }
 
-sb=(target/release/switchboard-server --addr 127.0.0.1:0 --dist /nonexistent --history memory
-    --max-connections 30000 --max-connections-per-ip 30000
-    --rate-per-sec 1000000 --rate-burst 1000000 --log-format json)
+sb_base=(target/release/switchboard-server --addr 127.0.0.1:0 --dist /nonexistent
+         --max-connections 30000 --max-connections-per-ip 30000
+         --rate-per-sec 1000000 --rate-burst 1000000 --log-format json)
+# The comparison rows keep the in-memory history, comparable with the runs before issue 11.
+sb=("${sb_base[@]}" --history memory)
 # NAME|DIALECT|COMMAND[|fanout-only]
 servers=("switchboard|switchboard|${sb[*]}"
          "switchboard, queue 1024|switchboard|${sb[*]} --queue-capacity 1024|fanout-only"
@@ -72,7 +86,44 @@ storm() {
   cat "$out"; rm -f "$ready" "$out"
 }
 
+# hist_cmd MODE: Switchboard with history MODE (memory, os or fsync; the last two the disk
+# store with that --durability, on a fresh --data-dir); sets $cmd, $hlabel and $dir.
+hist_cmd() {
+  dir=""
+  case $1 in
+    memory) cmd="${sb_base[*]} --history memory"; hlabel="switchboard, history memory" ;;
+    *) dir=$(mktemp -d); dirs+=("$dir")
+       cmd="${sb_base[*]} --history disk --durability $1 --data-dir $dir"
+       hlabel="switchboard, disk, $1" ;;
+  esac
+}
+
+# recover_storm (after hist_cmd, which must run outside the $(…) so that the data dir is
+# removed at exit): $STORM subscribed clients, the server restarted (SIGTERM, then the same
+# command: address and data dir) while they miss $MISSED messages; prints the load
+# generator's row.
+recover_storm() {
+  local ready out lgpid port
+  ready=$(mktemp -u); out=$(mktemp)
+  # shellcheck disable=SC2086
+  start $cmd; port=${url##*:}
+  lg storm-recover --url "$url" --label "$hlabel" --conns "$STORM" --missed "$MISSED" \
+    --ready-file "$ready" >"$out" &
+  lgpid=$!
+  for _ in $(seq 600); do
+    { [ -f "$ready" ] || ! kill -0 "$lgpid" 2>/dev/null; } && break; sleep 0.1
+  done
+  stop
+  # shellcheck disable=SC2086
+  start ${cmd//127.0.0.1:0/127.0.0.1:$port}
+  wait "$lgpid" || failed "$hlabel"
+  stop
+  cat "$out"; rm -f "$ready" "$out"
+}
+
 fanout_rows=""; rpc_rows=""; idle_rows=""; storm_rows=""; slow_rows=""
+# ONLY=history: none of the comparison workloads.
+[ -z "$ONLY" ] || servers=()
 for entry in "${servers[@]}"; do
   IFS='|' read -r name dialect cmd only <<<"$entry"
   echo "==> $name: fan-out"
@@ -109,6 +160,122 @@ for entry in "${servers[@]}"; do
     --server-pid "$pid" || failed "$name")$'\n'
   stop
 done
+
+# The durable-history workloads (issue 11): Switchboard alone, per history setting.
+publish_rows=""; hfanout_rows=""; recover_rows=""; slow_closed=""
+for mode in memory os fsync; do
+  # One connection (its own ceiling), then $PUB_CONNS; a fresh server and data dir each.
+  for conns in 1 "$PUB_CONNS"; do
+    hist_cmd "$mode"
+    echo "==> $hlabel: publish with acks, $conns connections"
+    # shellcheck disable=SC2086
+    start $cmd
+    # shellcheck disable=SC2086
+    publish_rows+=$(lg publish --url "$url" --label "$hlabel" --conns "$conns" \
+      --window "$PUB_WINDOW" --channels "$PUB_CHANNELS" --secs "$SECS" --server-pid "$pid" \
+      ${dir:+--data-dir "$dir"} || failed "$hlabel")$'\n'
+    stop
+  done
+  hist_cmd "$mode"
+  echo "==> $hlabel: fan-out"
+  # shellcheck disable=SC2086
+  start $cmd
+  hfanout_rows+=$(lg fanout --url "$url" --dialect switchboard --label "$hlabel" --subs "$SUBS" \
+    --rates "$RATES" --secs "$SECS" --server-pid "$pid" || failed "$hlabel")$'\n'
+  closed=$(curl -fsS "http://${url#ws://}/metrics" 2>/dev/null \
+    | awk '/^switchboard_slow_consumers_total/ {print $2}' || true)
+  slow_closed+="${slow_closed:+; }${hlabel#switchboard, }: ${closed:-?}"
+  stop
+done
+# The memory row is the control: its history does not survive the restart.
+for mode in fsync memory; do
+  hist_cmd "$mode"
+  echo "==> $hlabel: recovery storm"
+  recover_rows+=$(recover_storm)$'\n'
+done
+
+history_sections() {
+  echo "## Durable history (issue 11): Switchboard alone, per history setting"
+  echo
+  if [ -n "$ONLY" ]; then
+    echo "Rows from \`${QUICK:+QUICK=$QUICK }ONLY=history scripts/bench.sh\` on $(date -u '+%Y-%m-%d %H:%M UTC')$(
+      [ "${QUICK:-0}" = 1 ] && printf '%s' ' (a quick run: fewer connections, shorter phases; the full run is still to be done)')."
+    echo
+  fi
+  echo "\`history memory\` is the setting of the comparison tables above; \`disk, os\` and"
+  echo "\`disk, fsync\` are the embedded store (the default, \`--history disk\`) with"
+  echo "\`--durability os\` (written to the OS, fsync'd within a second) and \`fsync\` (each group"
+  echo "commit fsync'd before its publishes are acked and delivered), each on a fresh \`--data-dir\`"
+  echo "in $(df -PT "${TMPDIR:-/tmp}" | awk 'NR==2 {print $2}') (\`${TMPDIR:-/tmp}\`) on this VM's virtual disk, where an fsync costs what the host"
+  echo "makes it cost. 2 shared cores, noisy: compare the rows of one table, not runs."
+  echo
+  echo "### Publish with acks: 1 and $PUB_CONNS connections, $PUB_WINDOW unacknowledged publishes each, $PUB_CHANNELS channels, $SECS s"
+  echo
+  echo "Every publish has an id and is answered by an \`ack\` once stored; each connection keeps"
+  echo "$PUB_WINDOW publishes unacknowledged and sends another as each ack arrives, on channel"
+  echo "\`bench:{i mod $PUB_CHANNELS}\`; no subscribers; a fresh server (and data dir) per row."
+  echo "Acked/s = acks over the run, its drain included. Latency = publish written → ack read."
+  echo "The server handles one connection's frames in order and acks a publish once it is"
+  echo "stored, so a connection's publishes are stored one at a time (group commits gather"
+  echo "publishes from different connections): the 1-connection rows are one connection's"
+  echo "ceiling, whatever its window, and the latency includes the wait behind the"
+  echo "connection's earlier publishes, p50 ≈ window × time per commit. CPU µs per publish ="
+  echo "the server's CPU time (user + system, /proc) over acked publishes. Bytes written per"
+  echo "publish = the server's \`write_bytes\` (/proc/<pid>/io: what it sent to storage, the store's"
+  echo "pages and its log) over acked publishes; data dir = the size of its files after the run"
+  echo "(100 messages and 1,024 publish ids are kept per channel: what is kept, not what was written)."
+  echo
+  echo "| server | connections | window | channels | acked publishes/s | ack p50 ms | ack p99 ms | ack max ms | server CPU % | loadgen CPU % | server CPU µs per publish | errors | bytes written per publish | data dir MiB after |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+  printf '%s' "$publish_rows"
+  echo
+  echo "### Fan-out with history: 1 publisher, $SUBS subscribers, 100-byte payloads, $SECS s per rate"
+  echo
+  echo "The fan-out workload of the fan-out table above, against each history setting in turn."
+  echo "A message is delivered once its store has it: with \`disk, fsync\` after an fsync. The"
+  echo "publisher's messages have no id, but the server still stores one connection's publishes"
+  echo "one at a time (the 1-connection rows above are that ceiling). Above it, the publishes"
+  echo "wait in the publisher's socket buffers, which take megabytes before its writes block:"
+  echo "latency grows to seconds, and what is not delivered by the end of the 5 s drain counts"
+  echo "as loss even when no subscriber was closed (see under the table), and the backlog"
+  echo "spills into the next rate's row. Columns as in that table."
+  echo
+  echo "| server | subscribers | publish rate/s | delivered/s | loss % | p50 ms | p99 ms | max ms | server CPU % | loadgen CPU % |"
+  echo "|---|---|---|---|---|---|---|---|---|---|"
+  printf '%s' "$hfanout_rows"
+  echo
+  echo "Subscribers closed as slow consumers (4108) in these runs, the server's"
+  echo "\`switchboard_slow_consumers_total\` after its last rate: $slow_closed."
+  echo
+  echo "### Recovery storm: $STORM subscribed clients miss $MISSED messages across a restart"
+  echo
+  echo "Every client is subscribed to one channel and has received 10 messages live. The server"
+  echo "gets SIGTERM and is started again on the same address with the same command (and data"
+  echo "dir). As soon as it answers, a publisher (retrying every 5 ms) publishes $MISSED messages with"
+  echo "ids; a client attempt that would start while those are being published waits for their"
+  echo "acks (a few ms), and a client that got in beside the publisher (the restarted server's"
+  echo "accept backlog) resubscribes after them, so every client has all $MISSED to recover by"
+  echo "replay (replayed = clients × $MISSED when all did). The clients reconnect with full"
+  echo "jitter (as in the reconnect storm) and resubscribe with \`since\` = the last position they"
+  echo "saw. Down = ms from the first drop until the publisher was welcomed again. Caught up ="
+  echo "has every missed message (or was answered unrecovered), s after the first drop: the"
+  echo "median client and the last. Recovered / not recovered = the resubscribes' \`subscribed\`"
+  echo "answers; replayed = messages received between a resubscribe and its \`subscribed\`."
+  echo "Lost, duplicated and out of order count every client's messages before and after the"
+  echo "restart, by the sequence number the publisher put in each. The \`history memory\` row is"
+  echo "the control: its streams do not survive a restart (a new epoch), so every client is"
+  echo "answered \`epoch\` and loses all $MISSED."
+  echo
+  echo "| server | clients | missed (acked) | down ms | caught up, median s | all caught up s | attempts | failed attempts | peak attempts/s (100 ms) | peak attempts/s (1 s) | recovered | not recovered | replayed | lost | duplicated | out of order | error frames |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+  printf '%s' "$recover_rows"
+}
+
+if [ -n "$ONLY" ]; then
+  mkdir -p target
+  history_sections | tee target/bench-history.md
+  exit 0
+fi
 
 echo "==> codec micro-benchmarks (criterion)"
 codec_rows=$(cargo bench --locked -p switchboard-protocol --bench codec -- --warm-up-time 1 \
@@ -194,6 +361,8 @@ out=docs/benchmarks.md
   echo "| server | fast | slow | rate/s | payload bytes | owed MiB | RSS before MiB | RSS peak MiB | RSS end MiB | growth MiB | fast delivered % | fast p99 ms |"
   echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
   printf '%s' "$slow_rows"
+  echo
+  history_sections
   echo
   echo "## Codec (criterion, median throughput on one core)"
   echo

@@ -11,7 +11,13 @@
 //! - `storm`: N subscribed clients; the caller restarts the server; time until all are
 //!   back and the peak connection attempts per second, with or without jitter;
 //! - `slow`: subscribers that never read beside ones that do: the server's memory growth
-//!   and the fast subscribers' deliveries.
+//!   and the fast subscribers' deliveries;
+//! - `publish` (Switchboard): connections publishing with ids, a window of publishes
+//!   unacknowledged each: acked publishes per second, ack latency, server CPU per publish,
+//!   disk bytes written (for the history stores);
+//! - `storm-recover` (Switchboard): a reconnect storm after a restart in which every client
+//!   has missed messages to recover with `since`: time until all have them, and whether
+//!   each arrived exactly once and in order (see `history.rs`).
 //!
 //! Dialects: `switchboard` speaks the protocol (subscribe, publish, request "time");
 //! `raw` is for the plain WebSocket peers (every text sent to `/ws` is broadcast, `/echo`
@@ -31,6 +37,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{WebSocketStream, client_async_with_config};
+
+mod history;
 
 #[derive(Parser)]
 #[command(version, about)]
@@ -72,6 +80,12 @@ enum Cmd {
     Storm(StormArgs),
     /// Subscribers that never read next to ones that do: what they cost the server.
     Slow(SlowArgs),
+    /// Publishes with ids, a window of them unacknowledged per connection: acked
+    /// publishes/s, ack latency, server CPU and disk writes per publish.
+    Publish(history::PublishArgs),
+    /// A restart during which every subscribed client misses messages: recovery with
+    /// `since`, exactly once and in order.
+    StormRecover(history::RecoverArgs),
     /// Idle subscribed connections: server memory per connection.
     Idle {
         #[command(flatten)]
@@ -870,6 +884,8 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Fanout(args) => fanout(args).await,
         Cmd::Storm(args) => storm(args).await,
         Cmd::Slow(args) => slow(args).await,
+        Cmd::Publish(args) => history::publish(args).await,
+        Cmd::StormRecover(args) => history::storm_recover(args).await,
         Cmd::Rpc {
             target:
                 Target {
