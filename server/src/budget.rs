@@ -13,6 +13,7 @@
 //! | writing: the write buffer, which takes at most one frame beyond its size | `WRITE_BUFFER + 2 × max_frame_bytes` |
 //! | the largest reply: a presence snapshot, or one frame | `max(max_presence_members × member, max_frame_bytes)` |
 //! | a recovery, rewind or `history` page read and its encoding | `2 × queue_bytes` |
+//! | publishes waiting to be stored: their data and numbered frames | `2 × 2 × max_frame_bytes` |
 //! | the outbound queue and its direct-message budget | `queue_bytes + direct_queue_bytes` |
 //! | subscriptions, each with its presence entry | `max_subscriptions × (SUBSCRIPTION_BYTES + channel + member)` |
 //!
@@ -73,6 +74,8 @@ impl MemoryBudget {
                 (config.max_presence_members * member).max(frame),
             ),
             ("recovery", 2 * config.queue_bytes),
+            // `Core::inflight_publish_bytes` of data, each also held as a numbered frame.
+            ("publishes in flight", 2 * 2 * frame),
             ("queues", config.queue_bytes + config.direct_queue_bytes),
             (
                 "subscriptions",

@@ -546,14 +546,19 @@ impl Hub {
         if let Some(since) = &recovery.since {
             if since.epoch != position.epoch {
                 out.unrecovered = Some(Unrecovered::Epoch);
-            } else if since.offset >= position.offset {
-                // Nothing missed. (Beyond this node's position: another node delivered
-                // further already; skip those here.)
-                out.position.offset = since.offset;
-                if since.offset > position.offset {
+            } else if since.offset == position.offset {
+                return Ok(out); // nothing missed
+            } else if since.offset > position.offset {
+                // Further than this node has forwarded: fine if the stream has it (another
+                // node delivered it; those are skipped here), not if it is beyond the
+                // stream's end (a position the client cannot have seen).
+                let top = history.position(channel).await?;
+                if top.epoch == position.epoch && since.offset <= top.offset {
+                    out.position.offset = since.offset;
                     out.floor = Some(since.offset);
+                    return Ok(out);
                 }
-                return Ok(out);
+                out.unrecovered = Some(Unrecovered::Epoch);
             } else {
                 match history.since(channel, since, recovery.limit).await? {
                     Since::Unrecoverable(why, _) => out.unrecovered = Some(why.into()),

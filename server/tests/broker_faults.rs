@@ -421,3 +421,68 @@ async fn a_failed_store_write_is_refused_and_not_delivered() {
         "{got:?}"
     );
 }
+
+/// A connection's publishes are stored together, not one after the other: while the
+/// store holds the first, the session keeps reading (a ping is answered), the later ones
+/// are numbered in order behind it, and the acks come in publish order once it is stored.
+/// Past 64 in flight, the session stops reading until the oldest is stored.
+#[tokio::test]
+async fn publishes_of_one_connection_are_pipelined_in_order_and_bounded() {
+    let (server, faults) = server(UNLIMITED).await;
+    let mut c = Client::connect(&server).await;
+    let mut pause = faults.pause(Op::Append, Stage::After, Some("pipe"));
+    let publish =
+        |i: u32| format!(r#"{{"type":"publish","id":"p{i}","channel":"pipe","data":{i}}}"#);
+    c.send_text(&publish(1)).await;
+    pause.reached().await;
+    for i in 2..=5 {
+        c.send_text(&publish(i)).await;
+    }
+    c.send_text(r#"{"type":"ping","id":"still reading"}"#).await;
+    assert!(
+        matches!(c.next().await, ServerFrame::Pong { id: Some(id), .. } if id.as_str() == "still reading"),
+        "the session reads on while a publish waits for the store"
+    );
+    pause.release();
+    for i in 1..=5u64 {
+        match c.next().await {
+            ServerFrame::Ack { id, offset } => {
+                assert_eq!((id.as_str(), offset), (format!("p{i}").as_str(), Some(i)));
+            }
+            other => panic!("expected ack {i}, got {other:?}"),
+        }
+    }
+
+    // The bound: 64 in flight, then the session waits for the oldest.
+    let mut pause = faults.pause(Op::Append, Stage::After, Some("pipe"));
+    c.send_text(&publish(100)).await;
+    pause.reached().await;
+    let batch: Vec<String> = (101..=164).map(publish).collect();
+    c.send_text(&format!("[{}]", batch.join(","))).await;
+    c.send_text(r#"{"type":"ping","id":"blocked"}"#).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), c.next())
+            .await
+            .is_err(),
+        "the 65th publish waits for the oldest: nothing is read or answered meanwhile"
+    );
+    pause.release();
+    let mut acks = Vec::new();
+    loop {
+        match c.next().await {
+            ServerFrame::Ack { offset, .. } => acks.push(offset.unwrap()),
+            ServerFrame::Pong { .. } => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    let later = c.collect().await;
+    acks.extend(later.iter().map(|f| match f {
+        ServerFrame::Ack { offset, .. } => offset.unwrap(),
+        other => panic!("{other:?}"),
+    }));
+    assert_eq!(
+        acks,
+        (6..=70).collect::<Vec<u64>>(),
+        "every ack once, in order"
+    );
+}

@@ -251,6 +251,7 @@ async fn subscribed_says_why_it_could_not_recover() {
     let cases = [
         (at(1), Unrecovered::Trimmed), // 2 and 3 are no longer kept
         (at(4), Unrecovered::TooMany), // 4 missed, at most 3 per recovery
+        (at(99), Unrecovered::Epoch),  // beyond the end: never seen
         (
             StreamPosition {
                 offset: 2,

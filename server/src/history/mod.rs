@@ -12,7 +12,10 @@
 //! fan-out ([`crate::broker`]): the in-process broker numbers a message here and then
 //! delivers it; a cross-node store (Redis streams) can do both in one step.
 //!
-//! [`MemoryHistory`] keeps everything in this process, bounded by [`Retention`].
+//! Two stores: [`DiskHistory`], the default, keeps the streams in an embedded redb file
+//! across restarts (group commits, `fsync` or `os` durability); [`MemoryHistory`] keeps
+//! them in this process (`--history memory`, and the tests). Both are bounded by
+//! [`Retention`]; `tests.rs` runs the same checks against both.
 
 mod disk;
 mod memory;

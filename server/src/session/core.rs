@@ -14,19 +14,24 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
-use futures::FutureExt;
+use std::collections::VecDeque;
+
+use futures::future::BoxFuture;
+use futures::stream::FuturesOrdered;
+use futures::{FutureExt, StreamExt};
 use switchboard_protocol::codec::Decoded;
 use switchboard_protocol::{
     Channel, ClientFrame, CloseCode, ErrorCode, Limits, PROTOCOL_VERSION, Payload, RequestId,
     Sender, ServerFrame, SessionId,
 };
+use sync_wrapper::SyncWrapper;
 use tokio::time::Instant;
 
 use super::bucket::TokenBucket;
 use crate::AppState;
 use crate::admission::Admission;
 use crate::auth::{AuthError, Grants, Identity};
-use crate::broker::Publication;
+use crate::broker::{BrokerError, Publication, Published};
 use crate::clock::now_ms;
 use crate::frame::Encoded;
 use crate::hub::{ClientHandle, DirectError, Recovery, SubscribeOutcome};
@@ -38,6 +43,22 @@ const GLOBAL_ID_LEN: usize = 24;
 /// Most requests of one connection whose handlers run beside the session at once (those
 /// that did not finish when first polled). More are refused with `rate_limited`.
 pub(crate) const MAX_INFLIGHT_REQUESTS: usize = 16;
+
+/// Most publishes of one connection waiting to be stored at once. A publish past it (or
+/// past [`Core::inflight_publish_bytes`]) waits for the oldest, so a fast publisher waits
+/// on its own TCP window.
+pub(crate) const MAX_INFLIGHT_PUBLISHES: usize = 64;
+
+/// A publish's id and its outcome.
+type PublishDone = (Option<RequestId>, Result<Published, BrokerError>);
+
+/// Publishes waiting to be stored, oldest first; their answers go out in this order.
+struct Publishing {
+    pending: FuturesOrdered<BoxFuture<'static, PublishDone>>,
+    /// Their data sizes, oldest first, and the sum.
+    sizes: VecDeque<usize>,
+    bytes: usize,
+}
 
 /// What the timer decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +89,9 @@ pub(crate) struct Core {
     /// Requests whose handlers run beside the session; shared with those tasks, created
     /// with the first one.
     inflight: Option<Arc<AtomicUsize>>,
+    /// Publishes waiting to be stored (created with the first one that has to wait; the
+    /// wrapper makes the core `Sync`, the futures are only `Send`).
+    publishing: Option<Box<SyncWrapper<Publishing>>>,
     /// Frames to write, in order.
     out: Vec<Encoded>,
     /// Set once the hub has forgotten the connection.
@@ -103,6 +127,7 @@ impl Core {
             state,
             subscriptions: HashSet::new(),
             inflight: None,
+            publishing: None,
             out: Vec::new(),
             finished: false,
             admission,
@@ -298,15 +323,7 @@ impl Core {
                     ephemeral,
                     except: skip_self.then(|| self.client.id.clone()),
                 };
-                match self.state.hub.publish(publication).await {
-                    Ok(published) => {
-                        if let Some(id) = id {
-                            let offset = published.position.map(|p| p.offset);
-                            self.push(&ServerFrame::Ack { id, offset });
-                        }
-                    }
-                    Err(e) => self.error(id, ErrorCode::Unavailable, &e.to_string()),
-                }
+                self.on_publish(id, publication).await;
             }
             ClientFrame::Request { id, method, params } => self.on_request(id, method, params),
             ClientFrame::Direct { id, to, data } => {
@@ -332,6 +349,100 @@ impl Core {
             }
         }
         Ok(())
+    }
+
+    /// Starts a publish: the broker numbers it at once (polled here, so a connection's
+    /// publishes keep their order), and its answer goes out once it is stored, after the
+    /// answers to the publishes before it. Publishes of one connection are stored
+    /// together (one group commit) instead of one after the other.
+    async fn on_publish(&mut self, id: Option<RequestId>, publication: Publication) {
+        let size = publication.data.len();
+        let budget = self.inflight_publish_bytes();
+        // Room first: the oldest publish is waited for while too many are in flight.
+        while let Some(p) = self.publishing.as_mut().map(|p| p.get_mut())
+            && !p.pending.is_empty()
+            && (p.pending.len() >= MAX_INFLIGHT_PUBLISHES || p.bytes + size > budget)
+        {
+            if let Some(done) = p.pending.next().await {
+                if let Some(size) = p.sizes.pop_front() {
+                    p.bytes -= size;
+                }
+                self.published(done);
+            }
+        }
+        let hub = self.state.hub.clone();
+        let mut publish: BoxFuture<'static, PublishDone> =
+            Box::pin(async move { (id, hub.publish(publication).await) });
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        let first = publish.poll_unpin(&mut cx);
+        let idle = self
+            .publishing
+            .as_mut()
+            .is_none_or(|p| p.get_mut().pending.is_empty());
+        match first {
+            // Done at once (memory), with nothing before it: answered in place.
+            Poll::Ready(done) if idle => self.published(done),
+            first => {
+                let p = self
+                    .publishing
+                    .get_or_insert_with(|| {
+                        Box::new(SyncWrapper::new(Publishing {
+                            pending: FuturesOrdered::new(),
+                            sizes: VecDeque::new(),
+                            bytes: 0,
+                        }))
+                    })
+                    .get_mut();
+                match first {
+                    Poll::Ready(done) => {
+                        p.pending.push_back(Box::pin(futures::future::ready(done)))
+                    }
+                    Poll::Pending => p.pending.push_back(publish),
+                }
+                p.sizes.push_back(size);
+                p.bytes += size;
+            }
+        }
+    }
+
+    /// Bytes of data the publishes in flight may hold together.
+    pub(crate) fn inflight_publish_bytes(&self) -> usize {
+        2 * self.state.config.max_frame_bytes as usize
+    }
+
+    /// Answers a publish that ended.
+    fn published(&mut self, (id, result): PublishDone) {
+        match result {
+            Ok(published) => {
+                if let Some(id) = id {
+                    let offset = published.position.map(|p| p.offset);
+                    self.push(&ServerFrame::Ack { id, offset });
+                }
+            }
+            Err(e) => self.error(id, ErrorCode::Unavailable, &e.to_string()),
+        }
+    }
+
+    /// Moves the answers of the publishes that were stored (in order) to the frames to
+    /// write. Ready when it moved any; the driver calls it beside reading.
+    pub(crate) fn poll_published(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let mut any = false;
+        while let Some(p) = self.publishing.as_mut().map(|p| p.get_mut()) {
+            match p.pending.poll_next_unpin(cx) {
+                Poll::Ready(Some(done)) => {
+                    if let Some(size) = p.sizes.pop_front() {
+                        p.bytes -= size;
+                    }
+                    self.published(done);
+                    any = true;
+                }
+                // Empty: drop the set, so an idle connection holds nothing.
+                Poll::Ready(None) => self.publishing = None,
+                Poll::Pending => break,
+            }
+        }
+        if any { Poll::Ready(()) } else { Poll::Pending }
     }
 
     async fn on_subscribe(

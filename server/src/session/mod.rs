@@ -41,6 +41,8 @@ enum Event {
     Read(Option<Result<Message, axum::Error>>),
     /// The heartbeat or the token deadline is due.
     Timer,
+    /// Publishes were stored: their answers are ready to write.
+    Published,
 }
 
 /// Why the loop ended: with a close code to send, or because the peer is gone.
@@ -225,10 +227,12 @@ async fn serve(socket: &mut WebSocket, core: &mut Core, queue: &mut Inbox) -> En
         }
         // The select only picks what happened; handling it comes after, once the branch
         // futures are gone, so the task holds one or the other, not both.
+        let published = std::future::poll_fn(|cx| core.poll_published(cx));
         let event = if read_first {
             tokio::select! {
                 biased;
                 () = &mut timer => Event::Timer,
+                () = published => Event::Published,
                 msg = socket.recv() => Event::Read(msg),
                 next = queue.recv() => queued(next),
             }
@@ -236,6 +240,7 @@ async fn serve(socket: &mut WebSocket, core: &mut Core, queue: &mut Inbox) -> En
             tokio::select! {
                 biased;
                 () = &mut timer => Event::Timer,
+                () = published => Event::Published,
                 next = queue.recv() => queued(next),
                 msg = socket.recv() => Event::Read(msg),
             }
@@ -244,6 +249,7 @@ async fn serve(socket: &mut WebSocket, core: &mut Core, queue: &mut Inbox) -> En
         let step = match event {
             Event::Kill(code) => Err(End::Close(code)),
             Event::Queued(frame) => send_queued(socket, core, frame, queue).await,
+            Event::Published => write_out(socket, core, true).await,
             // Boxed: the frame handling is a large state machine that would otherwise sit
             // in every idle connection's task.
             Event::Read(msg) => Box::pin(on_message(socket, core, msg)).await,
