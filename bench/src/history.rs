@@ -290,6 +290,25 @@ struct Shared {
     down_ms: OnceLock<u64>,
 }
 
+impl Shared {
+    fn new() -> Self {
+        Shared {
+            first_drop: OnceLock::new(),
+            attempts_ms: Mutex::default(),
+            failed: AtomicU64::new(0),
+            subscribed0: AtomicU64::new(0),
+            received0: AtomicU64::new(0),
+            caught_up_ms: Mutex::default(),
+            recovered: AtomicU64::new(0),
+            unrecovered: Mutex::default(),
+            replayed: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            phase: watch::channel(BEFORE).0,
+            down_ms: OnceLock::new(),
+        }
+    }
+}
+
 /// One client's view of the channel.
 struct Track {
     /// How often each message (by its `k`, 1-based) arrived.
@@ -435,11 +454,6 @@ async fn publish_ks(
     Ok(acked)
 }
 
-/// Holds a connection until the server drops it.
-async fn hold(ws: &mut Ws) {
-    while let Some(Ok(_)) = ws.next().await {}
-}
-
 pub(crate) async fn storm_recover(args: RecoverArgs) -> anyhow::Result<()> {
     let RecoverArgs {
         url,
@@ -455,20 +469,7 @@ pub(crate) async fn storm_recover(args: RecoverArgs) -> anyhow::Result<()> {
     } = args;
     let url: Arc<str> = url.into();
     let total = before + missed;
-    let shared = Arc::new(Shared {
-        first_drop: OnceLock::new(),
-        attempts_ms: Mutex::default(),
-        failed: AtomicU64::new(0),
-        subscribed0: AtomicU64::new(0),
-        received0: AtomicU64::new(0),
-        caught_up_ms: Mutex::default(),
-        recovered: AtomicU64::new(0),
-        unrecovered: Mutex::default(),
-        replayed: AtomicU64::new(0),
-        errors: AtomicU64::new(0),
-        phase: watch::channel(BEFORE).0,
-        down_ms: OnceLock::new(),
-    });
+    let shared = Arc::new(Shared::new());
     let sockets = open_many(conns, |i| {
         let url = url.clone();
         async move {
@@ -562,7 +563,7 @@ pub(crate) async fn storm_recover(args: RecoverArgs) -> anyhow::Result<()> {
     let publisher_task = {
         let (shared, url, pad) = (shared.clone(), url.clone(), pad.clone());
         tokio::spawn(async move {
-            hold(&mut publisher).await;
+            crate::hold(&mut publisher, crate::Dialect::Switchboard).await;
             let dropped = *shared.first_drop.get_or_init(Instant::now);
             let mut ws = loop {
                 if dropped.elapsed() > Duration::from_secs(60) {
@@ -584,17 +585,7 @@ pub(crate) async fn storm_recover(args: RecoverArgs) -> anyhow::Result<()> {
             Ok((ws, acked))
         })
     };
-    std::fs::write(&ready_file, b"ready")?;
-    let waited = Instant::now();
-    let dropped = loop {
-        if let Some(&t) = shared.first_drop.get() {
-            break t;
-        }
-        if waited.elapsed() > Duration::from_secs(60) {
-            bail!("the server was not restarted within 60 s");
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let dropped = crate::wait_for_restart(&ready_file, &shared.first_drop).await?;
     let mut all = None;
     while dropped.elapsed() < Duration::from_secs(timeout) {
         if shared.caught_up_ms.lock().expect("not poisoned").len() >= conns {
@@ -666,20 +657,7 @@ mod tests {
     }
 
     fn shared() -> Shared {
-        Shared {
-            first_drop: OnceLock::new(),
-            attempts_ms: Mutex::default(),
-            failed: AtomicU64::new(0),
-            subscribed0: AtomicU64::new(0),
-            received0: AtomicU64::new(0),
-            caught_up_ms: Mutex::default(),
-            recovered: AtomicU64::new(0),
-            unrecovered: Mutex::default(),
-            replayed: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
-            phase: watch::channel(BEFORE).0,
-            down_ms: OnceLock::new(),
-        }
+        Shared::new()
     }
 
     fn message(k: u32, offset: u64) -> String {

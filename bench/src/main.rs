@@ -753,6 +753,25 @@ async fn hold(ws: &mut Ws, dialect: Dialect) {
     }
 }
 
+/// Tells the driver script the clients are ready (it then restarts the server), and
+/// waits for the first client to see its connection drop.
+async fn wait_for_restart(
+    ready_file: &std::path::Path,
+    first_drop: &std::sync::OnceLock<Instant>,
+) -> anyhow::Result<Instant> {
+    std::fs::write(ready_file, b"ready")?;
+    let waited = Instant::now();
+    loop {
+        if let Some(&t) = first_drop.get() {
+            return Ok(t);
+        }
+        if waited.elapsed() > Duration::from_secs(60) {
+            bail!("the server was not restarted within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// The highest number of attempts that started within any `window_ms` (sorted input),
 /// as a rate per second.
 fn peak_rate(sorted_ms: &[u64], window_ms: u64) -> f64 {
@@ -822,17 +841,7 @@ async fn storm(args: StormArgs) -> anyhow::Result<()> {
             }
         });
     }
-    std::fs::write(&ready_file, b"ready")?;
-    let waited = Instant::now();
-    let dropped = loop {
-        if let Some(&t) = state.first_drop.get() {
-            break t;
-        }
-        if waited.elapsed() > Duration::from_secs(60) {
-            bail!("the server was not restarted within 60 s");
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let dropped = wait_for_restart(&ready_file, &state.first_drop).await?;
     // All back: every client connected again after the drop (a client counts as dropped
     // as soon as its socket ends, so wait until at least one drop was seen per client).
     let mut all_back = None;

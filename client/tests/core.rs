@@ -1,6 +1,8 @@
 //! The client core, one behaviour at a time, on a hand-driven clock: each of the hook's
 //! old defects has a test here that fails against the behaviour it replaced.
 
+mod common;
+
 use std::time::Duration;
 
 use switchboard_client::{
@@ -51,16 +53,7 @@ impl H {
     /// The driver opened the socket and the server said welcome.
     fn welcome(&mut self) {
         self.core.on_connected(self.now);
-        self.server(ServerFrame::Welcome {
-            client_id: "c".into(),
-            session_id: "s".into(),
-            resumed: false,
-            protocol: 1,
-            user_id: None,
-            heartbeat_ms: 25_000,
-            limits: Limits::default(),
-            ts: None,
-        });
+        self.server(common::welcome(Limits::default(), None));
     }
 
     fn server(&mut self, frame: ServerFrame) {

@@ -12,6 +12,9 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+mod common;
+
+use common::Rng;
 use proptest::prelude::*;
 use serde_json::json;
 use switchboard_client::{
@@ -20,23 +23,6 @@ use switchboard_client::{
 use switchboard_protocol::{
     Channel, ClientFrame, Limits, Payload, ServerFrame, StreamPosition, codec,
 };
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn chance(&mut self, p: f64) -> bool {
-        (self.next() % 1_000_000) as f64 / 1_000_000.0 < p
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 #[derive(Debug, Clone, Copy)]
 struct Faults {
@@ -239,20 +225,12 @@ impl Server {
 }
 
 fn welcome() -> String {
-    codec::encode(&ServerFrame::Welcome {
-        client_id: "c".into(),
-        session_id: "s".into(),
-        resumed: false,
-        protocol: 1,
-        user_id: None,
-        heartbeat_ms: 25_000,
-        limits: Limits {
-            rate_per_sec: 10_000,
-            rate_burst: 10_000,
-            ..Limits::default()
-        },
-        ts: None,
-    })
+    let limits = Limits {
+        rate_per_sec: 10_000,
+        rate_burst: 10_000,
+        ..Limits::default()
+    };
+    codec::encode(&common::welcome(limits, None))
 }
 
 /// What the application saw on one channel, in order.

@@ -12,29 +12,14 @@
 
 use std::collections::{HashMap, HashSet};
 
+mod common;
+
+use common::{Rng, welcome};
 use proptest::prelude::*;
 use switchboard_client::{Action, ClientCore, Event, Options, PublishError, RequestError};
 use switchboard_protocol::{
     Channel, ClientFrame, CloseCode, ErrorCode, Limits, Payload, ServerFrame, StreamPosition, codec,
 };
-
-/// A small deterministic generator for the simulation's choices.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn chance(&mut self, p: f64) -> bool {
-        (self.next() % 1_000_000) as f64 / 1_000_000.0 < p
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 /// How unreliable the simulated server is.
 #[derive(Debug, Clone, Copy)]
@@ -92,16 +77,7 @@ impl Server {
 
     fn welcome(&mut self, now: u64) -> String {
         self.bucket = (f64::from(self.limits.rate_burst), now);
-        codec::encode(&ServerFrame::Welcome {
-            client_id: "c".into(),
-            session_id: "s".into(),
-            resumed: false,
-            protocol: 1,
-            user_id: None,
-            heartbeat_ms: 25_000,
-            limits: self.limits.clone(),
-            ts: Some(now),
-        })
+        codec::encode(&welcome(self.limits.clone(), Some(now)))
     }
 
     fn take_token(&mut self, now: u64) -> bool {

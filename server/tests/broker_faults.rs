@@ -5,13 +5,11 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::faulty::{Faults, FaultyBroker, Op, Stage};
-use common::{Client, TestServer, config};
+use common::Client;
+use common::faulty::{self, Op, Stage};
 use switchboard_protocol::{Channel, ErrorCode, PresenceAction, ServerFrame};
-use switchboard_server::{AppState, Methods};
 
 /// How often each race is replayed: every replay stops at the same point, so one failing
 /// interleaving fails every time; the repeats catch what the pause does not control.
@@ -19,13 +17,6 @@ const REPLAYS: usize = 100;
 
 /// The replays publish faster than the default rate limit allows.
 const UNLIMITED: &[&str] = &["--rate-per-sec", "100000", "--rate-burst", "100000"];
-
-async fn server(args: &[&str]) -> (TestServer, Arc<Faults>) {
-    let broker = FaultyBroker::new();
-    let faults = broker.faults.clone();
-    let state = AppState::with_broker(config(args), Methods::with_builtins(), Arc::new(broker));
-    (common::start_with(state).await, faults)
-}
 
 fn error(frame: ServerFrame) -> (Option<String>, ErrorCode) {
     match frame {
@@ -43,7 +34,7 @@ fn subscribed_offset(frame: ServerFrame) -> (u64, String) {
 
 #[tokio::test]
 async fn a_failing_broker_answers_unavailable_and_the_connection_goes_on() {
-    let (server, faults) = server(&[]).await;
+    let (server, faults) = faulty::server(&[]).await;
     for op in [Op::Subscribe, Op::Publish, Op::Presence] {
         faults.fail(op);
     }
@@ -78,7 +69,7 @@ async fn a_failing_broker_answers_unavailable_and_the_connection_goes_on() {
 
 #[tokio::test]
 async fn a_failed_join_announcement_leaves_no_ghost_member_and_no_orphan_channel() {
-    let (server, faults) = server(&[]).await;
+    let (server, faults) = faulty::server(&[]).await;
     let mut a = Client::connect(&server).await;
     faults.fail(Op::Broadcast);
     a.send_text(r#"{"type":"subscribe","channel":"room:g","presence":{"name":"Ada"}}"#)
@@ -121,7 +112,7 @@ async fn a_failed_join_announcement_leaves_no_ghost_member_and_no_orphan_channel
 
 #[tokio::test]
 async fn a_failed_unsubscribe_still_removes_the_presence_member() {
-    let (server, faults) = server(&[]).await;
+    let (server, faults) = faulty::server(&[]).await;
     let mut a = Client::connect(&server).await;
     let mut b = Client::connect(&server).await;
     for c in [&mut a, &mut b] {
@@ -194,7 +185,7 @@ async fn a_failed_unsubscribe_still_removes_the_presence_member() {
 /// it is told, in one epoch.
 #[tokio::test]
 async fn a_publish_racing_the_first_subscribe_is_never_acked_and_lost() {
-    let (server, faults) = server(UNLIMITED).await;
+    let (server, faults) = faulty::server(UNLIMITED).await;
     let mut publisher = Client::connect(&server).await;
     for round in 0..REPLAYS {
         let channel = format!("race:{round}");
@@ -260,7 +251,7 @@ async fn a_publish_racing_the_first_subscribe_is_never_acked_and_lost() {
 /// subscribe is stopped, and a subscribe to another channel completes meanwhile.
 #[tokio::test]
 async fn subscribes_to_different_channels_do_not_wait_on_one_lock() {
-    let (server, faults) = server(&[]).await;
+    let (server, faults) = faulty::server(&[]).await;
     for _ in 0..10 {
         let mut pause = faults.pause(Op::Subscribe, Stage::Before, Some("slow"));
         let mut a = Client::connect(&server).await;
@@ -285,7 +276,7 @@ async fn subscribes_to_different_channels_do_not_wait_on_one_lock() {
 /// later one is.
 #[tokio::test]
 async fn a_publish_while_the_position_is_read_is_covered_by_the_position() {
-    let (server, faults) = server(UNLIMITED).await;
+    let (server, faults) = faulty::server(UNLIMITED).await;
     let mut publisher = Client::connect(&server).await;
     for round in 0..REPLAYS {
         let channel = format!("pos:{round}");
@@ -341,7 +332,7 @@ async fn a_publish_while_the_position_is_read_is_covered_by_the_position() {
 /// first.
 #[tokio::test]
 async fn deliveries_wait_for_the_store_and_keep_offset_order() {
-    let (server, faults) = server(UNLIMITED).await;
+    let (server, faults) = faulty::server(UNLIMITED).await;
     let mut sub = Client::connect(&server).await;
     sub.send_text(r#"{"type":"subscribe","channel":"slow"}"#)
         .await;
@@ -396,7 +387,7 @@ async fn deliveries_wait_for_the_store_and_keep_offset_order() {
 /// delivered for it, and the channel goes on.
 #[tokio::test]
 async fn a_failed_store_write_is_refused_and_not_delivered() {
-    let (server, faults) = server(UNLIMITED).await;
+    let (server, faults) = faulty::server(UNLIMITED).await;
     let mut sub = Client::connect(&server).await;
     sub.send_text(r#"{"type":"subscribe","channel":"disk"}"#)
         .await;
@@ -428,7 +419,7 @@ async fn a_failed_store_write_is_refused_and_not_delivered() {
 /// Past 64 in flight, the session stops reading until the oldest is stored.
 #[tokio::test]
 async fn publishes_of_one_connection_are_pipelined_in_order_and_bounded() {
-    let (server, faults) = server(UNLIMITED).await;
+    let (server, faults) = faulty::server(UNLIMITED).await;
     let mut c = Client::connect(&server).await;
     let mut pause = faults.pause(Op::Append, Stage::After, Some("pipe"));
     let publish =

@@ -5,22 +5,12 @@
 
 mod common;
 
-use std::sync::Arc;
-
-use common::faulty::{Faults, FaultyBroker, Op, Stage};
-use common::{Client, TestServer, config, start};
+use common::faulty::{self, Op, Stage};
+use common::{Client, config, start};
 use serde_json::{Value, json};
 use switchboard_protocol::{ErrorCode, ServerFrame, StreamPosition, Unrecovered};
-use switchboard_server::{AppState, Methods};
 
 const UNLIMITED: &[&str] = &["--rate-per-sec", "100000", "--rate-burst", "100000"];
-
-async fn faulty_server(args: &[&str]) -> (TestServer, Arc<Faults>) {
-    let broker = FaultyBroker::new();
-    let faults = broker.faults.clone();
-    let state = AppState::with_broker(config(args), Methods::with_builtins(), Arc::new(broker));
-    (common::start_with(state).await, faults)
-}
 
 /// Publishes `n` and waits for its ack; returns the offset.
 async fn publish(c: &mut Client, channel: &str, n: u64) -> u64 {
@@ -141,7 +131,7 @@ async fn since_sends_the_missed_messages_then_subscribed_then_live_ones() {
 /// them too) come after the recovered ones and the `subscribed`, each exactly once.
 #[tokio::test]
 async fn messages_published_during_the_history_read_follow_it_exactly_once() {
-    let (server, faults) = faulty_server(UNLIMITED).await;
+    let (server, faults) = faulty::server(UNLIMITED).await;
     let mut publisher = Client::connect(&server).await;
     // Someone else keeps the node subscribed, so live deliveries flow meanwhile.
     let mut watcher = Client::connect(&server).await;
@@ -179,7 +169,7 @@ async fn messages_published_during_the_history_read_follow_it_exactly_once() {
 
 #[tokio::test]
 async fn a_failed_history_read_answers_unavailable_and_leaves_no_subscription() {
-    let (server, faults) = faulty_server(UNLIMITED).await;
+    let (server, faults) = faulty::server(UNLIMITED).await;
     let mut publisher = Client::connect(&server).await;
     let mut a = Client::connect(&server).await;
     a.send_text(&subscribe("f", None, None)).await;
@@ -208,7 +198,7 @@ async fn a_failed_history_read_answers_unavailable_and_leaves_no_subscription() 
 async fn deliveries_during_a_recovery_are_bounded_by_the_queue() {
     let mut args = UNLIMITED.to_vec();
     args.extend(["--queue-capacity", "4"]);
-    let (server, faults) = faulty_server(&args).await;
+    let (server, faults) = faulty::server(&args).await;
     let mut publisher = Client::connect(&server).await;
     let mut watcher = Client::connect(&server).await;
     watcher.send_text(&subscribe("h", None, None)).await;

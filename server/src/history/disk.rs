@@ -143,6 +143,9 @@ enum Write {
     },
     /// Answers once everything queued before it is committed and durable.
     Flush(mpsc::Sender<()>),
+    /// Sweeps messages past their age now, then answers (a test hook: the writer sweeps
+    /// every [`SWEEP_EVERY`] by itself).
+    Sweep(mpsc::Sender<()>),
     /// Ends the thread (after a flush).
     Stop,
 }
@@ -586,6 +589,16 @@ impl DiskHistory {
         self.db.write().unwrap_or_else(|e| e.into_inner()).take();
     }
 
+    /// Test hook: drops the messages past their age from every stream now, as the writer
+    /// does once a minute.
+    #[doc(hidden)]
+    pub fn sweep_now(&self) {
+        let (tx, rx) = mpsc::channel();
+        if self.writer.send(Write::Sweep(tx)).is_ok() {
+            let _ = rx.recv_timeout(Duration::from_secs(10));
+        }
+    }
+
     /// Test hook: the next commit fails as an I/O error would.
     #[doc(hidden)]
     pub fn fail_next_commit(&self) {
@@ -737,7 +750,8 @@ impl<'t> Tables<'t> {
     }
 
     /// Drops the messages of `ch` over its count or past its age, and the publish ids out
-    /// of the window; returns the bytes freed.
+    /// of the window, and takes what they were charged off the stream's record; returns
+    /// the bytes freed.
     fn trim(
         &mut self,
         ch: &str,
@@ -783,6 +797,18 @@ impl<'t> Tables<'t> {
                 .retain_in((ch, 0)..(ch, ids_from), |_, _| false)
                 .map_err(err)?;
             freed += old.len() as u64 * ID_BYTES;
+        }
+        if freed > 0 {
+            let record = self.streams.get(ch).map_err(err)?.map(|v| {
+                let (epoch, top, bytes, last) = v.value();
+                (epoch.to_owned(), top, bytes, last)
+            });
+            if let Some((epoch, top, bytes, last)) = record {
+                let bytes = bytes.saturating_sub(freed);
+                self.streams
+                    .insert(ch, (epoch.as_str(), top, bytes, last))
+                    .map_err(err)?;
+            }
         }
         Ok(freed)
     }
@@ -862,6 +888,7 @@ impl Writer {
     /// Commits one batch and answers it; true when told to stop.
     fn handle(&mut self, batch: Vec<Write>) -> bool {
         let mut flushes = Vec::new();
+        let mut sweeps = Vec::new();
         let mut stop = false;
         let mut writes = Vec::with_capacity(batch.len());
         {
@@ -870,6 +897,7 @@ impl Writer {
             for w in batch {
                 match w {
                     Write::Flush(tx) => flushes.push(tx),
+                    Write::Sweep(tx) => sweeps.push(tx),
                     Write::Stop => stop = true,
                     Write::Message {
                         ref channel,
@@ -902,6 +930,12 @@ impl Writer {
                 }
             };
             self.answer(writes, result);
+        }
+        for tx in sweeps {
+            if let Err(e) = self.sweep() {
+                tracing::warn!("history sweep: {e}");
+            }
+            let _ = tx.send(());
         }
         if !flushes.is_empty() || stop {
             if self.dirty {
@@ -981,23 +1015,12 @@ impl Writer {
                             .insert(ch, (epoch.as_str(), *offset, change.bytes, now))
                             .map_err(err)?;
                     }
-                    Write::Flush(_) | Write::Stop => {}
+                    Write::Flush(_) | Write::Sweep(_) | Write::Stop => {}
                 }
             }
             for (ch, change) in &mut changes {
                 let freed = t.trim(ch, change.top, &self.retention, now)?;
-                if freed > 0 {
-                    change.bytes = change.bytes.saturating_sub(freed);
-                    let v = t.streams.get(ch.as_str()).map_err(err)?.map(|v| {
-                        let (epoch, top, _, last) = v.value();
-                        (epoch.to_owned(), top, last)
-                    });
-                    if let Some((epoch, top, last)) = v {
-                        t.streams
-                            .insert(ch.as_str(), (epoch.as_str(), top, change.bytes, last))
-                            .map_err(err)?;
-                    }
-                }
+                change.bytes = change.bytes.saturating_sub(freed);
             }
         }
         tx.commit().map_err(err)?;
@@ -1064,7 +1087,7 @@ impl Writer {
                             }
                         }
                     }
-                    Write::Flush(_) | Write::Stop => {}
+                    Write::Flush(_) | Write::Sweep(_) | Write::Stop => {}
                 }
             }
             if result.is_ok() && st.bytes > self.retention.max_disk_bytes {
@@ -1149,22 +1172,7 @@ impl Writer {
         {
             let mut t = Tables::open(&tx)?;
             for (ch, top) in channels {
-                let freed = t.trim(&ch, top, &self.retention, now)?;
-                if freed > 0 {
-                    freed_total += freed;
-                    let v = t.streams.get(ch.as_str()).map_err(err)?.map(|v| {
-                        let (epoch, top, bytes, last) = v.value();
-                        (epoch.to_owned(), top, bytes, last)
-                    });
-                    if let Some((epoch, top, bytes, last)) = v {
-                        t.streams
-                            .insert(
-                                ch.as_str(),
-                                (epoch.as_str(), top, bytes.saturating_sub(freed), last),
-                            )
-                            .map_err(err)?;
-                    }
-                }
+                freed_total += t.trim(&ch, top, &self.retention, now)?;
             }
         }
         tx.commit().map_err(err)?;

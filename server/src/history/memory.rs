@@ -311,43 +311,11 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
 
     use futures::executor::block_on;
-    use serde_json::json;
-    use switchboard_protocol::{ServerFrame, codec};
 
     use super::*;
-    use crate::frame::message_body;
-
-    fn body(n: u64) -> Bytes {
-        message_body(&"c".into(), None, json!(n).into(), 0, false)
-    }
-
-    fn offsets(page: &Page) -> Vec<u64> {
-        page.messages
-            .iter()
-            .map(
-                |f| match codec::decode_server(f.as_str()).remove(0).unwrap() {
-                    ServerFrame::Message { offset, .. } => offset.unwrap(),
-                    other => panic!("{other:?}"),
-                },
-            )
-            .collect()
-    }
-
-    #[test]
-    fn offsets_count_up_within_an_epoch_and_duplicates_keep_their_first_offset() {
-        let h = MemoryHistory::default();
-        let ch = Channel::from("c");
-        let start = block_on(h.position(&ch)).unwrap();
-        assert_eq!(start.offset, 0);
-        let a = h.append(&ch, Some("u:1/m1"), body(1)).unwrap().appended;
-        let b = h.append(&ch, None, body(2)).unwrap().appended;
-        let again = h.append(&ch, Some("u:1/m1"), body(1)).unwrap().appended;
-        assert_eq!((a.position.offset, b.position.offset), (1, 2));
-        assert_eq!(a.position.epoch, start.epoch, "position fixed the epoch");
-        assert!(again.duplicate && again.frame.is_none());
-        assert_eq!(again.position, a.position);
-        assert_eq!(block_on(h.position(&ch)).unwrap().offset, 2);
-    }
+    // The helpers of the checks every store passes (`history/tests.rs`), which also cover
+    // numbering and deduplication here.
+    use crate::history::tests::{body, offsets};
 
     #[test]
     fn messages_past_their_age_are_dropped() {
@@ -367,7 +335,11 @@ mod tests {
         h.append(&ch, None, body(2)).unwrap();
         now.fetch_add(600, Ordering::Relaxed);
         assert_eq!(
-            offsets(&block_on(h.latest(&ch, ReadLimit::messages(10))).unwrap()),
+            offsets(
+                &block_on(h.latest(&ch, ReadLimit::messages(10)))
+                    .unwrap()
+                    .messages
+            ),
             [2]
         );
     }

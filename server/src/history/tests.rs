@@ -12,11 +12,11 @@ use switchboard_protocol::{Channel, ServerFrame, StreamPosition, codec};
 use super::*;
 use crate::frame::message_body;
 
-fn body(n: u64) -> Bytes {
+pub(super) fn body(n: u64) -> Bytes {
     message_body(&"c".into(), None, json!(n).into(), 0, false)
 }
 
-fn offsets(messages: &[Encoded]) -> Vec<u64> {
+pub(super) fn offsets(messages: &[Encoded]) -> Vec<u64> {
     messages
         .iter()
         .map(
@@ -224,6 +224,30 @@ fn disk_messages_past_their_age_are_not_returned_and_are_dropped() {
     append(&h, &ch, None, 3);
     let one = (body(3).len() + 30 + MESSAGE_OVERHEAD) as u64;
     assert!(h.bytes() < bytes + one, "{} vs {bytes}", h.bytes());
+    // A stream nobody writes to is swept (once a minute; here, now).
+    let quiet = Channel::from("quiet");
+    append(&h, &quiet, None, 1);
+    let before_sweep = h.bytes();
+    now.fetch_add(2000, Ordering::Relaxed);
+    h.sweep_now();
+    assert!(h.bytes() < before_sweep, "{} vs {before_sweep}", h.bytes());
+    let p = block_on(h.latest(&quiet, ReadLimit::messages(10))).unwrap();
+    assert!(p.messages.is_empty());
+}
+
+#[test]
+fn a_damaged_file_is_moved_aside_with_os_durability_and_refused_with_fsync() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("h.redb");
+    std::fs::write(&path, vec![0xA5; 64 << 10]).unwrap();
+    assert!(
+        DiskHistory::open(&path, Durability::Fsync, Retention::default()).is_err(),
+        "fsync'd history is never thrown away"
+    );
+    let h = DiskHistory::open(&path, Durability::Os, Retention::default()).unwrap();
+    assert!(dir.path().join("h.redb.damaged").exists());
+    let ch = Channel::from("c");
+    assert_eq!(append(&h, &ch, None, 1).position.offset, 1, "starts empty");
 }
 
 #[test]

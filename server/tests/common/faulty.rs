@@ -16,6 +16,19 @@ use switchboard_server::history::{
 };
 use tokio::sync::oneshot;
 
+/// A real server (options `args` on top of the test defaults) on the faulty broker, and
+/// its faults.
+pub async fn server(args: &[&str]) -> (super::TestServer, Arc<Faults>) {
+    let broker = FaultyBroker::new();
+    let faults = broker.faults.clone();
+    let state = switchboard_server::AppState::with_broker(
+        super::config(args),
+        switchboard_server::Methods::with_builtins(),
+        Arc::new(broker),
+    );
+    (super::start_with(state).await, faults)
+}
+
 /// The operations that can fail or pause.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
@@ -262,6 +275,32 @@ fn history_error(e: BrokerError) -> HistoryError {
     HistoryError(e.0)
 }
 
+impl FaultyHistory {
+    /// `call` between the `op` points of `channel`, as the broker's calls are (`faulty!`).
+    /// A closure, since the stores read when called, not when awaited: the read must
+    /// happen after the `Before` point.
+    fn around<'a, T: Send + 'a>(
+        &'a self,
+        op: Op,
+        channel: &'a Channel,
+        call: impl FnOnce() -> BoxFuture<'a, Result<T, HistoryError>> + Send + 'a,
+    ) -> BoxFuture<'a, Result<T, HistoryError>> {
+        Box::pin(async move {
+            let ch = channel.as_str();
+            let point = |stage| async move {
+                self.faults
+                    .point(op, stage, ch)
+                    .await
+                    .map_err(history_error)
+            };
+            point(Stage::Before).await?;
+            let out = call().await?;
+            point(Stage::After).await?;
+            Ok(out)
+        })
+    }
+}
+
 impl History for FaultyHistory {
     fn append(
         &self,
@@ -290,19 +329,7 @@ impl History for FaultyHistory {
         &'a self,
         channel: &'a Channel,
     ) -> BoxFuture<'a, Result<StreamPosition, HistoryError>> {
-        Box::pin(async move {
-            let ch = channel.as_str();
-            self.faults
-                .point(Op::Position, Stage::Before, ch)
-                .await
-                .map_err(history_error)?;
-            let out = self.inner.position(channel).await?;
-            self.faults
-                .point(Op::Position, Stage::After, ch)
-                .await
-                .map_err(history_error)?;
-            Ok(out)
-        })
+        self.around(Op::Position, channel, || self.inner.position(channel))
     }
     fn since<'a>(
         &'a self,
@@ -310,18 +337,8 @@ impl History for FaultyHistory {
         since: &'a StreamPosition,
         limit: ReadLimit,
     ) -> BoxFuture<'a, Result<Since, HistoryError>> {
-        Box::pin(async move {
-            let ch = channel.as_str();
-            self.faults
-                .point(Op::Read, Stage::Before, ch)
-                .await
-                .map_err(history_error)?;
-            let out = self.inner.since(channel, since, limit).await?;
-            self.faults
-                .point(Op::Read, Stage::After, ch)
-                .await
-                .map_err(history_error)?;
-            Ok(out)
+        self.around(Op::Read, channel, move || {
+            self.inner.since(channel, since, limit)
         })
     }
     fn latest<'a>(
@@ -329,18 +346,6 @@ impl History for FaultyHistory {
         channel: &'a Channel,
         limit: ReadLimit,
     ) -> BoxFuture<'a, Result<Page, HistoryError>> {
-        Box::pin(async move {
-            let ch = channel.as_str();
-            self.faults
-                .point(Op::Read, Stage::Before, ch)
-                .await
-                .map_err(history_error)?;
-            let out = self.inner.latest(channel, limit).await?;
-            self.faults
-                .point(Op::Read, Stage::After, ch)
-                .await
-                .map_err(history_error)?;
-            Ok(out)
-        })
+        self.around(Op::Read, channel, move || self.inner.latest(channel, limit))
     }
 }
