@@ -434,3 +434,50 @@ async fn a_restarted_server_on_the_disk_store_recovers_and_deduplicates() {
     assert_eq!(position.offset, 4);
     b.sync().await;
 }
+
+/// `since` further than this node has forwarded: fine when the stream has it (another node
+/// delivered it; this node skips those for the subscriber), refused as `epoch` when it is
+/// beyond the stream's end. The store here counts a message while its write is paused,
+/// before the node has forwarded it: the same lag another node's delivery would show.
+#[tokio::test]
+async fn since_ahead_of_this_node_skips_what_the_client_has_and_beyond_the_end_is_refused() {
+    let (server, faults) = faulty::server(UNLIMITED).await;
+    let mut publisher = Client::connect(&server).await;
+    let mut watcher = Client::connect(&server).await;
+    watcher.send_text(&subscribe("ahead", None, None)).await;
+    let (_, pos, _, _) = recovered(&mut watcher).await;
+    publish(&mut publisher, "ahead", 1).await;
+    let mut pause = faults.pause(Op::Append, Stage::After, Some("ahead"));
+    publisher
+        .send_text(r#"{"type":"publish","id":"p2","channel":"ahead","data":2}"#)
+        .await;
+    pause.reached().await;
+    // Message 2 is in the store; this node has forwarded up to 1.
+    let at = |offset| StreamPosition {
+        offset,
+        epoch: pos.epoch.clone(),
+    };
+    let mut has_two = Client::connect(&server).await;
+    has_two
+        .send_text(&subscribe("ahead", Some(&at(2)), None))
+        .await;
+    let (missed, position, ok, why) = recovered(&mut has_two).await;
+    assert_eq!((missed.len(), position.offset, ok, why), (0, 2, true, None));
+    let mut from_the_future = Client::connect(&server).await;
+    from_the_future
+        .send_text(&subscribe("ahead", Some(&at(3)), None))
+        .await;
+    let (_, _, ok, why) = recovered(&mut from_the_future).await;
+    assert_eq!((ok, why), (false, Some(Unrecovered::Epoch)));
+    pause.release();
+    assert!(matches!(
+        publisher.next().await,
+        ServerFrame::Ack {
+            offset: Some(2),
+            ..
+        }
+    ));
+    publish(&mut publisher, "ahead", 3).await;
+    assert_eq!(live(&mut has_two).await, [3], "2 skipped: it had it");
+    assert_eq!(live(&mut watcher).await, [1, 2, 3]);
+}
