@@ -119,6 +119,21 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_DEDUPE_WINDOW", default_value_t = 1024)]
     pub dedupe_window: usize,
 
+    /// Run as one of several nodes sharing this Redis (7 or later), e.g.
+    /// `redis://127.0.0.1:6379/0`: fan-out between nodes, the channel streams, presence
+    /// and `direct` go through it, and --history is not used. See docs/scaling.md.
+    #[arg(long, env = "SWITCHBOARD_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key and pub/sub channel, so deployments can share a Redis.
+    #[arg(long, env = "SWITCHBOARD_REDIS_PREFIX", default_value = "sb")]
+    pub redis_prefix: String,
+
+    /// With Redis: how long a presence member outlives its node (the node renews its
+    /// members every third of this; a node that dies takes them along within it).
+    #[arg(long, env = "SWITCHBOARD_PRESENCE_TTL", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub presence_ttl: Duration,
+
     /// Sustained frames per second one connection may send; faster frames are refused
     /// with `rate_limited`.
     #[arg(long, env = "SWITCHBOARD_RATE_PER_SEC", default_value_t = 50)]
@@ -412,6 +427,23 @@ impl Config {
         })
     }
 
+    /// The broker these options ask for: Redis with --redis-url, else this process with
+    /// the configured history store. Must be called inside a tokio runtime for Redis.
+    pub fn open_broker(&self) -> Result<std::sync::Arc<dyn crate::broker::Broker>, String> {
+        Ok(match &self.redis_url {
+            Some(url) => {
+                let mut opts = crate::broker::RedisOptions::new(url);
+                opts.prefix = self.redis_prefix.clone();
+                opts.retention = self.retention();
+                opts.presence_ttl = self.presence_ttl;
+                std::sync::Arc::new(crate::broker::RedisBroker::new(opts)?)
+            }
+            None => std::sync::Arc::new(crate::broker::MemoryBroker::with_history(
+                self.open_history()?,
+            )),
+        })
+    }
+
     /// Whether the server checks tokens: a secret, a public key or a key set is configured.
     pub fn checks_tokens(&self) -> bool {
         self.jwt_secret.is_some() || self.jwt_public_key.is_some() || self.jwt_jwks.is_some()
@@ -420,6 +452,9 @@ impl Config {
     /// Rejects values that cannot work.
     pub fn validate(&self) -> Result<(), String> {
         self.validate_auth()?;
+        if self.presence_ttl < Duration::from_secs(1) {
+            return Err("--presence-ttl must be at least 1s".into());
+        }
         if self.max_presence_members == 0 {
             return Err("--max-presence-members must be at least 1".into());
         }

@@ -113,14 +113,7 @@ pub enum SubscribeOutcome {
     PresenceFull,
 }
 
-/// Why a `direct` was not delivered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DirectError {
-    /// No such connection.
-    Gone,
-    /// The receiver's budget for direct messages is used up.
-    Busy,
-}
+pub use crate::broker::DirectError;
 
 /// The server's shared state (a cheap clone).
 #[derive(Clone)]
@@ -228,6 +221,17 @@ impl BrokerHandler for Node {
             inner.deliver(&sub.client, &delivery.frame, delivery.droppable);
         }
     }
+
+    fn direct(&self, to: &ClientId, frame: &Encoded) -> Result<(), DirectError> {
+        match self.0.upgrade() {
+            Some(inner) => inner.direct(to, frame),
+            None => Err(DirectError::Gone),
+        }
+    }
+
+    fn channels(&self) -> Vec<(Channel, usize)> {
+        self.0.upgrade().map(|i| i.channels()).unwrap_or_default()
+    }
 }
 
 /// Whether `a` is after `b` in the same epoch.
@@ -262,7 +266,11 @@ impl Hub {
     /// Registers a new connection and returns its handle and the receiving end of its
     /// outbound queue.
     pub fn connect(&self, user_id: Option<String>, bounds: Bounds) -> (ClientHandle, Inbox) {
-        let id = ClientId(clock::random_id());
+        // On several nodes the id names its node, so a `direct` finds it.
+        let id = match self.inner.broker.node_id() {
+            Some(node) => ClientId(format!("{node}.{}", clock::random_id())),
+            None => ClientId(clock::random_id()),
+        };
         let (outbox, rx) = queue::bounded(bounds);
         let handle = ClientHandle(Arc::new(Client {
             id: id.clone(),
@@ -460,7 +468,9 @@ impl Hub {
                         member: change.member,
                         count: change.count,
                     };
-                    broker.broadcast(channel, Encoded::new(&frame)).await
+                    broker
+                        .broadcast(channel, Encoded::new(&frame), Some(client.id.clone()))
+                        .await
                 }
                 Ok(_) => Ok(()),
                 Err(e) => Err(e),
@@ -625,7 +635,7 @@ impl Hub {
                         member: change.member,
                         count: change.count,
                     };
-                    broker.broadcast(channel, Encoded::new(&frame)).await
+                    broker.broadcast(channel, Encoded::new(&frame), None).await
                 }
                 Ok(_) => Ok(()),
                 Err(e) => Err(e),
@@ -642,28 +652,20 @@ impl Hub {
     }
 
     /// Delivers `data` to one connection, within the receiver's budget for direct
-    /// messages: a receiver that is not reading is never closed because of them.
-    pub fn direct(&self, to: &ClientId, from: Sender, data: Payload) -> Result<(), DirectError> {
-        let Some(target) = lock(&self.inner.clients).get(to).cloned() else {
-            return Err(DirectError::Gone);
-        };
+    /// messages: a receiver that is not reading is never closed because of them. A
+    /// connection on another node is reached through the broker.
+    pub async fn direct(
+        &self,
+        to: &ClientId,
+        from: Sender,
+        data: Payload,
+    ) -> Result<(), DirectError> {
         let frame = Encoded::new(&ServerFrame::Direct { from, data });
-        match target.outbox.try_send(frame, Class::Direct) {
-            Ok(()) => {
-                self.inner
-                    .metrics
-                    .deliveries
-                    .fetch_add(1, Ordering::Relaxed);
-                Ok(())
+        match self.inner.direct(to, &frame) {
+            Err(DirectError::Gone) if self.inner.broker.node_id().is_some() => {
+                self.inner.broker.direct(to, frame).await
             }
-            Err(SendError::Full) => {
-                self.inner
-                    .metrics
-                    .directs_refused
-                    .fetch_add(1, Ordering::Relaxed);
-                Err(DirectError::Busy)
-            }
-            Err(SendError::Closed) => Err(DirectError::Gone),
+            local => local,
         }
     }
 
@@ -674,7 +676,40 @@ impl Hub {
 
     /// Every channel with local subscribers and their number, sorted by name.
     pub fn channels(&self) -> Vec<(Channel, usize)> {
-        let all: Vec<_> = lock(&self.inner.channels)
+        self.inner.channels()
+    }
+
+    /// Every channel with subscribers on any node, and their number, sorted by name.
+    pub async fn all_channels(&self) -> Result<Vec<(Channel, usize)>, BrokerError> {
+        Ok(match self.inner.broker.channels().await? {
+            Some(all) => all,
+            None => self.channels(),
+        })
+    }
+}
+
+impl Inner {
+    /// Queues a `direct` frame for a connection of this node.
+    fn direct(&self, to: &ClientId, frame: &Encoded) -> Result<(), DirectError> {
+        let Some(target) = lock(&self.clients).get(to).cloned() else {
+            return Err(DirectError::Gone);
+        };
+        match target.outbox.try_send(frame.clone(), Class::Direct) {
+            Ok(()) => {
+                self.metrics.deliveries.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(SendError::Full) => {
+                self.metrics.directs_refused.fetch_add(1, Ordering::Relaxed);
+                Err(DirectError::Busy)
+            }
+            Err(SendError::Closed) => Err(DirectError::Gone),
+        }
+    }
+
+    /// Channels with local subscribers and their number, sorted by name.
+    fn channels(&self) -> Vec<(Channel, usize)> {
+        let all: Vec<_> = lock(&self.channels)
             .iter()
             .map(|(name, state)| (name.clone(), state.clone()))
             .collect();
@@ -686,9 +721,7 @@ impl Hub {
         out.sort();
         out
     }
-}
 
-impl Inner {
     /// Queues `frame` for `client`. A full queue drops a droppable (ephemeral) frame and
     /// counts it; for anything else it closes the connection as a slow consumer, because a
     /// silently missing message is worse than a reconnect.

@@ -41,6 +41,7 @@ pub mod metrics;
 pub mod queue;
 mod session;
 
+use std::fmt::Write as _;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -61,7 +62,7 @@ use tracing::Instrument;
 
 use admission::{Admission, Admissions};
 use auth::{Auth, AuthError};
-use broker::{Broker, MemoryBroker};
+use broker::Broker;
 pub use config::Config;
 pub use hub::Hub;
 pub use methods::Methods;
@@ -106,12 +107,8 @@ impl AppState {
     /// State for `config` with your own method table, or why its history store cannot be
     /// opened.
     pub fn try_with_methods(config: Config, methods: Methods) -> Result<Self, String> {
-        let history = config.open_history()?;
-        Ok(Self::with_broker(
-            config,
-            methods,
-            Arc::new(MemoryBroker::with_history(history)),
-        ))
+        let broker = config.open_broker()?;
+        Ok(Self::with_broker(config, methods, broker))
     }
 
     /// State for `config` with your own method table and broker.
@@ -133,7 +130,7 @@ pub fn app(state: AppState) -> Router {
     let index = dist.join("index.html");
     let router = Router::new()
         .route(WS_PATH, get(ws_upgrade))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route(
             "/api/publish",
@@ -328,12 +325,32 @@ async fn echo(mut socket: WebSocket, admission: Option<Admission>, state: AppSta
     }
 }
 
+/// `ok`, or 503 with the reason while the broker cannot reach what nodes share (Redis):
+/// the node still serves its local clients meanwhile.
+async fn healthz(State(state): State<AppState>) -> Response {
+    match state.hub.broker().health() {
+        Ok(()) => "ok".into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
+    }
+}
+
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let hub = &state.hub;
     let mut body = hub
         .metrics()
         .render(hub.connection_count(), hub.queue_depths());
     state.admissions.write_metrics(&mut body);
+    for (name, help, value) in hub.broker().metrics() {
+        let kind = if name.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        };
+        let _ = writeln!(
+            body,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
 

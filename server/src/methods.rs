@@ -203,9 +203,12 @@ impl Methods {
                 Ok(json!({ "now_ms": now_ms() }))
             })
             .method("channels", |ctx, _: IgnoredAny| async move {
-                let list: Vec<Value> = ctx
+                let all = ctx
                     .hub
-                    .channels()
+                    .all_channels()
+                    .await
+                    .map_err(|e| MethodError::Unavailable(e.to_string()))?;
+                let list: Vec<Value> = all
                     .into_iter()
                     .filter(|(c, _)| ctx.grants.may_subscribe(c.as_str()))
                     .map(|(c, n)| json!({ "channel": c, "subscribers": n }))

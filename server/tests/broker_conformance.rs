@@ -1,68 +1,20 @@
 //! One conformance suite for every [`Broker`] implementation (centrifuge's pattern): the
 //! guarantees documented in `server/src/broker/mod.rs`, checked on two nodes that share one
 //! backend. Deliveries may be asynchronous (a network broker), so every check waits for a
-//! condition instead of reading at once. Runs against the in-memory broker; a cross-node
-//! broker adds one line at the bottom.
+//! condition instead of reading at once. Runs against the in-memory broker and against
+//! the Redis broker on a real `redis-server` (two nodes, each pair under its own prefix).
 
 mod common;
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use common::recorder::Recorder;
+
+use std::sync::Arc;
 
 use serde_json::{Value, json};
 use switchboard_protocol::{Channel, ServerFrame, StreamPosition, codec};
-use switchboard_server::broker::{Broker, BrokerHandler, Delivery, MemoryBroker, Publication};
+use switchboard_server::broker::{Broker, MemoryBroker, Publication, RedisBroker, RedisOptions};
 use switchboard_server::frame::Encoded;
 use switchboard_server::history::{ReadLimit, Since, Unrecoverable};
-
-#[derive(Debug, Clone, PartialEq)]
-struct Got {
-    channel: String,
-    frame: ServerFrame,
-    position: Option<StreamPosition>,
-    droppable: bool,
-    except: Option<String>,
-}
-
-#[derive(Default)]
-struct Recorder(Mutex<Vec<Got>>);
-
-impl BrokerHandler for Recorder {
-    fn deliver(&self, channel: &Channel, d: &Delivery) {
-        let mut frames = codec::decode_server(d.frame.as_str());
-        self.0.lock().unwrap().push(Got {
-            channel: channel.0.clone(),
-            frame: frames.remove(0).expect("the broker delivers valid frames"),
-            position: d.position.clone(),
-            droppable: d.droppable,
-            except: d.except.as_ref().map(|c| c.0.clone()),
-        });
-    }
-}
-
-impl Recorder {
-    /// Waits until exactly `n` deliveries arrived (and a moment longer, to catch extra
-    /// ones), then takes them.
-    async fn take(&self, n: usize) -> Vec<Got> {
-        let arrived = common::eventually(|| self.0.lock().unwrap().len() >= n).await;
-        assert!(
-            arrived,
-            "expected {n} deliveries, got {:?}",
-            self.0.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let got = std::mem::take(&mut *self.0.lock().unwrap());
-        assert_eq!(got.len(), n, "{got:?}");
-        got
-    }
-
-    /// Nothing (more) arrives within a short wait.
-    async fn none(&self) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let got = std::mem::take(&mut *self.0.lock().unwrap());
-        assert!(got.is_empty(), "unexpected deliveries: {got:?}");
-    }
-}
 
 /// Two nodes on one backend, each with its recorder.
 struct Pair {
@@ -207,9 +159,13 @@ async fn only_subscribed_nodes_get_deliveries(p: Pair) {
     p.b.publish(publication("once", json!(2), false))
         .await
         .unwrap();
-    p.b.broadcast(&ch, Encoded::new(&ServerFrame::Pong { id: None, ts: None }))
-        .await
-        .unwrap();
+    p.b.broadcast(
+        &ch,
+        Encoded::new(&ServerFrame::Pong { id: None, ts: None }),
+        None,
+    )
+    .await
+    .unwrap();
     let got = p.ra.take(1).await;
     assert!(matches!(&got[0].frame, ServerFrame::Message { data, .. } if *data == json!(1)));
     p.rb.none().await;
@@ -219,9 +175,13 @@ async fn broadcasts_reach_subscribed_nodes_unstored(p: Pair) {
     let ch = Channel::from("room:a");
     p.b.subscribe(&ch).await.unwrap();
     let before = p.a.history().position(&ch).await.unwrap();
-    p.a.broadcast(&ch, Encoded::new(&ServerFrame::Pong { id: None, ts: None }))
-        .await
-        .unwrap();
+    p.a.broadcast(
+        &ch,
+        Encoded::new(&ServerFrame::Pong { id: None, ts: None }),
+        None,
+    )
+    .await
+    .unwrap();
     let got = p.rb.take(1).await;
     assert_eq!(got[0].frame, ServerFrame::Pong { id: None, ts: None });
     assert!(got[0].position.is_none() && !got[0].droppable);
@@ -396,6 +356,13 @@ async fn the_excluded_connection_travels_with_the_delivery(p: Pair) {
     p.a.publish(publication).await.unwrap();
     let got = p.rb.take(1).await;
     assert_eq!(got[0].except.as_deref(), Some("c-publisher"));
+    // So does the joiner of a presence broadcast.
+    let pong = Encoded::new(&ServerFrame::Pong { id: None, ts: None });
+    p.a.broadcast(&ch, pong, Some("c-joiner".into()))
+        .await
+        .unwrap();
+    let got = p.rb.take(1).await;
+    assert_eq!(got[0].except.as_deref(), Some("c-joiner"));
 }
 
 /// Runs every check, each on a fresh pair of nodes made by `make`.
@@ -417,6 +384,24 @@ async fn memory_broker_conforms() {
         let a = MemoryBroker::new();
         let b = a.node();
         (Arc::new(a), Arc::new(b))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn redis_broker_conforms() {
+    let Some(redis) = common::redis::Redis::start() else {
+        return;
+    };
+    let pairs = std::sync::atomic::AtomicU32::new(0);
+    conformance(|| {
+        let n = pairs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let node = || {
+            let mut opts = RedisOptions::new(redis.url());
+            opts.prefix = format!("conf{n}");
+            Arc::new(RedisBroker::new(opts).unwrap()) as Arc<dyn Broker>
+        };
+        (node(), node())
     })
     .await;
 }

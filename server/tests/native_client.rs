@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::native::{WAIT, live, message, next};
 use common::{config, start};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -16,40 +17,6 @@ use switchboard_protocol::PresenceAction;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Chat {
     text: String,
-}
-
-const WAIT: Duration = Duration::from_secs(10);
-
-async fn next<T: serde::de::DeserializeOwned>(
-    sub: &mut switchboard_client::native::Subscription<T>,
-) -> SubItem<T> {
-    tokio::time::timeout(WAIT, sub.next())
-        .await
-        .expect("an item within 10 s")
-        .expect("the stream goes on")
-}
-
-/// The next message on `sub`, skipping state changes and presence.
-async fn message<T: serde::de::DeserializeOwned + std::fmt::Debug>(
-    sub: &mut switchboard_client::native::Subscription<T>,
-) -> switchboard_client::native::Received<T> {
-    loop {
-        match next(sub).await {
-            SubItem::Message(Ok(m)) => return m,
-            SubItem::Message(Err(e)) => panic!("undecodable: {e:?}"),
-            _ => continue,
-        }
-    }
-}
-
-async fn live<T: serde::de::DeserializeOwned>(
-    sub: &mut switchboard_client::native::Subscription<T>,
-) {
-    loop {
-        if let SubItem::State(SubState::Live { .. }) = next(sub).await {
-            return;
-        }
-    }
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use futures::future::BoxFuture;
-use switchboard_protocol::{Channel, Member, Payload};
+use switchboard_protocol::{Channel, ClientId, Member, Payload};
 
 use super::{Broker, BrokerError, BrokerHandler, Delivery, PresenceChange, Publication, Published};
 use crate::clock::now_ms;
@@ -320,13 +320,14 @@ impl Broker for MemoryBroker {
         &'a self,
         channel: &'a Channel,
         frame: Encoded,
+        except: Option<ClientId>,
     ) -> BoxFuture<'a, Result<(), BrokerError>> {
         let entry = self.bus.entry(channel);
         let delivery = Delivery {
             frame,
             position: None,
             droppable: false,
-            except: None,
+            except,
         };
         self.bus.enqueue(&entry, channel, delivery);
         self.bus.release(channel, entry);

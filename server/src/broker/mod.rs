@@ -26,6 +26,7 @@
 //!   stream ([`History::since`]).
 
 mod memory;
+mod redis;
 
 use std::sync::Arc;
 
@@ -36,6 +37,7 @@ use crate::frame::Encoded;
 use crate::history::{History, HistoryError};
 
 pub use memory::MemoryBroker;
+pub use redis::{RedisBroker, RedisOptions};
 
 /// Why a broker operation failed; clients get `unavailable`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -61,10 +63,34 @@ pub struct Delivery {
     pub except: Option<ClientId>,
 }
 
+/// Why a `direct` was not delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirectError {
+    /// No such connection.
+    Gone,
+    /// The receiver's budget for direct messages is used up.
+    Busy,
+    /// The receiver is on another node that did not answer (the broker is down).
+    Unavailable(String),
+}
+
+/// Channels and their subscriber counts, sorted by name.
+pub type ChannelCounts = Vec<(Channel, usize)>;
+
 /// The node side of a broker: receives deliveries for the channels it subscribed to.
 pub trait BrokerHandler: Send + Sync + 'static {
     /// One delivery for `channel`'s local subscribers.
     fn deliver(&self, channel: &Channel, delivery: &Delivery);
+
+    /// A `direct` frame for connection `to` of this node, sent from another node.
+    fn direct(&self, _to: &ClientId, _frame: &Encoded) -> Result<(), DirectError> {
+        Err(DirectError::Gone)
+    }
+
+    /// This node's channels with their local subscriber counts (for cluster-wide lists).
+    fn channels(&self) -> Vec<(Channel, usize)> {
+        Vec::new()
+    }
 }
 
 /// A message to publish.
@@ -123,11 +149,13 @@ pub trait Broker: Send + Sync + 'static {
     fn publish(&self, publication: Publication) -> BoxFuture<'_, Result<Published, BrokerError>>;
 
     /// Delivers an encoded control frame (presence) to every subscribed node, unstored,
-    /// in order with the channel's messages.
+    /// in order with the channel's messages, except to connection `except` (a joiner does
+    /// not hear its own join, even when it is subscribed by the time the frame arrives).
     fn broadcast<'a>(
         &'a self,
         channel: &'a Channel,
         frame: Encoded,
+        except: Option<ClientId>,
     ) -> BoxFuture<'a, Result<(), BrokerError>>;
 
     /// The channel streams.
@@ -159,4 +187,36 @@ pub trait Broker: Send + Sync + 'static {
         &'a self,
         channel: &'a Channel,
     ) -> BoxFuture<'a, Result<Vec<Member>, BrokerError>>;
+
+    /// This node's id when connections on other nodes can reach this node's (client ids
+    /// then start with it: `<node>.<random>`); `None` for a single node.
+    fn node_id(&self) -> Option<&str> {
+        None
+    }
+
+    /// Delivers an encoded `direct` frame to connection `to` on another node. The default
+    /// (one node): there is no other node, so the connection is gone.
+    fn direct<'a>(
+        &'a self,
+        _to: &'a ClientId,
+        _frame: Encoded,
+    ) -> BoxFuture<'a, Result<(), DirectError>> {
+        Box::pin(async { Err(DirectError::Gone) })
+    }
+
+    /// Every node's channels with their subscriber counts summed, sorted by name; `None`
+    /// when this node is the only one (the hub answers from its own channels).
+    fn channels(&self) -> BoxFuture<'_, Result<Option<ChannelCounts>, BrokerError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    /// Whether the broker can reach what it shares with other nodes (`/healthz`).
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Extra Prometheus lines for `/metrics` (name, help, value).
+    fn metrics(&self) -> Vec<(&'static str, &'static str, u64)> {
+        Vec::new()
+    }
 }

@@ -335,8 +335,11 @@ impl Core {
                     );
                     return Ok(());
                 }
-                match self.state.hub.direct(&to, self.sender(), data) {
+                match self.state.hub.direct(&to, self.sender(), data).await {
                     Ok(()) => {}
+                    Err(DirectError::Unavailable(why)) => {
+                        self.error(id, ErrorCode::Unavailable, &why);
+                    }
                     Err(DirectError::Gone) => {
                         let msg = format!("client {to} is not connected");
                         self.error(id, ErrorCode::TargetGone, &msg);

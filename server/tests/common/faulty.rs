@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use switchboard_protocol::{Channel, Member, Payload, StreamPosition};
+use switchboard_protocol::{Channel, ClientId, Member, Payload, StreamPosition};
 use switchboard_server::broker::{
     Broker, BrokerError, BrokerHandler, MemoryBroker, PresenceChange, Publication, Published,
 };
@@ -218,12 +218,13 @@ impl Broker for FaultyBroker {
         &'a self,
         channel: &'a Channel,
         frame: Encoded,
+        except: Option<ClientId>,
     ) -> BoxFuture<'a, Result<(), BrokerError>> {
         faulty!(
             self,
             Op::Broadcast,
             channel.as_str(),
-            self.inner.broadcast(channel, frame)
+            self.inner.broadcast(channel, frame, except)
         )
     }
     fn history(&self) -> &dyn History {

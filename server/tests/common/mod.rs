@@ -1,7 +1,11 @@
 //! Test helpers: a real server on a free loopback port and a real tokio-tungstenite client.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod cluster;
 pub mod faulty;
+pub mod native;
+pub mod recorder;
+pub mod redis;
 
 use std::net::SocketAddr;
 use std::time::Duration;

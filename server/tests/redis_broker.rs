@@ -1,0 +1,246 @@
+//! The Redis broker's own promises, on a real `redis-server`, beyond the conformance
+//! suite: what pub/sub loses is read back from the streams (a lost message, a lost
+//! connection), the node says when Redis is unreachable, and presence entries are
+//! leases that die with their node.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::recorder::Recorder;
+use common::redis::Redis;
+use serde_json::json;
+use switchboard_protocol::{Channel, PresenceAction, ServerFrame};
+use switchboard_server::broker::{Broker, Publication, RedisBroker, RedisOptions};
+use switchboard_server::frame::message_body;
+
+fn node(redis: &Redis, prefix: &str, ttl: Duration) -> (Arc<RedisBroker>, Arc<Recorder>) {
+    let mut opts = RedisOptions::new(redis.url());
+    opts.prefix = prefix.into();
+    opts.presence_ttl = ttl;
+    let broker = Arc::new(RedisBroker::new(opts).unwrap());
+    let rec = Arc::new(Recorder::default());
+    broker.start(rec.clone());
+    (broker, rec)
+}
+
+fn publication(channel: &str, n: u64) -> Publication {
+    Publication {
+        channel: channel.into(),
+        dedupe_key: None,
+        from: None,
+        data: json!(n).into(),
+        ephemeral: false,
+        except: None,
+    }
+}
+
+/// Stores messages the way the publish script does, without `PUBLISH`: what a node
+/// misses when pub/sub loses them. Returns the redis commands, to run in one MULTI.
+fn stored_unpublished(
+    prefix: &str,
+    channel: &str,
+    offsets: std::ops::RangeInclusive<u64>,
+) -> Vec<Vec<String>> {
+    let ch = Channel::from(channel);
+    let mut cmds = Vec::new();
+    for offset in offsets {
+        let body = message_body(&ch, None, json!(offset).into(), 1, false);
+        cmds.push(vec![
+            "HINCRBY".into(),
+            format!("{prefix}:{{{channel}}}:m"),
+            "s".into(),
+            "1".into(),
+        ]);
+        cmds.push(vec![
+            "XADD".into(),
+            format!("{prefix}:{{{channel}}}:s"),
+            format!("0-{offset}"),
+            "t".into(),
+            switchboard_server::clock::now_ms().to_string(),
+            "d".into(),
+            String::from_utf8(body.to_vec()).unwrap(),
+        ]);
+    }
+    cmds
+}
+
+fn offsets(rec: &[common::recorder::Got]) -> Vec<u64> {
+    rec.iter()
+        .map(|g| g.position.as_ref().expect("stored").offset)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_message_pubsub_lost_is_read_back_from_the_stream() {
+    let Some(redis) = Redis::start() else { return };
+    let ttl = Duration::from_secs(30);
+    let (a, _) = node(&redis, "gap", ttl);
+    let (b, rb) = node(&redis, "gap", ttl);
+    let ch = Channel::from("gap");
+    b.subscribe(&ch).await.unwrap();
+    a.publish(publication("gap", 1)).await.unwrap();
+    assert_eq!(offsets(&rb.take(1).await), [1]);
+    // Offsets 2 and 3 stored, their PUBLISH lost; 4 published normally.
+    redis.transaction(&stored_unpublished("gap", "gap", 2..=3));
+    a.publish(publication("gap", 4)).await.unwrap();
+    let got = rb.take(3).await;
+    assert_eq!(offsets(&got), [2, 3, 4], "in order, none twice");
+    let data: Vec<_> = got
+        .iter()
+        .map(|g| match &g.frame {
+            ServerFrame::Message { data, .. } => data.to_value(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(data, [json!(2), json!(3), json!(4)]);
+    assert!(metric(&*b, "switchboard_redis_fills_total") >= 1);
+}
+
+#[tokio::test]
+async fn a_node_whose_connection_dropped_reads_back_what_was_stored_meanwhile() {
+    let Some(redis) = Redis::start() else { return };
+    let ttl = Duration::from_secs(30);
+    let (a, _) = node(&redis, "drop", ttl);
+    let (b, rb) = node(&redis, "drop", ttl);
+    let ch = Channel::from("drop");
+    b.subscribe(&ch).await.unwrap();
+    a.publish(publication("drop", 1)).await.unwrap();
+    assert_eq!(offsets(&rb.take(1).await), [1]);
+    // Every subscribed connection is cut, and in the same transaction (before any node
+    // can reconnect) two messages are stored that nobody was told about.
+    let mut cmds = vec![vec![
+        "CLIENT".to_owned(),
+        "KILL".into(),
+        "TYPE".into(),
+        "pubsub".into(),
+    ]];
+    cmds.extend(stored_unpublished("drop", "drop", 2..=3));
+    redis.transaction(&cmds);
+    // Reconnected and resubscribed by itself: the stored ones, then live ones.
+    let got = rb.take(2).await;
+    assert_eq!(offsets(&got), [2, 3]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        // Refused (not acked) until node a knows its connection is back.
+        let _ = a.publish(publication("drop", 9)).await;
+        let n = rb.0.lock().unwrap().len();
+        if n > 0 || tokio::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let n = rb.0.lock().unwrap().len().max(1);
+    let live = rb.take(n).await;
+    assert_eq!(
+        live[0].position.as_ref().unwrap().offset,
+        4,
+        "no gap, no repeat"
+    );
+    assert!(metric(&*b, "switchboard_redis_outages_total") >= 1);
+}
+
+#[tokio::test]
+async fn health_says_when_redis_is_unreachable_and_when_it_is_back() {
+    let Some(mut redis) = Redis::start_with(true) else {
+        return;
+    };
+    let (a, ra) = node(&redis, "health", Duration::from_secs(30));
+    let ch = Channel::from("h");
+    a.subscribe(&ch).await.unwrap();
+    assert!(common::eventually(|| a.health().is_ok()).await);
+    let before = a
+        .publish(publication("h", 1))
+        .await
+        .unwrap()
+        .position
+        .unwrap();
+    ra.take(1).await;
+    redis.kill();
+    assert!(
+        common::eventually(|| a.health().is_err()).await,
+        "down is noticed"
+    );
+    assert_eq!(metric(&*a, "switchboard_redis_up"), 0);
+    assert!(
+        a.publish(publication("h", 2)).await.is_err(),
+        "a publish fails (never acked and lost)"
+    );
+    redis.restart();
+    let back = async {
+        for _ in 0..100 {
+            if a.health().is_ok() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    };
+    assert!(back.await, "up again within 10 s");
+    // Resubscribed: the stream kept its epoch (append-only file), delivery resumes.
+    let after = a
+        .publish(publication("h", 3))
+        .await
+        .unwrap()
+        .position
+        .unwrap();
+    assert_eq!(
+        (after.offset, &after.epoch),
+        (before.offset + 1, &before.epoch)
+    );
+    assert_eq!(offsets(&ra.take(1).await), [after.offset]);
+}
+
+#[tokio::test]
+async fn the_members_of_a_node_that_died_leave_within_the_lease() {
+    let Some(redis) = Redis::start() else { return };
+    let ttl = Duration::from_secs(2);
+    let (a, ra) = node(&redis, "lease", ttl);
+    let (b, _) = node(&redis, "lease", ttl);
+    let ch = Channel::from("room:lease");
+    a.subscribe(&ch).await.unwrap();
+    a.presence_join(&ch, "ada", "c1", json!({}).into(), 10)
+        .await
+        .unwrap()
+        .unwrap();
+    b.presence_join(&ch, "bob", "c2", json!({}).into(), 10)
+        .await
+        .unwrap()
+        .unwrap();
+    // Renewed while its node lives: still there after two leases.
+    tokio::time::sleep(ttl * 2).await;
+    let users = |m: Vec<switchboard_protocol::Member>| -> Vec<String> {
+        m.into_iter().map(|m| m.user_id).collect()
+    };
+    assert_eq!(users(a.presence(&ch).await.unwrap()), ["ada", "bob"]);
+    // Node b dies without a word.
+    drop(b);
+    let started = std::time::Instant::now();
+    let got = loop {
+        let got = ra.0.lock().unwrap().clone();
+        if !got.is_empty() || started.elapsed() > ttl * 3 {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let left = started.elapsed();
+    assert!(
+        matches!(&got[..], [g] if matches!(&g.frame, ServerFrame::Presence { action: PresenceAction::Leave, member, count: 1, .. } if member.user_id == "bob")),
+        "bob's leave announced once: {got:?}"
+    );
+    assert!(
+        left <= ttl + Duration::from_secs(2),
+        "within the lease: {left:?}"
+    );
+    assert_eq!(users(a.presence(&ch).await.unwrap()), ["ada"]);
+}
+
+fn metric(broker: &dyn Broker, name: &str) -> u64 {
+    broker
+        .metrics()
+        .into_iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|(_, _, v)| v)
+        .unwrap_or_else(|| panic!("no metric {name}"))
+}
