@@ -14,9 +14,13 @@
 #   ONLY=history scripts/bench.sh      only the history workloads (combines with QUICK=1);
 #                                      prints their sections and writes them to
 #                                      target/bench-history.md, not docs/benchmarks.md
+#   ONLY=cluster scripts/bench.sh      only the cross-node fan-out (Redis; issue 12), written
+#                                      to target/bench-cluster.md
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/setup.sh
+# The cross-node rows need Redis (Debian's redis-server, as the tests use).
+[ "${ONLY:-}" = history ] || install_redis
 
 SUBS=${SUBS:-1000}; RATES=${RATES:-250,500,1000,2000}; SECS=${SECS:-5}
 IDLE=${IDLE:-10000}; RPC_CONNS=${RPC_CONNS:-100}; STORM=${STORM:-1000}; SLOW_SECS=${SLOW_SECS:-10}
@@ -25,7 +29,8 @@ MISSED=${MISSED:-50}; ONLY=${ONLY:-}
 if [ "${QUICK:-0}" = 1 ]; then
   SUBS=200; RATES=1000,5000; SECS=2; IDLE=2000; STORM=300; SLOW_SECS=4; PUB_CONNS=20
 fi
-case "$ONLY" in ""|history) ;; *) echo "ONLY must be empty or history" >&2; exit 2 ;; esac
+CLUSTER_RATES=${CLUSTER_RATES:-$RATES}
+case "$ONLY" in ""|history|cluster) ;; *) echo "ONLY must be empty, history or cluster" >&2; exit 2 ;; esac
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 echo "==> building (release)"
@@ -160,6 +165,88 @@ for entry in "${servers[@]}"; do
     --server-pid "$pid" || failed "$name")$'\n'
   stop
 done
+
+# Cross-node fan-out (issue 12): one publisher, $SUBS subscribers, one rate per run so that
+# Redis's own counters can be read around it. Every process on core 0.
+cluster_rows=""
+redis_pid=""; redis_port=""
+start_redis() {
+  redis_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  local rdir; rdir=$(mktemp -d); dirs+=("$rdir")
+  pin 0 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly yes \
+    --appendfsync always --dir "$rdir" >/dev/null 2>&1 &
+  redis_pid=$!; pids+=("$redis_pid")
+  for _ in $(seq 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+}
+# redis_counters: "cpu_seconds commands bytes_in bytes_out"
+redis_counters() {
+  redis-cli -p "$redis_port" info all | tr -d '\r' | awk -F: '
+    /^used_cpu_sys:/ {c += $2} /^used_cpu_user:/ {c += $2}
+    /^total_commands_processed:/ {n = $2} /^total_net_input_bytes:/ {i = $2}
+    /^total_net_output_bytes:/ {o = $2} END {print c, n, i, o}'
+}
+# cluster_row NAME NODES: fan-out with the publisher on the first node and the subscribers
+# on the others (or on the only one), per rate; appends rows with Redis's cost per message.
+cluster_row() {
+  local name=$1 nodes=$2 rate before after row first subs_urls also i prefix node_pids
+  for rate in ${CLUSTER_RATES//,/ }; do
+    first=""; subs_urls=""; also=""; node_pids=(); prefix="b$rate$RANDOM"
+    for i in $(seq "$nodes"); do
+      # Every node of this run on one prefix: they share the channels.
+      start "${sb_base[@]}" --redis-url "redis://127.0.0.1:$redis_port/" --redis-prefix "$prefix"
+      node_pids+=("$pid")
+      if [ -z "$first" ]; then first=$url; fpid=$pid
+      else subs_urls+="${subs_urls:+,}$url"; also+="${also:+,}$pid"; fi
+    done
+    before=$(redis_counters)
+    row=$(lg fanout --url "$first" --dialect switchboard --label "$name" --subs "$SUBS" \
+      --rates "$rate" --secs "$SECS" --server-pid "$fpid" \
+      ${subs_urls:+--sub-urls "$subs_urls"} --also-pids "${also:+$also,}$redis_pid" \
+      || failed "$name")
+    after=$(redis_counters)
+    for p in "${node_pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+    cluster_rows+="${row%|}$(awk -v b="$before" -v a="$after" -v n=$((rate * SECS)) 'BEGIN {
+      split(b, x, " "); split(a, y, " ");
+      printf "%.1f | %.2f | %.0f | %.0f |", 1e6 * (y[1] - x[1]) / n, (y[2] - x[2]) / n,
+        (y[3] - x[3]) / n, (y[4] - x[4]) / n }')"$'\n'
+  done
+}
+if [ -z "$ONLY" ] || [ "$ONLY" = cluster ]; then
+  echo "==> cross-node fan-out"
+  start "${sb[@]}"
+  cluster_rows+=$(lg fanout --url "$url" --dialect switchboard --label "one node, in-memory broker" \
+    --subs "$SUBS" --rates "$CLUSTER_RATES" --secs "$SECS" --server-pid "$pid" \
+    | sed 's/|$/– | – | – | – |/' || failed "one node")$'\n'
+  stop
+  start_redis
+  cluster_row "one node on Redis" 1
+  cluster_row "3 nodes on Redis: publisher on A, subscribers on B and C" 3
+fi
+cluster_section() {
+  echo "## Cross-node fan-out (issue 12): 1 publisher, $SUBS subscribers, 100-byte payloads, $SECS s per rate"
+  echo
+  if [ "$ONLY" = cluster ]; then
+    echo "Rows from \`${QUICK:+QUICK=$QUICK }ONLY=cluster scripts/bench.sh\` on $(date -u '+%Y-%m-%d %H:%M UTC')."
+    echo
+  fi
+  echo "The fan-out workload, through Redis $(redis-server --version | grep -o 'v=[0-9.]*' | cut -c3-)"
+  echo "(append-only file, \`appendfsync always\`, as docs/scaling.md recommends). One node"
+  echo "on Redis: publisher and subscribers on it, every message still goes through Redis"
+  echo "(script, stream, pub/sub). Three nodes: the publisher on node A, the subscribers split"
+  echo "between nodes B and C. Every node and Redis pinned to core 0, the load generator to core"
+  echo "1: the CPU column is all of them together, in % of that one core. Redis columns: its"
+  echo "CPU time (INFO cpu), commands processed and network bytes (INFO stats), over the"
+  echo "messages published (rate × duration)."
+  echo
+  echo "| setup | subscribers | publish rate/s | delivered/s | loss % | p50 ms | p99 ms | max ms | nodes + Redis CPU % | loadgen CPU % | Redis CPU µs per message | Redis commands per message | Redis bytes in per message | Redis bytes out per message |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+  printf '%s' "$cluster_rows"
+}
+if [ "$ONLY" = cluster ]; then
+  mkdir -p target
+  cluster_section | tee target/bench-cluster.md
+  exit 0
+fi
 
 # The durable-history workloads (issue 11): Switchboard alone, per history setting.
 publish_rows=""; hfanout_rows=""; recover_rows=""; slow_closed=""
@@ -361,6 +448,8 @@ out=docs/benchmarks.md
   echo "| server | fast | slow | rate/s | payload bytes | owed MiB | RSS before MiB | RSS peak MiB | RSS end MiB | growth MiB | fast delivered % | fast p99 ms |"
   echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
   printf '%s' "$slow_rows"
+  echo
+  cluster_section
   echo
   history_sections
   echo

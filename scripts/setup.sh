@@ -4,8 +4,10 @@
 # Source it (`. scripts/setup.sh`) to also get the PATH it sets up.
 #
 #   scripts/setup.sh          rust wasm target, wasm-bindgen-cli, trunk, npm tools (wasm-opt)
-#   scripts/setup.sh --test   also Debian chromium + chromium-driver (browser tests) and
-#                             cargo-fuzz (the decoder's fuzz targets)
+#   scripts/setup.sh --test   also Debian chromium + chromium-driver (browser tests),
+#                             redis-server + nginx (the cross-node tests start them as
+#                             child processes on free loopback ports) and cargo-fuzz (the
+#                             decoder's fuzz targets)
 #
 # Versions and why (measured on these machines; see docs/development.md):
 #   trunk 0.21.14            0.22 needs rustc >= 1.96.1
@@ -46,6 +48,12 @@ apt_install() {
   return 1
 }
 
+# Redis (7, with redis-cli) and nginx, Debian's: run by the tests and benchmarks as child
+# processes, never as system services.
+install_redis() {
+  apt_install redis-server nginx
+}
+
 # 1. Rust's wasm target.
 if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
   say "adding the wasm32-unknown-unknown target"
@@ -84,6 +92,7 @@ esac
 # 5. Browser and fuzzer for the tests.
 if [ "$want_test" = 1 ]; then
   apt_install chromium chromium-driver
+  install_redis
   if [ "$(cargo fuzz --version 2>/dev/null | awk '{print $2}')" != "$CARGO_FUZZ_VERSION" ]; then
     say "installing cargo-fuzz $CARGO_FUZZ_VERSION (about 2 min)"
     cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked --force

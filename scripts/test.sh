@@ -2,7 +2,9 @@
 # Command 2: install what is missing, then run every test: formatting, clippy (native and
 # wasm), native tests, a short fuzz run of the frame decoders, wasm tests in headless
 # Chromium against a real server, the end-to-end browser tests against the real server
-# serving the release bundle, and the Autobahn conformance suite.
+# serving the release bundle, and the Autobahn conformance suite. The native tests include
+# the cross-node ones: real redis-server, several server processes and nginx, all started
+# as child processes on free loopback ports.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/setup.sh --test
@@ -27,8 +29,9 @@ step "clippy (wasm32: the hook and the demo)"
 cargo clippy --locked -p switchboard-leptos -p switchboard-web --all-targets \
   --target wasm32-unknown-unknown -- -D warnings
 
-step "native tests (protocol, client core and native client, hook outside a browser, server, bench helpers)"
-cargo test --locked -p switchboard-protocol -p switchboard-client -p switchboard-leptos \
+step "native tests (protocol, client core and native client, hook outside a browser, server and cross-node on Redis, bench helpers)"
+# setup.sh --test installed Redis and nginx: their tests must run here, not skip.
+SWITCHBOARD_REQUIRE_REDIS=1 cargo test --locked -p switchboard-protocol -p switchboard-client -p switchboard-leptos \
   -p switchboard-server -p switchboard-bench --features switchboard-client/native
 
 step "fuzzing the frame decoders (cargo-fuzz, ${FUZZ_SECS:-20} s per target)"

@@ -132,6 +132,13 @@ struct FanoutArgs {
     /// The server's process id, for its CPU.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Subscribers connect to these base URLs in turn instead of --url (other nodes of a
+    /// cluster); the publisher stays on --url.
+    #[arg(long, value_delimiter = ',')]
+    sub_urls: Vec<String>,
+    /// More processes whose CPU counts as the server's (the other nodes, Redis).
+    #[arg(long, value_delimiter = ',')]
+    also_pids: Vec<u32>,
 }
 
 /// The reconnect-storm workload's options. The load generator connects and subscribes
@@ -503,10 +510,23 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
         secs,
         payload,
         server_pid,
+        sub_urls,
+        also_pids,
     } = args;
     let (url, label) = (url.as_str(), label.as_str());
     let base = Instant::now();
-    let sockets = open_many(subs, |i| subscriber(url, dialect, i)).await?;
+    let sub_url = |i: usize| match sub_urls.len() {
+        0 => url,
+        n => sub_urls[i % n].as_str(),
+    };
+    let sockets = open_many(subs, |i| subscriber(sub_url(i), dialect, i)).await?;
+    let server_cpu = || {
+        cpu_secs(server_pid)
+            + also_pids
+                .iter()
+                .map(|p| cpu_secs(Some(*p)))
+                .sum::<f64>()
+    };
     let received = Arc::new(AtomicU64::new(0));
     let (phase_tx, phase_rx) = watch::channel(0u32);
     let mut report_rx = spawn_receivers(sockets, dialect, base, &received, &phase_rx);
@@ -514,7 +534,7 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
     let pad = "x".repeat(payload.saturating_sub(30));
     for (n, &rate) in rates.iter().enumerate() {
         received.store(0, Ordering::Relaxed);
-        let (cpu0, self0, t0) = (cpu_secs(server_pid), cpu_secs(None), Instant::now());
+        let (cpu0, self0, t0) = (server_cpu(), cpu_secs(None), Instant::now());
         let end = t0 + Duration::from_secs(secs);
         let mut sent: u64 = 0;
         let mut tick = tokio::time::interval(Duration::from_millis(1));
@@ -540,7 +560,7 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
             last = received.load(Ordering::Relaxed);
         }
         let wall = t0.elapsed().as_secs_f64();
-        let (cpu1, self1) = (cpu_secs(server_pid), cpu_secs(None));
+        let (cpu1, self1) = (server_cpu(), cpu_secs(None));
         let got = received.load(Ordering::Relaxed);
         phase_tx.send(n as u32 + 1)?;
         let mut hist = Histogram::<u64>::new(3)?;

@@ -1,13 +1,18 @@
-//! Chaos: the server binary on its default durable store is killed with SIGKILL in the
-//! middle of the traffic and started again on the same address, repeatedly. Publishers
-//! and subscribers are native clients that reconnect by themselves. In the end every
-//! subscriber must hold, for every channel, exactly the channel's sequence as the
-//! publishers' acks numbered it: nothing lost, nothing twice, in order, and no
-//! subscription ever reset.
+//! Chaos: servers are killed with SIGKILL in the middle of the traffic and started again,
+//! repeatedly. Publishers and subscribers are native clients that reconnect by
+//! themselves. In the end every subscriber must hold, for every channel, exactly the
+//! channel's sequence as the publishers' acks numbered it: nothing lost, nothing twice,
+//! in order, and no subscription ever reset.
+//!
+//! Two set-ups: one node on its default durable store, killed and restarted on the same
+//! address; and three nodes on Redis behind nginx (the example in docs/scaling.md), one
+//! of them killed and restarted each time, so every reconnect lands on another node.
 //!
 //! The test command runs a small round (`CHAOS_KILLS=4`, `CHAOS_MESSAGES=600`); the
 //! documented soak is `CHAOS_KILLS=50 CHAOS_MESSAGES=20000 cargo test --release -p
 //! switchboard-server --test chaos -- --nocapture`.
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -40,6 +45,14 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// What the clients connect to, and what is killed.
+trait Target: Send + 'static {
+    fn url(&self) -> String;
+    /// Kills the `i`th victim with SIGKILL and starts it again, after `pause`.
+    fn disrupt(&mut self, i: u64, pause: Duration);
+    fn describe(&self) -> String;
+}
+
 /// The server binary on `addr`, on the disk store in `data`.
 struct Server {
     child: Child,
@@ -65,18 +78,76 @@ impl Server {
         assert!(line.contains("listening on"), "unexpected: {line}");
         Self { child }
     }
-
-    fn kill(mut self) {
-        // SIGKILL: no shutdown, no clean close of the store.
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // SIGKILL: no shutdown, no clean close of the store.
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// One node on its durable store, restarted on the same address and data.
+struct OneNode {
+    server: Option<Server>,
+    addr: String,
+    data: tempfile::TempDir,
+    durability: &'static str,
+}
+
+impl OneNode {
+    fn start(durability: &'static str) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let addr = format!("127.0.0.1:{}", common::redis::free_port());
+        let server = Some(Server::start(&addr, data.path(), durability));
+        Self {
+            server,
+            addr,
+            data,
+            durability,
+        }
+    }
+}
+
+impl Target for OneNode {
+    fn url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    fn disrupt(&mut self, _i: u64, pause: Duration) {
+        drop(self.server.take());
+        std::thread::sleep(pause);
+        self.server = Some(Server::start(&self.addr, self.data.path(), self.durability));
+    }
+
+    fn describe(&self) -> String {
+        format!("one node, --durability {}", self.durability)
+    }
+}
+
+/// Three nodes on Redis (append-only, fsync always) behind nginx.
+struct Cluster {
+    nginx: common::cluster::Nginx,
+    nodes: Vec<common::cluster::Node>,
+    _redis: common::redis::Redis,
+}
+
+impl Target for Cluster {
+    fn url(&self) -> String {
+        self.nginx.url()
+    }
+
+    fn disrupt(&mut self, i: u64, pause: Duration) {
+        let n = self.nodes.len();
+        let node = &mut self.nodes[i as usize % n];
+        node.kill();
+        std::thread::sleep(pause);
+        node.restart();
+    }
+
+    fn describe(&self) -> String {
+        format!("{} nodes on Redis behind nginx", self.nodes.len())
     }
 }
 
@@ -105,30 +176,45 @@ struct Received {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_restarts_lose_and_duplicate_nothing() {
-    chaos("fsync").await;
+    chaos(OneNode::start("fsync")).await;
 }
 
 /// `--durability os` acks before the fsync: a killed process loses nothing either, since
 /// what it wrote is in the operating system's cache.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_restarts_lose_and_duplicate_nothing_with_os_durability() {
-    chaos("os").await;
+    chaos(OneNode::start("os")).await;
 }
 
-async fn chaos(durability: &'static str) {
+/// Across nodes: a node is killed each time, its clients reconnect through nginx to
+/// another node and recover there from the Redis streams; resent publishes are
+/// recognised by the dedupe window in Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_nodes_behind_nginx_loses_and_duplicates_nothing() {
+    let Some(redis) = common::redis::Redis::start_with(true) else {
+        return;
+    };
+    let nodes: Vec<_> = (0..3)
+        .map(|_| common::cluster::Node::start(&redis.url(), &[]))
+        .collect();
+    let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
+    let Some(nginx) = common::cluster::Nginx::start(&ports) else {
+        return;
+    };
+    chaos(Cluster {
+        nginx,
+        nodes,
+        _redis: redis,
+    })
+    .await;
+}
+
+async fn chaos(target: impl Target) {
     let kills = env_or("CHAOS_KILLS", 4);
     let per_publisher = env_or("CHAOS_MESSAGES", 600) as u32 / PUBLISHERS;
-    let data = tempfile::tempdir().unwrap();
-    let addr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().to_string()
-    };
-    let url = format!("ws://{addr}/ws");
-    let server = Arc::new(Mutex::new(Some(Server::start(
-        &addr,
-        data.path(),
-        durability,
-    ))));
+    let url = target.url();
+    let label = target.describe();
+    let target = Arc::new(Mutex::new(target));
 
     // Subscribers first, live on every channel.
     let mut received = Vec::new();
@@ -171,28 +257,18 @@ async fn chaos(durability: &'static str) {
         received.push((client, got));
     }
 
-    // The killer: SIGKILL, start again at once on the same address, `kills` times.
+    // The killer: SIGKILL, start again shortly after, `kills` times.
     let killer = {
-        let server = server.clone();
-        let addr = addr.clone();
-        let data = data.path().to_owned();
+        let target = target.clone();
         tokio::spawn(async move {
             for i in 0..kills {
                 let pause = 300 + (i * 397) % 700;
                 tokio::time::sleep(Duration::from_millis(pause)).await;
-                let old = server.lock().unwrap().take();
-                if let Some(old) = old {
-                    old.kill();
-                }
-                tokio::time::sleep(Duration::from_millis(50 + (i * 131) % 200)).await;
-                let new = tokio::task::spawn_blocking({
-                    let addr = addr.clone();
-                    let data = data.clone();
-                    move || Server::start(&addr, &data, durability)
-                })
-                .await
-                .unwrap();
-                *server.lock().unwrap() = Some(new);
+                let target = target.clone();
+                let down = Duration::from_millis(50 + (i * 131) % 200);
+                tokio::task::spawn_blocking(move || target.lock().unwrap().disrupt(i, down))
+                    .await
+                    .unwrap();
             }
         })
     };
@@ -267,7 +343,7 @@ async fn chaos(durability: &'static str) {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     println!(
-        "chaos (--durability {durability}): {kills} SIGKILLs, {total} messages on {CHANNELS} channels from {PUBLISHERS} \
+        "chaos ({label}): {kills} SIGKILLs, {total} messages on {CHANNELS} channels from {PUBLISHERS} \
          publishers in {:.1} s, {SUBSCRIBERS} subscribers",
         published.as_secs_f64()
     );
