@@ -520,13 +520,8 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
         n => sub_urls[i % n].as_str(),
     };
     let sockets = open_many(subs, |i| subscriber(sub_url(i), dialect, i)).await?;
-    let server_cpu = || {
-        cpu_secs(server_pid)
-            + also_pids
-                .iter()
-                .map(|p| cpu_secs(Some(*p)))
-                .sum::<f64>()
-    };
+    let server_cpu =
+        || cpu_secs(server_pid) + also_pids.iter().map(|p| cpu_secs(Some(*p))).sum::<f64>();
     let received = Arc::new(AtomicU64::new(0));
     let (phase_tx, phase_rx) = watch::channel(0u32);
     let mut report_rx = spawn_receivers(sockets, dialect, base, &received, &phase_rx);

@@ -61,6 +61,9 @@ fn stored_unpublished(
             switchboard_server::clock::now_ms().to_string(),
             "d".into(),
             String::from_utf8(body.to_vec()).unwrap(),
+            // Its publisher asked not to get it back (skip_self).
+            "x".into(),
+            format!("c-publisher-{offset}"),
         ]);
     }
     cmds
@@ -95,6 +98,8 @@ async fn a_message_pubsub_lost_is_read_back_from_the_stream() {
         })
         .collect();
     assert_eq!(data, [json!(2), json!(3), json!(4)]);
+    // Read back with the connection to skip, like a live delivery.
+    assert_eq!(got[0].except.as_deref(), Some("c-publisher-2"));
     assert!(metric(&*b, "switchboard_redis_fills_total") >= 1);
 }
 

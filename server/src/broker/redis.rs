@@ -278,7 +278,7 @@ if ARGV[7] ~= '' then
   if seen then return {tonumber(seen), e, 1} end
 end
 local offset = redis.call('HINCRBY', KEYS[1], 's', 1)
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], '0-' .. offset, 't', ARGV[10], 'd', ARGV[2])
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], '0-' .. offset, 't', ARGV[10], 'd', ARGV[2], 'x', ARGV[9])
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 if ARGV[7] ~= '' then
@@ -312,7 +312,7 @@ return {e, tonumber(redis.call('HGET', KEYS[1], 's'))}
 
 /// Messages after an offset. KEYS: meta, stream. ARGV: since offset, since epoch, most
 /// messages, oldest kept ms, most bytes. Returns {epoch or '', top, status, offset, body,
-/// offset, body…}; status is ok, epoch or trimmed.
+/// except, offset, body, except…}; status is ok, epoch or trimmed.
 const SINCE: &str = r"
 local e = redis.call('HGET', KEYS[1], 'e')
 if not e then return {'', 0, 'epoch'} end
@@ -331,12 +331,13 @@ for i, m in ipairs(msgs) do
   if bytes > tonumber(ARGV[5]) then break end
   out[#out + 1] = tonumber(string.sub(m[1], 3))
   out[#out + 1] = f[4]
+  out[#out + 1] = f[6] or ''
 end
 return out
 ";
 
 /// The newest messages. KEYS: meta, stream. ARGV: most messages, oldest kept ms, most
-/// bytes. Returns {epoch or '', top, offset, body…} newest first.
+/// bytes. Returns {epoch or '', top, offset, body, except…} newest first.
 const LATEST: &str = r"
 local e = redis.call('HGET', KEYS[1], 'e')
 if not e then return {'', 0} end
@@ -351,6 +352,7 @@ for _, m in ipairs(msgs) do
   if bytes > tonumber(ARGV[3]) then break end
   out[#out + 1] = tonumber(string.sub(m[1], 3))
   out[#out + 1] = f[4]
+  out[#out + 1] = f[6] or ''
 end
 return out
 ";
@@ -654,21 +656,18 @@ impl Shared {
                         messages: FILL_PAGE,
                         bytes: 8 << 20,
                     };
-                    self.since(&channel, last, limit).await
+                    self.read_since(&channel, last, limit).await
                 }
-                None => self.position(&channel).await.map(|p| {
-                    Since::Complete(Page {
-                        messages: Vec::new(),
-                        first: p.offset + 1,
-                        position: p,
-                    })
+                None => self.position(&channel).await.map(|position| Read {
+                    position,
+                    messages: Ok(Vec::new()),
                 }),
             };
             let Ok(read) = read else {
                 tokio::time::sleep(RETRY).await;
                 continue;
             };
-            match self.forward(&channel, last.is_none(), read) {
+            match self.forward(&channel, read) {
                 Step::Done => return,
                 Step::Again => {}
             }
@@ -677,7 +676,7 @@ impl Shared {
 
     /// Forwards what a fill read, in order, skipping what was forwarded already; says
     /// whether the fill is done.
-    fn forward(&self, channel: &Channel, unpositioned: bool, read: Since) -> Step {
+    fn forward(&self, channel: &Channel, read: Read) -> Step {
         let Some(handler) = self.handler() else {
             return Step::Done;
         };
@@ -685,43 +684,43 @@ impl Shared {
         let Some(live) = channels.get_mut(channel) else {
             return Step::Done;
         };
-        match read {
-            Since::Complete(page) => {
-                let epoch = page.position.epoch.clone();
-                for (i, frame) in page.messages.iter().enumerate() {
-                    let offset = page.first + i as u64;
+        let epoch = read.position.epoch.clone();
+        match read.messages {
+            Ok(messages) => {
+                for m in messages {
                     if live
                         .last
                         .as_ref()
-                        .is_some_and(|l| l.epoch == epoch && l.offset >= offset)
+                        .is_some_and(|l| l.epoch == epoch && l.offset >= m.offset)
                     {
                         continue;
                     }
                     let position = StreamPosition {
-                        offset,
+                        offset: m.offset,
                         epoch: epoch.clone(),
                     };
                     live.last = Some(position.clone());
                     self.stats.filled.fetch_add(1, Ordering::Relaxed);
                     let delivery = Delivery {
-                        frame: frame.clone(),
+                        frame: m.frame,
                         position: Some(position),
                         droppable: false,
-                        except: None,
+                        except: m.except,
                     };
                     handler.deliver(channel, &delivery);
                 }
-                if unpositioned && live.last.is_none() {
-                    live.last = Some(page.position.clone());
-                }
-                if page.more() {
-                    return Step::Again;
+                match &live.last {
+                    None => live.last = Some(read.position),
+                    Some(l) if l.epoch == epoch && l.offset < read.position.offset => {
+                        return Step::Again;
+                    }
+                    Some(_) => {}
                 }
             }
-            Since::Unrecoverable(_, top) => {
+            Err(_) => {
                 // Gone from the stream: the clients see the gap in the offsets.
                 self.stats.unfillable.fetch_add(1, Ordering::Relaxed);
-                live.last = Some(top);
+                live.last = Some(read.position);
             }
         }
         match (&live.held, &live.last) {
@@ -833,12 +832,14 @@ impl Shared {
         }
     }
 
-    async fn since(
+    /// The messages after `since` (within the script's byte and count caps) and where
+    /// the stream stands, or why they cannot be read.
+    async fn read_since(
         &self,
         channel: &Channel,
         since: &StreamPosition,
         limit: ReadLimit,
-    ) -> Result<Since, HistoryError> {
+    ) -> Result<Read, HistoryError> {
         let reply: Value = SCRIPTS
             .since
             .key(self.key(channel, "m"))
@@ -861,19 +862,29 @@ impl Shared {
         } else {
             StreamPosition { offset: top, epoch }
         };
-        match status.as_str() {
-            "epoch" => Ok(Since::Unrecoverable(Unrecoverable::Epoch, position)),
-            "trimmed" => Ok(Since::Unrecoverable(Unrecoverable::Trimmed, position)),
-            _ => {
-                let frames = frames(&reply[3..], &position);
-                let messages = limit.take(frames.iter().map(|(_, f)| f));
-                Ok(Since::Complete(Page {
-                    messages,
-                    first: since.offset + 1,
-                    position,
-                }))
-            }
-        }
+        let messages = match status.as_str() {
+            "epoch" => Err(Unrecoverable::Epoch),
+            "trimmed" => Err(Unrecoverable::Trimmed),
+            _ => Ok(stored(&reply[3..], &position)),
+        };
+        Ok(Read { position, messages })
+    }
+
+    async fn since(
+        &self,
+        channel: &Channel,
+        since: &StreamPosition,
+        limit: ReadLimit,
+    ) -> Result<Since, HistoryError> {
+        let read = self.read_since(channel, since, limit).await?;
+        Ok(match read.messages {
+            Err(why) => Since::Unrecoverable(why, read.position),
+            Ok(messages) => Since::Complete(Page {
+                messages: limit.take(messages.iter().map(|m| &m.frame)),
+                first: since.offset + 1,
+                position: read.position,
+            }),
+        })
     }
 
     async fn latest(&self, channel: &Channel, limit: ReadLimit) -> Result<Page, HistoryError> {
@@ -897,12 +908,12 @@ impl Shared {
             StreamPosition { offset: top, epoch }
         };
         // Newest first from Redis: take within the limit from the newest, then reverse.
-        let newest_first = frames(&reply[2..], &position);
-        let mut messages = limit.take(newest_first.iter().map(|(_, f)| f));
+        let newest_first = stored(&reply[2..], &position);
+        let mut messages = limit.take(newest_first.iter().map(|m| &m.frame));
         messages.reverse();
         let first = newest_first
             .get(messages.len().wrapping_sub(1))
-            .map_or(position.offset + 1, |(o, _)| *o);
+            .map_or(position.offset + 1, |m| m.offset);
         Ok(Page {
             messages,
             first,
@@ -1076,18 +1087,38 @@ impl Shared {
     }
 }
 
-/// `{offset, body}` pairs from a script's reply, completed into frames.
-fn frames(pairs: &[Value], position: &StreamPosition) -> Vec<(u64, Encoded)> {
-    pairs
-        .chunks(2)
-        .filter_map(|pair| {
-            let offset = number(pair.first()?)?;
-            let body = bytes(pair.get(1)?)?;
+/// What a `since` read found: where the stream stands, and the messages after the offset
+/// or why they cannot be read.
+struct Read {
+    position: StreamPosition,
+    messages: Result<Vec<Stored>, Unrecoverable>,
+}
+
+/// One stored message read back: its offset, its frame, and the connection its
+/// publisher asked not to deliver it to.
+struct Stored {
+    offset: u64,
+    frame: Encoded,
+    except: Option<ClientId>,
+}
+
+/// `{offset, body, except}` triples from a script's reply, completed into frames.
+fn stored(triples: &[Value], position: &StreamPosition) -> Vec<Stored> {
+    triples
+        .chunks(3)
+        .filter_map(|t| {
+            let offset = number(t.first()?)?;
+            let body = bytes(t.get(1)?)?;
             let at = StreamPosition {
                 offset,
                 epoch: position.epoch.clone(),
             };
-            Some((offset, with_position(&body, &at)))
+            let except = t.get(2).and_then(text).filter(|x| !x.is_empty());
+            Some(Stored {
+                offset,
+                frame: with_position(&body, &at),
+                except: except.map(ClientId),
+            })
         })
         .collect()
 }
