@@ -412,7 +412,7 @@ impl Config {
 
     /// The channel streams these options ask for: the embedded store in --data-dir, or
     /// memory.
-    pub fn open_history(&self) -> Result<std::sync::Arc<dyn crate::history::History>, String> {
+    pub fn open_history(&self) -> Result<std::sync::Arc<dyn crate::history::Store>, String> {
         Ok(match self.history {
             HistoryStore::Memory => {
                 std::sync::Arc::new(crate::history::MemoryHistory::new(self.retention()))

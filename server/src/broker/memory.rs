@@ -12,7 +12,7 @@ use switchboard_protocol::{Channel, ClientId, Member, Payload};
 use super::{Broker, BrokerError, BrokerHandler, Delivery, PresenceChange, Publication, Published};
 use crate::clock::now_ms;
 use crate::frame::{Encoded, message_body};
-use crate::history::{History, MemoryHistory};
+use crate::history::{History, MemoryHistory, Store};
 
 /// A node on an in-process backend.
 pub struct MemoryBroker {
@@ -28,7 +28,7 @@ struct Node {
 
 /// What the nodes of one backend share.
 struct Bus {
-    history: Arc<dyn History>,
+    history: Arc<dyn Store>,
     /// Channels that have subscribed nodes or a publish in progress.
     channels: Mutex<HashMap<Channel, Arc<ChannelBus>>>,
     /// Presence per channel, by user.
@@ -121,7 +121,7 @@ impl MemoryBroker {
     }
 
     /// A node on a new backend with its streams in `history`.
-    pub fn with_history(history: Arc<dyn History>) -> Self {
+    pub fn with_history(history: Arc<dyn Store>) -> Self {
         Self {
             bus: Arc::new(Bus {
                 history,

@@ -55,9 +55,7 @@ use super::{
 };
 use crate::clock::{now_ms, random_id};
 use crate::frame::{Encoded, message_body, with_position};
-use crate::history::{
-    Appending, History, HistoryError, Page, ReadLimit, Retention, Since, Unrecoverable,
-};
+use crate::history::{History, HistoryError, Page, ReadLimit, Retention, Since, Unrecoverable};
 
 /// How a node reaches Redis.
 #[derive(Debug, Clone)]
@@ -1124,18 +1122,6 @@ fn stored(triples: &[Value], position: &StreamPosition) -> Vec<Stored> {
 }
 
 impl History for RedisHistory {
-    /// Not used: the Redis broker numbers, stores and delivers in one script.
-    fn append(
-        &self,
-        _channel: &Channel,
-        _dedupe: Option<&str>,
-        _body: Bytes,
-    ) -> Result<Appending, HistoryError> {
-        Err(HistoryError(
-            "the Redis streams are appended to by RedisBroker::publish".into(),
-        ))
-    }
-
     fn position<'a>(
         &'a self,
         channel: &'a Channel,

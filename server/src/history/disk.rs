@@ -54,7 +54,8 @@ use tokio::sync::{oneshot, watch};
 
 use super::memory::{Clock, MESSAGE_OVERHEAD, STREAM_OVERHEAD};
 use super::{
-    Appended, Appending, History, HistoryError, Page, ReadLimit, Retention, Since, Unrecoverable,
+    Appended, Appending, History, HistoryError, Page, ReadLimit, Retention, Since, Store,
+    Unrecoverable,
 };
 use crate::clock;
 use crate::frame::{Encoded, with_position};
@@ -1205,7 +1206,7 @@ fn refuse(st: &mut State, w: Write, why: &str) {
     }
 }
 
-impl History for DiskHistory {
+impl Store for DiskHistory {
     fn append(
         &self,
         channel: &Channel,
@@ -1279,7 +1280,9 @@ impl History for DiskHistory {
             stored: Box::pin(async move { rx.await.unwrap_or_else(|_| Err(stopped())) }),
         })
     }
+}
 
+impl History for DiskHistory {
     fn position<'a>(
         &'a self,
         channel: &'a Channel,

@@ -11,7 +11,8 @@ use futures::future::{BoxFuture, ready};
 use switchboard_protocol::{Channel, StreamPosition};
 
 use super::{
-    Appended, Appending, History, HistoryError, Page, ReadLimit, Retention, Since, Unrecoverable,
+    Appended, Appending, History, HistoryError, Page, ReadLimit, Retention, Since, Store,
+    Unrecoverable,
 };
 use crate::clock;
 use crate::frame::{Encoded, with_position};
@@ -220,7 +221,7 @@ impl MemoryHistory {
     }
 }
 
-impl History for MemoryHistory {
+impl Store for MemoryHistory {
     fn append(
         &self,
         channel: &Channel,
@@ -229,7 +230,9 @@ impl History for MemoryHistory {
     ) -> Result<Appending, HistoryError> {
         Ok(Appending::done(self.append_now(channel, dedupe, &body)))
     }
+}
 
+impl History for MemoryHistory {
     fn position<'a>(
         &'a self,
         channel: &'a Channel,

@@ -7,10 +7,12 @@
 //! position can always tell "these are the messages after it" from "the stream was
 //! reset".
 //!
-//! The [`History`] trait is what a store implements: append (numbering, with the
-//! idempotent-publish window), the current position, and reads. It is separate from
-//! fan-out ([`crate::broker`]): the in-process broker numbers a message here and then
-//! delivers it; a cross-node store (Redis streams) can do both in one step.
+//! Two traits. [`History`] is what the hub and the `history` method read: the current
+//! position and the messages after one. [`Store`] adds append (numbering, with the
+//! idempotent-publish window), for a store this process writes: the in-process broker
+//! numbers a message there and then delivers it. The Redis broker numbers, stores and
+//! fans out in one script in Redis, so its streams are a `History` only
+//! (`broker/redis.rs`).
 //!
 //! Two stores: [`DiskHistory`], the default, keeps the streams in an embedded redb file
 //! across restarts (group commits, `fsync` or `os` durability); [`MemoryHistory`] keeps
@@ -247,21 +249,9 @@ impl Page {
 #[error("history unavailable: {0}")]
 pub struct HistoryError(pub String);
 
-/// A store of channel streams.
+/// Channel streams, as the hub and the `history` method read them: the position, the
+/// messages after one, the latest. Every broker has one ([`crate::broker::Broker::history`]).
 pub trait History: Send + Sync + 'static {
-    /// Appends a message to `channel`'s stream: numbers it at once (its offset is final,
-    /// so concurrent appends to one channel get increasing offsets in call order) and
-    /// starts storing it; [`Appending::stored`] resolves once it is stored as durably as
-    /// the store promises. `body` is its `message` frame without the position (see
-    /// [`crate::frame::message_body`]). When `dedupe` is set and the stream remembers that
-    /// key, nothing is appended and the first position is returned.
-    fn append(
-        &self,
-        channel: &Channel,
-        dedupe: Option<&str>,
-        body: Bytes,
-    ) -> Result<Appending, HistoryError>;
-
     /// The stream's position: the offset of its last stored message (0 before the first),
     /// counting only messages whose [`Appending::stored`] has resolved, so every message
     /// after it is still to be delivered. Creates the stream, fixing its epoch, if it did
@@ -290,4 +280,22 @@ pub trait History: Send + Sync + 'static {
         channel: &'a Channel,
         limit: ReadLimit,
     ) -> BoxFuture<'a, Result<Page, HistoryError>>;
+}
+
+/// A store this process writes the streams to (the in-process broker numbers and stores
+/// through it); a broker that numbers in its backend (Redis) only reads, through
+/// [`History`].
+pub trait Store: History {
+    /// Appends a message to `channel`'s stream: numbers it at once (its offset is final,
+    /// so concurrent appends to one channel get increasing offsets in call order) and
+    /// starts storing it; [`Appending::stored`] resolves once it is stored as durably as
+    /// the store promises. `body` is its `message` frame without the position (see
+    /// [`crate::frame::message_body`]). When `dedupe` is set and the stream remembers that
+    /// key, nothing is appended and the first position is returned.
+    fn append(
+        &self,
+        channel: &Channel,
+        dedupe: Option<&str>,
+        body: Bytes,
+    ) -> Result<Appending, HistoryError>;
 }

@@ -29,7 +29,7 @@ pub(super) fn offsets(messages: &[Encoded]) -> Vec<u64> {
 }
 
 /// Appends and waits until stored.
-fn append(h: &dyn History, ch: &Channel, id: Option<&str>, n: u64) -> Appended {
+fn append(h: &dyn Store, ch: &Channel, id: Option<&str>, n: u64) -> Appended {
     let appending = h.append(ch, id, body(n)).unwrap();
     block_on(appending.stored).unwrap();
     appending.appended
@@ -60,7 +60,7 @@ fn disk_with(retention: Retention, durability: Durability) -> (DiskHistory, temp
     (h, dir)
 }
 
-fn each_store(retention: Retention, test: impl Fn(&dyn History)) {
+fn each_store(retention: Retention, test: impl Fn(&dyn Store)) {
     test(&MemoryHistory::new(retention.clone()));
     let (h, _dir) = disk(retention);
     test(&h);

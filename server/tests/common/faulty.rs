@@ -12,7 +12,7 @@ use switchboard_server::broker::{
 };
 use switchboard_server::frame::Encoded;
 use switchboard_server::history::{
-    Appending, History, HistoryError, MemoryHistory, Page, ReadLimit, Since,
+    Appending, History, HistoryError, MemoryHistory, Page, ReadLimit, Since, Store,
 };
 use tokio::sync::oneshot;
 
@@ -302,7 +302,7 @@ impl FaultyHistory {
     }
 }
 
-impl History for FaultyHistory {
+impl Store for FaultyHistory {
     fn append(
         &self,
         channel: &Channel,
@@ -326,6 +326,9 @@ impl History for FaultyHistory {
         });
         Ok(appending)
     }
+}
+
+impl History for FaultyHistory {
     fn position<'a>(
         &'a self,
         channel: &'a Channel,
