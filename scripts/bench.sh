@@ -205,7 +205,7 @@ cluster_row() {
       || failed "$name")
     after=$(redis_counters)
     for p in "${node_pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-    cluster_rows+="${row%|}$(awk -v b="$before" -v a="$after" -v n=$((rate * SECS)) 'BEGIN {
+    cluster_rows+="${row%|}| $(awk -v b="$before" -v a="$after" -v n=$((rate * SECS)) 'BEGIN {
       split(b, x, " "); split(a, y, " ");
       printf "%.1f | %.2f | %.0f | %.0f |", 1e6 * (y[1] - x[1]) / n, (y[2] - x[2]) / n,
         (y[3] - x[3]) / n, (y[4] - x[4]) / n }')"$'\n'
@@ -216,7 +216,7 @@ if [ -z "$ONLY" ] || [ "$ONLY" = cluster ]; then
   start "${sb[@]}"
   cluster_rows+=$(lg fanout --url "$url" --dialect switchboard --label "one node, in-memory broker" \
     --subs "$SUBS" --rates "$CLUSTER_RATES" --secs "$SECS" --server-pid "$pid" \
-    | sed 's/|$/– | – | – | – |/' || failed "one node")$'\n'
+    | sed 's/|$/| – | – | – | – |/' || failed "one node")$'\n'
   stop
   start_redis
   cluster_row "one node on Redis" 1

@@ -19,7 +19,9 @@
 //!
 //! where `member = max_presence_bytes + 2 × 256 + max_id_bytes + MEMBER_BYTES` (the
 //! info, the name a token stamps into it and the token's `sub`, each at most 256 bytes,
-//! and a connection id). Shared by all: the streams (with `--history memory`,
+//! and a connection id). Shared by all: the streams (with Redis, only what the fills
+//! read back after a gap or an outage: `2 ×` [`crate::broker::FILLS_AT_ONCE`] `×`
+//! [`crate::broker::FILL_BYTES`]; with `--history memory`,
 //! `history_memory`; with the disk store, its page cache and the stream records it keeps
 //! in memory: [`crate::history::PAGE_CACHE_BYTES`] + [`crate::history::CACHED_STREAMS`] ×
 //! [`crate::history::CACHED_STREAM_BYTES`]) and [`BASE_BYTES`] for the process itself.
@@ -85,6 +87,10 @@ impl MemoryBudget {
         Self {
             per_connection: parts.iter().map(|(_, n)| n).sum(),
             shared: match config.history {
+                // The streams are in Redis; the node holds what its fills read.
+                _ if config.redis_url.is_some() => {
+                    2 * crate::broker::FILLS_AT_ONCE * crate::broker::FILL_BYTES
+                }
                 crate::config::HistoryStore::Memory => config.history_memory,
                 crate::config::HistoryStore::Disk => {
                     crate::history::PAGE_CACHE_BYTES

@@ -310,3 +310,64 @@ async fn redis_restarted_mid_stream_delivery_resumes_with_nothing_lost_or_repeat
             .contains("switchboard_redis_outages_total 1")
     );
 }
+
+/// Opens a WebSocket to `url` from the local address `from` (127.0.0.x) and returns the
+/// close code if the server closes it before `welcome`, or `None` once welcomed.
+async fn closed_before_welcome(url: &str, from: [u8; 4]) -> Option<u16> {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let remote: std::net::SocketAddr = url
+        .trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind((std::net::Ipv4Addr::from(from), 0).into())
+        .unwrap();
+    let stream = socket.connect(remote).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+    loop {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("an answer")
+        {
+            Some(Ok(Message::Text(t))) if t.contains("\"welcome\"") => {
+                // Keep it open: it holds its address's slot.
+                tokio::spawn(async move { while ws.next().await.is_some() {} });
+                return None;
+            }
+            Some(Ok(Message::Close(Some(frame)))) => return Some(frame.code.into()),
+            Some(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+/// The nginx example passes the client's address in `X-Forwarded-For`, and a node started
+/// with `--trusted-proxies` counts connections by it: one connection per address here, so
+/// two clients on different addresses both get in through the one proxy, and a second
+/// connection from the first address is refused (4113).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_nginx_a_node_counts_clients_by_their_own_address() {
+    let Some(redis) = Redis::start() else { return };
+    let node = Node::start(&redis.url(), &["--max-connections-per-ip", "1"]);
+    // Every upstream of the example pointed at this one node.
+    let Some(nginx) = common::cluster::Nginx::start(&[node.port, node.port, node.port]) else {
+        return;
+    };
+    let url = nginx.url();
+    assert_eq!(closed_before_welcome(&url, [127, 0, 0, 2]).await, None);
+    assert_eq!(
+        closed_before_welcome(&url, [127, 0, 0, 3]).await,
+        None,
+        "another address"
+    );
+    assert_eq!(
+        closed_before_welcome(&url, [127, 0, 0, 2]).await,
+        Some(4113),
+        "the same address again: over its cap"
+    );
+}

@@ -37,7 +37,7 @@ use crate::frame::Encoded;
 use crate::history::{History, HistoryError};
 
 pub use memory::MemoryBroker;
-pub use redis::{RedisBroker, RedisOptions};
+pub use redis::{FILL_BYTES, FILLS_AT_ONCE, RedisBroker, RedisOptions};
 
 /// Why a broker operation failed; clients get `unavailable`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

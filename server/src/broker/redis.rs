@@ -96,6 +96,11 @@ struct RedisHistory(Arc<Shared>);
 
 /// Most messages one fill read takes.
 const FILL_PAGE: usize = 512;
+/// Most bytes of messages one fill read takes (Redis's reply, then the frames made from it).
+pub const FILL_BYTES: usize = 4 << 20;
+/// Fills reading at once, however many channels need one (after an outage, all of them):
+/// with [`FILL_BYTES`], what fills can hold is bounded.
+pub const FILLS_AT_ONCE: usize = 4;
 /// How long a fill waits before retrying while Redis is unreachable.
 const RETRY: Duration = Duration::from_millis(250);
 /// How often the node checks Redis (and notices it is back), and writes its channel
@@ -116,6 +121,8 @@ struct Shared {
     directs: Mutex<HashMap<u64, oneshot::Sender<Result<(), DirectError>>>>,
     next_direct: AtomicU64,
     up: AtomicBool,
+    /// [`FILLS_AT_ONCE`] permits.
+    fills: tokio::sync::Semaphore,
     stats: Stats,
     runtime: tokio::runtime::Handle,
 }
@@ -192,6 +199,7 @@ impl RedisBroker {
             next_direct: AtomicU64::new(1),
             // Optimistic until the first check says otherwise (the connection is lazy).
             up: AtomicBool::new(true),
+            fills: tokio::sync::Semaphore::new(FILLS_AT_ONCE),
             stats: Stats::default(),
             runtime,
         });
@@ -648,11 +656,14 @@ impl Shared {
                 Some(live) => live.last.clone(),
                 None => return,
             };
+            let Ok(permit) = self.fills.acquire().await else {
+                return;
+            };
             let read = match &last {
                 Some(last) => {
                     let limit = ReadLimit {
                         messages: FILL_PAGE,
-                        bytes: 8 << 20,
+                        bytes: FILL_BYTES,
                     };
                     self.read_since(&channel, last, limit).await
                 }
@@ -662,6 +673,7 @@ impl Shared {
                 }),
             };
             let Ok(read) = read else {
+                drop(permit);
                 tokio::time::sleep(RETRY).await;
                 continue;
             };
