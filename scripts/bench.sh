@@ -173,8 +173,11 @@ redis_pid=""; redis_port=""
 start_redis() {
   redis_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   local rdir; rdir=$(mktemp -d); dirs+=("$rdir")
-  pin 0 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly yes \
-    --appendfsync always --dir "$rdir" >/dev/null 2>&1 &
+  local cmd=(redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly yes
+             --appendfsync always --dir "$rdir")
+  # Started directly (not through a function), so that $! is Redis itself, as in start().
+  if command -v taskset >/dev/null; then taskset -c 0 "${cmd[@]}" >/dev/null 2>&1 &
+  else "${cmd[@]}" >/dev/null 2>&1 & fi
   redis_pid=$!; pids+=("$redis_pid")
   for _ in $(seq 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
 }

@@ -1401,6 +1401,7 @@ impl Broker for RedisBroker {
         channel: &'a Channel,
     ) -> BoxFuture<'a, Result<Vec<Member>, BrokerError>> {
         Box::pin(async move {
+            self.shared.check_up()?;
             let (_, members) = self.shared.members(channel).await.map_err(broker_err)?;
             Ok(members)
         })
@@ -1425,6 +1426,9 @@ impl Broker for RedisBroker {
                     Some(h) => h.direct(to, &frame),
                     None => Err(DirectError::Gone),
                 };
+            }
+            if let Err(e) = s.check_up() {
+                return Err(DirectError::Unavailable(e.0));
             }
             let req = s.next_direct.fetch_add(1, Ordering::Relaxed);
             let (tx, rx) = oneshot::channel();
@@ -1454,6 +1458,7 @@ impl Broker for RedisBroker {
     fn channels(&self) -> BoxFuture<'_, Result<Option<ChannelCounts>, BrokerError>> {
         Box::pin(async move {
             let s = &self.shared;
+            s.check_up()?;
             let reply: Value = SCRIPTS
                 .channels
                 .key(format!("{}:nodes", s.opts.prefix))
