@@ -249,3 +249,43 @@ fn metric(broker: &dyn Broker, name: &str) -> u64 {
         .map(|(_, _, v)| v)
         .unwrap_or_else(|| panic!("no metric {name}"))
 }
+
+/// The race: a fill has read the stream and not yet forwarded it when the connection
+/// drops, and messages are stored during the loss. The fill must read again; otherwise
+/// those messages wait for the next live one (or the clients' position check).
+#[tokio::test]
+async fn a_fill_interrupted_by_a_lost_connection_reads_again() {
+    let Some(redis) = Redis::start() else { return };
+    let ttl = Duration::from_secs(30);
+    let (a, _) = node(&redis, "race", ttl);
+    let (b, rb) = node(&redis, "race", ttl);
+    let ch = Channel::from("race");
+    b.subscribe(&ch).await.unwrap();
+    a.publish(publication("race", 1)).await.unwrap();
+    assert_eq!(offsets(&rb.take(1).await), [1]);
+    let pause = b.pause_fills().await;
+    // A gap (2 stored unpublished, 3 published) starts a fill, which reads 2 and 3 and
+    // stops at the pause.
+    redis.transaction(&stored_unpublished("race", "race", 2..=2));
+    a.publish(publication("race", 3)).await.unwrap();
+    assert!(
+        common::eventually(|| b.fills_waiting() == 1).await,
+        "the fill read"
+    );
+    // Now the connection drops, and 4 is stored while it is down.
+    let mut cmds = vec![vec![
+        "CLIENT".to_owned(),
+        "KILL".into(),
+        "TYPE".into(),
+        "pubsub".into(),
+    ]];
+    cmds.extend(stored_unpublished("race", "race", 4..=4));
+    redis.transaction(&cmds);
+    assert!(
+        common::eventually(|| metric(&*b, "switchboard_redis_outages_total") == 1).await,
+        "the loss is noticed"
+    );
+    drop(pause);
+    // No later message: 4 arrives only if the fill reads again.
+    assert_eq!(offsets(&rb.take(3).await), [2, 3, 4]);
+}

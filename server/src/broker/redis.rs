@@ -123,6 +123,10 @@ struct Shared {
     up: AtomicBool,
     /// [`FILLS_AT_ONCE`] permits.
     fills: tokio::sync::Semaphore,
+    /// Test hook: a fill passes it between its read and forwarding what it read.
+    fill_gate: tokio::sync::RwLock<()>,
+    /// Fills waiting at the gate.
+    fills_waiting: AtomicU64,
     stats: Stats,
     runtime: tokio::runtime::Handle,
 }
@@ -154,6 +158,10 @@ struct Live {
     filling: bool,
     /// The highest stored offset held back while filling.
     held: Option<StreamPosition>,
+    /// Connections lost since the channel was subscribed: a fill whose read started
+    /// before the last loss reads again, since what was published during the loss may
+    /// not be in it.
+    outages: u64,
 }
 
 impl RedisBroker {
@@ -200,6 +208,8 @@ impl RedisBroker {
             // Optimistic until the first check says otherwise (the connection is lazy).
             up: AtomicBool::new(true),
             fills: tokio::sync::Semaphore::new(FILLS_AT_ONCE),
+            fill_gate: tokio::sync::RwLock::new(()),
+            fills_waiting: AtomicU64::new(0),
             stats: Stats::default(),
             runtime,
         });
@@ -652,8 +662,8 @@ impl Shared {
     /// unreachable; ends when the channel is unsubscribed.
     async fn fill(self: Arc<Self>, channel: Channel) {
         loop {
-            let last = match lock(&self.channels).get(&channel) {
-                Some(live) => live.last.clone(),
+            let (last, outages) = match lock(&self.channels).get(&channel) {
+                Some(live) => (live.last.clone(), live.outages),
                 None => return,
             };
             let Ok(permit) = self.fills.acquire().await else {
@@ -677,7 +687,10 @@ impl Shared {
                 tokio::time::sleep(RETRY).await;
                 continue;
             };
-            match self.forward(&channel, read) {
+            self.fills_waiting.fetch_add(1, Ordering::AcqRel);
+            drop(self.fill_gate.read().await);
+            self.fills_waiting.fetch_sub(1, Ordering::AcqRel);
+            match self.forward(&channel, read, outages) {
                 Step::Done => return,
                 Step::Again => {}
             }
@@ -686,7 +699,7 @@ impl Shared {
 
     /// Forwards what a fill read, in order, skipping what was forwarded already; says
     /// whether the fill is done.
-    fn forward(&self, channel: &Channel, read: Read) -> Step {
+    fn forward(&self, channel: &Channel, read: Read, outages: u64) -> Step {
         let Some(handler) = self.handler() else {
             return Step::Done;
         };
@@ -733,6 +746,9 @@ impl Shared {
                 live.last = Some(read.position);
             }
         }
+        if live.outages != outages {
+            return Step::Again;
+        }
         match (&live.held, &live.last) {
             (None, _) => {}
             (Some(h), Some(l)) if h.epoch == l.epoch && h.offset <= l.offset => {}
@@ -759,10 +775,10 @@ impl Shared {
             let mut channels = lock(&self.channels);
             channels
                 .iter_mut()
-                .filter(|(_, live)| !live.filling)
-                .map(|(ch, live)| {
-                    live.filling = true;
-                    ch.clone()
+                .filter_map(|(ch, live)| {
+                    live.outages += 1;
+                    // A fill already running sees the count change and reads again.
+                    (!std::mem::replace(&mut live.filling, true)).then(|| ch.clone())
                 })
                 .collect()
         };
@@ -944,7 +960,9 @@ impl Shared {
         for (ch, conns) in &joined {
             let (h, x) = (self.key(ch, "p"), self.key(ch, "x"));
             for (conn, (user, info)) in conns {
-                pipe.hset(&h, conn, format!("{user}\n{}", info.get()))
+                // Only if it was dropped meanwhile (a pause longer than the lease): a newer
+                // join of the same user on another node may have replaced the info.
+                pipe.hset_nx(&h, conn, format!("{user}\n{}", info.get()))
                     .ignore();
                 pipe.zadd(&x, conn, now + ttl).ignore();
             }
@@ -1131,6 +1149,20 @@ fn stored(triples: &[Value], position: &StreamPosition) -> Vec<Stored> {
             })
         })
         .collect()
+}
+
+impl RedisBroker {
+    /// Test hook: fills stop between their read and forwarding it while the guard lives.
+    #[doc(hidden)]
+    pub async fn pause_fills(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.shared.fill_gate.write().await
+    }
+
+    /// Test hook: fills waiting at the pause.
+    #[doc(hidden)]
+    pub fn fills_waiting(&self) -> u64 {
+        self.shared.fills_waiting.load(Ordering::Acquire)
+    }
 }
 
 impl History for RedisHistory {
