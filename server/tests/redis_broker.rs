@@ -69,6 +69,28 @@ fn stored_unpublished(
     cmds
 }
 
+/// Two nodes under prefix `name`; node b subscribed to channel `name` and has received
+/// its first message (offset 1) from node a.
+async fn live_pair(
+    redis: &Redis,
+    name: &str,
+) -> (Arc<RedisBroker>, Arc<RedisBroker>, Arc<Recorder>) {
+    let ttl = Duration::from_secs(30);
+    let (a, _) = node(redis, name, ttl);
+    let (b, rb) = node(redis, name, ttl);
+    b.subscribe(&Channel::from(name)).await.unwrap();
+    a.publish(publication(name, 1)).await.unwrap();
+    assert_eq!(offsets(&rb.take(1).await), [1]);
+    (a, b, rb)
+}
+
+/// Cuts every subscribed connection (both nodes'): they reconnect and resubscribe.
+fn cut_pubsub() -> Vec<String> {
+    ["CLIENT", "KILL", "TYPE", "pubsub"]
+        .map(String::from)
+        .to_vec()
+}
+
 fn offsets(rec: &[common::recorder::Got]) -> Vec<u64> {
     rec.iter()
         .map(|g| g.position.as_ref().expect("stored").offset)
@@ -78,13 +100,7 @@ fn offsets(rec: &[common::recorder::Got]) -> Vec<u64> {
 #[tokio::test]
 async fn a_message_pubsub_lost_is_read_back_from_the_stream() {
     let Some(redis) = Redis::start() else { return };
-    let ttl = Duration::from_secs(30);
-    let (a, _) = node(&redis, "gap", ttl);
-    let (b, rb) = node(&redis, "gap", ttl);
-    let ch = Channel::from("gap");
-    b.subscribe(&ch).await.unwrap();
-    a.publish(publication("gap", 1)).await.unwrap();
-    assert_eq!(offsets(&rb.take(1).await), [1]);
+    let (a, b, rb) = live_pair(&redis, "gap").await;
     // Offsets 2 and 3 stored, their PUBLISH lost; 4 published normally.
     redis.transaction(&stored_unpublished("gap", "gap", 2..=3));
     a.publish(publication("gap", 4)).await.unwrap();
@@ -106,21 +122,10 @@ async fn a_message_pubsub_lost_is_read_back_from_the_stream() {
 #[tokio::test]
 async fn a_node_whose_connection_dropped_reads_back_what_was_stored_meanwhile() {
     let Some(redis) = Redis::start() else { return };
-    let ttl = Duration::from_secs(30);
-    let (a, _) = node(&redis, "drop", ttl);
-    let (b, rb) = node(&redis, "drop", ttl);
-    let ch = Channel::from("drop");
-    b.subscribe(&ch).await.unwrap();
-    a.publish(publication("drop", 1)).await.unwrap();
-    assert_eq!(offsets(&rb.take(1).await), [1]);
+    let (a, b, rb) = live_pair(&redis, "drop").await;
     // Every subscribed connection is cut, and in the same transaction (before any node
     // can reconnect) two messages are stored that nobody was told about.
-    let mut cmds = vec![vec![
-        "CLIENT".to_owned(),
-        "KILL".into(),
-        "TYPE".into(),
-        "pubsub".into(),
-    ]];
+    let mut cmds = vec![cut_pubsub()];
     cmds.extend(stored_unpublished("drop", "drop", 2..=3));
     redis.transaction(&cmds);
     // Reconnected and resubscribed by itself: the stored ones, then live ones.
@@ -256,13 +261,7 @@ fn metric(broker: &dyn Broker, name: &str) -> u64 {
 #[tokio::test]
 async fn a_fill_interrupted_by_a_lost_connection_reads_again() {
     let Some(redis) = Redis::start() else { return };
-    let ttl = Duration::from_secs(30);
-    let (a, _) = node(&redis, "race", ttl);
-    let (b, rb) = node(&redis, "race", ttl);
-    let ch = Channel::from("race");
-    b.subscribe(&ch).await.unwrap();
-    a.publish(publication("race", 1)).await.unwrap();
-    assert_eq!(offsets(&rb.take(1).await), [1]);
+    let (a, b, rb) = live_pair(&redis, "race").await;
     let pause = b.pause_fills().await;
     // A gap (2 stored unpublished, 3 published) starts a fill, which reads 2 and 3 and
     // stops at the pause.
@@ -273,12 +272,7 @@ async fn a_fill_interrupted_by_a_lost_connection_reads_again() {
         "the fill read"
     );
     // Now the connection drops, and 4 is stored while it is down.
-    let mut cmds = vec![vec![
-        "CLIENT".to_owned(),
-        "KILL".into(),
-        "TYPE".into(),
-        "pubsub".into(),
-    ]];
+    let mut cmds = vec![cut_pubsub()];
     cmds.extend(stored_unpublished("race", "race", 4..=4));
     redis.transaction(&cmds);
     assert!(

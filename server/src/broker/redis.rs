@@ -278,6 +278,39 @@ fn malformed(what: &str) -> BrokerError {
     BrokerError(format!("redis: unexpected reply to {what}"))
 }
 
+/// Presence info as stored (JSON text), or null.
+fn payload(v: Option<&Value>) -> Payload {
+    v.and_then(text)
+        .and_then(|t| Payload::from_json(t).ok())
+        .unwrap_or_else(Payload::null)
+}
+
+/// A join's or leave's reply, `{announce, connections, count, …}`, as the change it made
+/// to `user`'s membership.
+fn change(
+    reply: &[Value],
+    user: &str,
+    info: Payload,
+    what: &str,
+) -> Result<PresenceChange, BrokerError> {
+    let (Some(announce), Some(connections), Some(count)) = (
+        reply.first().and_then(number),
+        reply.get(1).and_then(number),
+        reply.get(2).and_then(number),
+    ) else {
+        return Err(malformed(what));
+    };
+    Ok(PresenceChange {
+        member: Member {
+            user_id: user.to_owned(),
+            info,
+            connections: connections as u32,
+        },
+        count: count as u32,
+        announce: announce == 1,
+    })
+}
+
 /// Appends a stored message: dedupe, number, store, trim, fan out, in one step.
 /// KEYS: meta, stream, dedupe hash, dedupe order. ARGV: pub/sub channel, body, epoch if
 /// new, max messages, stream ttl ms, meta ttl ms, dedupe key or '', dedupe window, except
@@ -1020,16 +1053,11 @@ impl Shared {
             .await?;
         let reply = array(reply);
         let gone_n = reply.first().and_then(number).unwrap_or(0) as usize;
-        let info = |v: Option<&Value>| {
-            v.and_then(text)
-                .and_then(|t| Payload::from_json(t).ok())
-                .unwrap_or_else(Payload::null)
-        };
         let mut gone = Vec::new();
         for i in 0..gone_n {
             gone.push(Member {
                 user_id: reply.get(1 + 2 * i).and_then(text).unwrap_or_default(),
-                info: info(reply.get(2 + 2 * i)),
+                info: payload(reply.get(2 + 2 * i)),
                 connections: 0,
             });
         }
@@ -1041,7 +1069,7 @@ impl Shared {
                     user.clone(),
                     Member {
                         user_id: user,
-                        info: info(Some(i)),
+                        info: payload(Some(i)),
                         connections: number(n).unwrap_or(0) as u32,
                     },
                 );
@@ -1350,26 +1378,11 @@ impl Broker for RedisBroker {
             if reply.is_empty() {
                 return Ok(None);
             }
-            let (Some(announce), Some(connections), Some(count)) = (
-                reply.first().and_then(number),
-                reply.get(1).and_then(number),
-                reply.get(2).and_then(number),
-            ) else {
-                return Err(malformed("presence join"));
-            };
             lock(&s.joined)
                 .entry(channel.clone())
                 .or_default()
                 .insert(conn.to_owned(), (user.to_owned(), info.clone()));
-            Ok(Some(PresenceChange {
-                member: Member {
-                    user_id: user.to_owned(),
-                    info,
-                    connections: connections as u32,
-                },
-                count: count as u32,
-                announce: announce == 1,
-            }))
+            change(&reply, user, info, "presence join").map(Some)
         })
     }
 
@@ -1404,27 +1417,8 @@ impl Broker for RedisBroker {
             if reply.is_empty() {
                 return Ok(None);
             }
-            let (Some(announce), Some(connections), Some(count)) = (
-                reply.first().and_then(number),
-                reply.get(1).and_then(number),
-                reply.get(2).and_then(number),
-            ) else {
-                return Err(malformed("presence leave"));
-            };
-            let info = reply
-                .get(3)
-                .and_then(text)
-                .and_then(|t| Payload::from_json(t).ok())
-                .unwrap_or_else(Payload::null);
-            Ok(Some(PresenceChange {
-                member: Member {
-                    user_id: user.to_owned(),
-                    info,
-                    connections: connections as u32,
-                },
-                count: count as u32,
-                announce: announce == 1,
-            }))
+            let info = payload(reply.get(3));
+            change(&reply, user, info, "presence leave").map(Some)
         })
     }
 
