@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! - [`config`]: every option, as flags and `SWITCHBOARD_*` variables (clap).
-//! - [`run`] / [`app`] (this file): the router: `/ws`, `/healthz`, `/metrics`, and the
+//! - [`run`] / [`app`] (this file): the router: `/ws`, `/healthz` (503 while Redis is
+//!   unreachable), `/metrics`, and the
 //!   bundle at `/` with a fallback to `index.html` for client-side routes.
 //! - `session` (private): one connection: `session/core.rs` is its logic (frames in,
 //!   frames and close decisions out, timers), testable without a socket; `session/mod.rs`
@@ -12,10 +13,12 @@
 //! - [`hub`]: this node's connections and local subscribers; fan-out.
 //! - [`queue`]: each connection's outbound queue, bounded in frames and bytes.
 //! - [`frame`]: encoded frames, the bytes the hub, broker and history carry.
-//! - [`broker`]: the seam for what nodes share (delivery, presence, streams);
-//!   [`broker::MemoryBroker`] is the single-node default.
-//! - [`history`]: channel streams (offsets, epochs, the idempotent-publish window) behind
-//!   the [`history::History`] trait; [`history::MemoryHistory`] keeps them in memory.
+//! - [`broker`]: the seam for what nodes share (delivery, presence, streams, `direct`,
+//!   channel lists); [`broker::MemoryBroker`] is the single-node default,
+//!   [`broker::RedisBroker`] (`--redis-url`) puts several nodes on one Redis.
+//! - [`history`]: channel streams (offsets, epochs, the idempotent-publish window): what is
+//!   read ([`history::History`]) and what this process writes ([`history::Store`]: the
+//!   embedded [`history::DiskHistory`], the default, or [`history::MemoryHistory`]).
 //! - [`methods`]: request/response handlers (`time`, `channels`, `presence`, and yours).
 //! - [`auth`]: JWT verification and channel permissions.
 //! - [`api`]: the HTTP publishing endpoint and the demo ticker.

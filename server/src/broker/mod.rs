@@ -4,8 +4,12 @@
 //!
 //! [`MemoryBroker`] is the default: everything in this process. Several `MemoryBroker`
 //! nodes can share one in-process backend ([`MemoryBroker::node`]), which is how
-//! `tests/broker_conformance.rs` checks cross-node behaviour without a network. A
-//! cross-node broker (Redis) implements the same trait and runs the same suite.
+//! `tests/broker_conformance.rs` checks cross-node behaviour without a network.
+//! [`RedisBroker`] (`redis.rs`) puts several server processes on one Redis and runs the
+//! same suite against a real `redis-server`. Besides the guarantees below, a broker for
+//! several nodes routes `direct` to another node's connections ([`Broker::direct`]),
+//! lists every node's channels ([`Broker::channels`]) and reports whether it reaches what
+//! the nodes share ([`Broker::health`]); the in-process one keeps the defaults.
 //!
 //! The broker knows nothing of the hub or of WebSockets: it carries [`Encoded`] frames.
 //! The hub tells the broker which channels this node wants ([`Broker::subscribe`]), and the
