@@ -141,6 +141,32 @@ pub struct Identity {
     pub grants: Arc<Grants>,
 }
 
+impl Identity {
+    /// A user with every grant (subscribe and publish anywhere, `direct`), no name and no
+    /// expiry: what an embedding app's authenticator returns for a signed-in user; narrow
+    /// it with [`Identity::with_grants`].
+    pub fn user(user_id: impl Into<String>) -> Self {
+        Self {
+            user_id: Some(user_id.into()),
+            name: None,
+            expires_at: None,
+            grants: Arc::new(Grants::all()),
+        }
+    }
+
+    /// The same identity with these grants.
+    pub fn with_grants(mut self, grants: Grants) -> Self {
+        self.grants = Arc::new(grants);
+        self
+    }
+
+    /// The same identity with a display name (stamped into presence info as `name`).
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+}
+
 /// Why a token was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
@@ -162,6 +188,9 @@ pub enum AuthError {
     /// A connection needs a token and has none.
     #[error("a token is required: pass ?token= or send hello with a token")]
     Required,
+    /// The embedding app's authenticator refused the connection.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// The server's authentication settings.

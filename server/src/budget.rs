@@ -83,6 +83,11 @@ impl MemoryBudget {
                 "subscriptions",
                 config.max_subscriptions as usize * (SUBSCRIPTION_BYTES + channel + member),
             ),
+            // An embedding app's publish decisions: a channel name and a flag each.
+            (
+                "publish decisions",
+                crate::embed::PUBLISH_DECISIONS * (channel + 32),
+            ),
         ];
         Self {
             per_connection: parts.iter().map(|(_, n)| n).sum(),

@@ -410,6 +410,20 @@ impl Config {
         }
     }
 
+    /// Options from the server's flags, as for the binary (`["--history", "memory"]`);
+    /// unset options take their `SWITCHBOARD_*` variable, then their default. For an app
+    /// that embeds the server ([`crate::Switchboard`]).
+    pub fn from_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::Parser;
+        let argv = std::iter::once(std::ffi::OsString::from("switchboard-server"))
+            .chain(args.into_iter().map(Into::into));
+        Self::try_parse_from(argv)
+    }
+
     /// The channel streams these options ask for: the embedded store in --data-dir, or
     /// memory.
     pub fn open_history(&self) -> Result<std::sync::Arc<dyn crate::history::Store>, String> {

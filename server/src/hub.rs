@@ -30,7 +30,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use switchboard_protocol::{
     Channel, ClientId, CloseCode, Member, Payload, PresenceAction, Sender, ServerFrame,
@@ -39,6 +39,7 @@ use switchboard_protocol::{
 
 use crate::broker::{Broker, BrokerError, BrokerHandler, Delivery, Publication, Published};
 use crate::clock;
+use crate::embed::{Caller, Hooks, PublishedMessage};
 use crate::frame::Encoded;
 use crate::history::{ReadLimit, Since};
 use crate::metrics::Metrics;
@@ -74,6 +75,14 @@ impl Client {
     /// client id is public, and costs the connection no memory.
     pub fn session_id(&self) -> String {
         clock::derived_id(self.id.as_str())
+    }
+
+    /// The connection as the embedding app's permissions and hooks see it.
+    pub fn caller(&self) -> Caller {
+        Caller {
+            client_id: self.id.clone(),
+            user_id: self.user_id.clone(),
+        }
     }
 
     /// The user id presence counts by: the token's user, else the connection itself.
@@ -131,6 +140,8 @@ struct Inner {
     /// Set by shutdown: connections arriving afterwards are closed at once.
     closing: AtomicBool,
     metrics: Arc<Metrics>,
+    /// The embedding app's hooks, if any.
+    hooks: OnceLock<Arc<dyn Hooks>>,
 }
 
 struct ChannelEntry {
@@ -248,9 +259,20 @@ impl Hub {
             broker,
             closing: AtomicBool::new(false),
             metrics,
+            hooks: OnceLock::new(),
         });
         inner.broker.start(Arc::new(Node(Arc::downgrade(&inner))));
         Self { inner }
+    }
+
+    /// Installs the embedding app's hooks (once, before connections arrive).
+    pub fn set_hooks(&self, hooks: Arc<dyn Hooks>) {
+        let _ = self.inner.hooks.set(hooks);
+    }
+
+    /// The embedding app's hooks, if any.
+    pub fn hooks(&self) -> Option<&Arc<dyn Hooks>> {
+        self.inner.hooks.get()
     }
 
     /// The server's metrics.
@@ -483,6 +505,9 @@ impl Hub {
                 let _ = self.retire(channel, &entry).await;
                 return Err(e);
             }
+            if let Some(hooks) = self.hooks() {
+                hooks.joined(channel, &client.caller());
+            }
         }
         let position = {
             let mut st = lock(&entry.state);
@@ -622,6 +647,9 @@ impl Hub {
             return Ok(false);
         };
         let unsubscribed = self.retire(channel, &entry).await;
+        if present && let Some(hooks) = self.hooks() {
+            hooks.left(channel, &client.caller());
+        }
         let left = if present {
             let key = client.presence_key();
             match broker
@@ -646,9 +674,45 @@ impl Hub {
         unsubscribed.and(left).map(|()| true)
     }
 
-    /// Publishes a message through the broker.
+    /// Publishes a message through the broker (and tells the hooks once it is acked).
     pub async fn publish(&self, publication: Publication) -> Result<Published, BrokerError> {
-        self.inner.broker.publish(publication).await
+        let Some(hooks) = self.hooks() else {
+            return self.inner.broker.publish(publication).await;
+        };
+        let (channel, from, data) = (
+            publication.channel.clone(),
+            publication.from.clone(),
+            publication.data.clone(),
+        );
+        let published = self.inner.broker.publish(publication).await?;
+        if !published.duplicate {
+            hooks.published(&PublishedMessage {
+                channel: &channel,
+                from: from.as_ref(),
+                data: &data,
+                position: published.position.as_ref(),
+            });
+        }
+        Ok(published)
+    }
+
+    /// Sends `data` as a `direct` from the server to every connection of `user_id` on this
+    /// node, within each one's direct budget; returns how many took it.
+    pub fn direct_to_user(&self, user_id: &str, data: Payload) -> usize {
+        let targets: Vec<ClientHandle> = lock(&self.inner.clients)
+            .values()
+            .filter(|c| c.user_id.as_deref() == Some(user_id))
+            .cloned()
+            .collect();
+        let from = Sender {
+            client_id: ClientId("server".into()),
+            user_id: None,
+        };
+        let frame = Encoded::new(&ServerFrame::Direct { from, data });
+        targets
+            .iter()
+            .filter(|t| self.inner.direct(&t.id, &frame).is_ok())
+            .count()
     }
 
     /// Delivers `data` to one connection, within the receiver's budget for direct

@@ -19,6 +19,8 @@
 //! - [`history`]: channel streams (offsets, epochs, the idempotent-publish window): what is
 //!   read ([`history::History`]) and what this process writes ([`history::Store`]: the
 //!   embedded [`history::DiskHistory`], the default, or [`history::MemoryHistory`]).
+//! - [`embed`]: Switchboard inside your own axum app ([`Switchboard`]): your
+//!   authentication, permissions and hooks, server-side publishing.
 //! - [`methods`]: request/response handlers (`time`, `channels`, `presence`, and yours).
 //! - [`auth`]: JWT verification and channel permissions.
 //! - [`api`]: the HTTP publishing endpoint and the demo ticker.
@@ -36,6 +38,7 @@ pub mod budget;
 pub mod clock;
 pub mod config;
 pub mod edge;
+pub mod embed;
 pub mod frame;
 pub mod history;
 pub mod hub;
@@ -67,6 +70,7 @@ use admission::{Admission, Admissions};
 use auth::{Auth, AuthError};
 use broker::Broker;
 pub use config::Config;
+pub use embed::Switchboard;
 pub use hub::Hub;
 pub use methods::Methods;
 use metrics::Metrics;
@@ -86,6 +90,10 @@ pub struct AppState {
     pub sessions: TaskTracker,
     /// The connection caps every `/ws` (and `/echo`) connection is admitted under.
     pub admissions: Admissions,
+    /// The embedding app's authentication, tried before the built-in token check.
+    pub authenticator: Option<Arc<dyn embed::Authenticator>>,
+    /// The embedding app's per-channel permission checks.
+    pub permissions: Option<Arc<dyn embed::Permissions>>,
 }
 
 impl AppState {
@@ -123,6 +131,8 @@ impl AppState {
             hub: Hub::new(Arc::new(Metrics::default()), broker),
             methods: Arc::new(methods),
             sessions: TaskTracker::new(),
+            authenticator: None,
+            permissions: None,
         }
     }
 }
@@ -163,8 +173,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let hub = state.hub.clone();
-    let sessions = state.sessions.clone();
-    let drain = state.config.drain_timeout;
+    let drain_state = state.clone();
     let ticker = state
         .config
         .demo_ticker
@@ -188,10 +197,24 @@ pub async fn run(
     if let Some(ticker) = ticker {
         ticker.abort();
     }
-    // Upgraded connections live in their own tasks: wait for them to write what is
-    // queued and say goodbye.
+    drain(&drain_state).await;
+    Ok(())
+}
+
+/// Shutdown after the listener stopped: every connection is asked to close with 1001
+/// once what is queued for it is written (and any arriving later at once); upgraded
+/// connections live in their own tasks, so this waits up to the drain timeout for them
+/// to say goodbye, then closes the rest at once. Last, everything acked is made durable
+/// and the store records a clean stop.
+pub(crate) async fn drain(state: &AppState) {
+    let hub = &state.hub;
+    let sessions = &state.sessions;
+    hub.close_all(CloseCode::GOING_AWAY);
     sessions.close();
-    if tokio::time::timeout(drain, sessions.wait()).await.is_err() {
+    if tokio::time::timeout(state.config.drain_timeout, sessions.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(
             left = hub.connection_count(),
             "drain timeout: closing the rest at once"
@@ -199,10 +222,8 @@ pub async fn run(
         hub.kill_all(CloseCode::GOING_AWAY);
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), sessions.wait()).await;
     }
-    // Everything acked is durable, and the next start knows this one ended cleanly.
     hub.broker().history().shutdown();
     tracing::info!(left = hub.connection_count(), "stopped");
-    Ok(())
 }
 
 /// Query parameters of the WebSocket URL.
@@ -221,20 +242,40 @@ pub const WRITE_BUFFER_BYTES: usize = 4096;
 /// The upgrade: checks the Origin (403 before upgrading), the connection caps and the
 /// `?token=`; the session reports cap and token failures with close codes, which a
 /// browser can see (it cannot see an HTTP status).
-async fn ws_upgrade(
+pub(crate) async fn ws_upgrade(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Query(query): Query<WsQuery>,
-    ws: WebSocketUpgrade,
+    request: axum::extract::Request,
 ) -> Response {
-    let client_ip = edge::client_ip(peer.ip(), &headers, &state.config.trusted_proxies);
-    if let Some(forbidden) = edge::refuse_foreign_origin(&state, &headers, peer, client_ip) {
+    use axum::extract::FromRequestParts;
+    let (mut parts, _body) = request.into_parts();
+    // Served without connect info (an embedding app's own `axum::serve`): every client
+    // then counts as one unknown address.
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.0);
+    let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let query = match Query::<WsQuery>::try_from_uri(&parts.uri) {
+        Ok(Query(query)) => query,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let headers = &parts.headers;
+    let client_ip = edge::client_ip(peer.ip(), headers, &state.config.trusted_proxies);
+    if let Some(forbidden) = edge::refuse_foreign_origin(&state, headers, peer, client_ip) {
         return forbidden;
     }
-    let auth = match &query.token {
-        Some(token) => state.auth.verify(token),
-        None => state.auth.anonymous(),
+    let app_decision = match &state.authenticator {
+        Some(authenticator) => authenticator.authenticate(&parts).await,
+        None => Ok(None),
+    };
+    let auth = match (app_decision, &query.token) {
+        (Ok(Some(identity)), _) => Ok(identity),
+        (Err(refusal), _) => Err(AuthError::Refused(refusal.0)),
+        (Ok(None), Some(token)) => state.auth.verify(token),
+        (Ok(None), None) => state.auth.anonymous(),
     };
     // Without a token where one is required, the connection waits for a `hello`: it
     // takes a pending-auth slot until then.
@@ -337,7 +378,7 @@ async fn healthz(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let hub = &state.hub;
     let mut body = hub
         .metrics()

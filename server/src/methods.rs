@@ -50,6 +50,29 @@ pub struct RequestCtx {
     pub grants: Arc<Grants>,
     /// Most messages and bytes one history read may return to it.
     pub read_limit: ReadLimit,
+    /// The embedding app's per-channel checks, if any.
+    pub permissions: Option<Arc<dyn crate::embed::Permissions>>,
+}
+
+impl RequestCtx {
+    /// Whether the caller may subscribe to `channel`: its grants, then the embedding
+    /// app's [`crate::embed::Permissions::may_subscribe`]. The built-in `presence` and
+    /// `history` ask this; your methods that read a channel should too.
+    pub async fn may_subscribe(&self, channel: &str) -> bool {
+        if !self.grants.may_subscribe(channel) {
+            return false;
+        }
+        match &self.permissions {
+            None => true,
+            Some(p) => {
+                let caller = crate::embed::Caller {
+                    client_id: self.client_id.clone(),
+                    user_id: self.user_id.clone(),
+                };
+                p.may_subscribe(&caller, &Channel::from(channel)).await
+            }
+        }
+    }
 }
 
 /// Why a handler did not produce a result.
@@ -123,7 +146,7 @@ pub struct HistoryPage {
 async fn history(ctx: RequestCtx, params: HistoryParams) -> Result<HistoryPage, MethodError> {
     let channel = params.channel;
     validate_channel(channel.as_str()).map_err(MethodError::BadRequest)?;
-    if !ctx.grants.may_subscribe(channel.as_str()) {
+    if !ctx.may_subscribe(channel.as_str()).await {
         return Err(MethodError::Forbidden(format!("no access to {channel}")));
     }
     let limit = ReadLimit {
@@ -220,7 +243,7 @@ impl Methods {
                     MethodError::BadRequest("expected {\"channel\": \"<name>\"}".into())
                 })?;
                 validate_channel(channel).map_err(MethodError::BadRequest)?;
-                if !ctx.grants.may_subscribe(channel) {
+                if !ctx.may_subscribe(channel).await {
                     return Err(MethodError::Forbidden(format!("no access to {channel}")));
                 }
                 let members = ctx
@@ -257,6 +280,37 @@ impl Methods {
         });
         self.handlers.insert(name.to_owned(), erased);
         self
+    }
+
+    /// Registers a method that also gets a clone of your app's `state`, as axum hands
+    /// handlers their `State`: `handler(state, ctx, params)`.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchboard_server::methods::{MethodError, Methods};
+    ///
+    /// #[derive(Clone)]
+    /// struct App {
+    ///     motd: Arc<String>,
+    /// }
+    ///
+    /// let app = App { motd: Arc::new("welcome".into()) };
+    /// let methods = Methods::with_builtins().method_with_state(
+    ///     "motd",
+    ///     app,
+    ///     |app: App, _ctx, _: ()| async move { Ok::<_, MethodError>(app.motd.to_string()) },
+    /// );
+    /// assert!(methods.contains("motd"));
+    /// ```
+    pub fn method_with_state<S, P, R, F, Fut>(self, name: &str, state: S, handler: F) -> Self
+    where
+        S: Clone + Send + Sync + 'static,
+        P: DeserializeOwned + Send + 'static,
+        R: Serialize,
+        F: Fn(S, RequestCtx, P) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, MethodError>> + Send + 'static,
+    {
+        self.method(name, move |ctx, params| handler(state.clone(), ctx, params))
     }
 
     /// Whether `name` is registered.

@@ -33,6 +33,7 @@ use crate::admission::Admission;
 use crate::auth::{AuthError, Grants, Identity};
 use crate::broker::{BrokerError, Publication, Published};
 use crate::clock::now_ms;
+use crate::embed::PUBLISH_DECISIONS;
 use crate::frame::Encoded;
 use crate::hub::{ClientHandle, DirectError, Recovery, SubscribeOutcome};
 use crate::methods::{MethodError, RequestCtx};
@@ -99,6 +100,11 @@ pub(crate) struct Core {
     /// The connection's place under the caps, given back when the session ends; its
     /// pending-auth slot is given back as soon as a `hello` authenticates.
     admission: Admission,
+    /// The embedding app's publish decisions, newest last (at most
+    /// [`PUBLISH_DECISIONS`]).
+    publish_decisions: VecDeque<(Channel, bool)>,
+    /// The embedding app's hooks were told this connection arrived.
+    announced: bool,
 }
 
 impl Core {
@@ -131,7 +137,49 @@ impl Core {
             out: Vec::new(),
             finished: false,
             admission,
+            publish_decisions: VecDeque::new(),
+            announced: false,
         }
+        .announce()
+    }
+
+    /// Tells the embedding app's hooks that the connection arrived, once it has an
+    /// identity.
+    fn announce(mut self) -> Self {
+        self.announce_now();
+        self
+    }
+
+    fn announce_now(&mut self) {
+        if self.announced || self.identity.is_none() {
+            return;
+        }
+        self.announced = true;
+        if let Some(hooks) = self.state.hub.hooks() {
+            hooks.connected(&self.client.caller());
+        }
+    }
+
+    /// The embedding app's answer (after the grants allowed it): may this connection
+    /// subscribe to `channel` (asked every time), or publish on it (asked once per
+    /// channel, the answer kept)?
+    async fn app_permits(&mut self, publish: bool, channel: &Channel) -> bool {
+        let Some(permissions) = self.state.permissions.clone() else {
+            return true;
+        };
+        let caller = self.client.caller();
+        if !publish {
+            return permissions.may_subscribe(&caller, channel).await;
+        }
+        if let Some((_, allowed)) = self.publish_decisions.iter().find(|(c, _)| c == channel) {
+            return *allowed;
+        }
+        let allowed = permissions.may_publish(&caller, channel).await;
+        if self.publish_decisions.len() >= PUBLISH_DECISIONS {
+            self.publish_decisions.pop_front();
+        }
+        self.publish_decisions.push_back((channel.clone(), allowed));
+        allowed
     }
 
     /// The connection's handle.
@@ -308,7 +356,9 @@ impl Core {
                 ephemeral,
                 skip_self,
             } => {
-                if !self.grants().may_publish(channel.as_str()) {
+                if !self.grants().may_publish(channel.as_str())
+                    || !self.app_permits(true, &channel).await
+                {
                     let msg = format!("no permission to publish on {channel}");
                     self.error(id, ErrorCode::Forbidden, &msg);
                     return Ok(());
@@ -455,7 +505,9 @@ impl Core {
         presence: Option<Payload>,
         recovery: Recovery,
     ) {
-        if !self.grants().may_subscribe(channel.as_str()) {
+        if !self.grants().may_subscribe(channel.as_str())
+            || !self.app_permits(false, &channel).await
+        {
             let msg = format!("no permission to subscribe to {channel}");
             self.error(id.clone(), ErrorCode::Forbidden, &msg);
             return;
@@ -520,6 +572,7 @@ impl Core {
             user_id: self.client.user_id.clone(),
             grants: self.grants_arc(),
             read_limit: self.state.config.recovery_read_limit(),
+            permissions: self.state.permissions.clone(),
         };
         let Some(call) = self.state.methods.call(&method, ctx, params) else {
             let msg = format!("no method {method:?}");
@@ -573,6 +626,7 @@ impl Core {
         }
         self.deadline = expiry_deadline(&new, now);
         self.identity = Some(new);
+        self.announce_now();
         self.admission.authenticated();
         let welcome = self.welcome_frame();
         self.push(&welcome);
@@ -658,6 +712,16 @@ impl Core {
         self.finished = true;
         let subs = std::mem::take(&mut self.subscriptions);
         self.state.hub.disconnect(&self.client, subs).await;
+        self.farewell();
+    }
+
+    /// Tells the embedding app's hooks that an announced connection ended.
+    fn farewell(&mut self) {
+        if std::mem::take(&mut self.announced)
+            && let Some(hooks) = self.state.hub.hooks()
+        {
+            hooks.disconnected(&self.client.caller());
+        }
     }
 }
 
@@ -666,6 +730,7 @@ impl Drop for Core {
         if self.finished {
             return;
         }
+        self.farewell();
         let subs = std::mem::take(&mut self.subscriptions);
         let hub = self.state.hub.clone();
         let client = self.client.clone();
