@@ -18,9 +18,10 @@ trap cleanup EXIT
 step "cargo fmt --check"
 cargo fmt --all --check
 
-step "clippy (native: protocol, client, server, bench)"
+step "clippy (native: protocol, client, server, bench, the axum example)"
 cargo clippy --locked --all-targets -p switchboard-protocol -p switchboard-client \
-  -p switchboard-server -p switchboard-bench --features switchboard-client/native -- -D warnings
+  -p switchboard-server -p switchboard-bench -p switchboard-example-axum \
+  --features switchboard-client/native -- -D warnings
 step "clippy (native: the Leptos hook compiles for SSR)"
 cargo clippy --locked -p switchboard-leptos -- -D warnings
 step "clippy (wasm32: the client core)"
@@ -29,10 +30,10 @@ step "clippy (wasm32: the hook and the demo)"
 cargo clippy --locked -p switchboard-leptos -p switchboard-web --all-targets \
   --target wasm32-unknown-unknown -- -D warnings
 
-step "native tests (protocol, client core and native client, hook outside a browser, server and cross-node on Redis, bench helpers)"
+step "native tests (protocol, client core and native client, hook outside a browser, server and cross-node on Redis, bench helpers, the axum example)"
 # setup.sh --test installed Redis and nginx: their tests must run here, not skip.
 SWITCHBOARD_REQUIRE_REDIS=1 cargo test --locked -p switchboard-protocol -p switchboard-client -p switchboard-leptos \
-  -p switchboard-server -p switchboard-bench --features switchboard-client/native
+  -p switchboard-server -p switchboard-bench -p switchboard-example-axum --features switchboard-client/native
 
 step "fuzzing the frame decoders (cargo-fuzz, ${FUZZ_SECS:-20} s per target)"
 FUZZ_SECS=${FUZZ_SECS:-20} ./scripts/fuzz.sh

@@ -74,6 +74,9 @@ pub use embed::Switchboard;
 pub use hub::Hub;
 pub use methods::Methods;
 use metrics::Metrics;
+/// The protocol crate, so an embedding app names channels, members and frames without a
+/// second dependency.
+pub use switchboard_protocol as protocol;
 
 /// What every handler shares (a cheap clone).
 #[derive(Clone)]

@@ -49,21 +49,34 @@ pub fn now_ms() -> u64 {
 
 /// `ws://host/ws` or `wss://host/ws` for a page at `protocol` and `host`.
 pub fn ws_url_for(protocol: &str, host: &str) -> String {
+    ws_url_at(protocol, host, switchboard_protocol::WS_PATH)
+}
+
+/// `ws://host<path>` or `wss://host<path>` for a page at `protocol` and `host`: for a
+/// server mounted under a prefix (`/realtime/ws`, see the README's axum section).
+pub fn ws_url_at(protocol: &str, host: &str, path: &str) -> String {
     let scheme = if protocol == "https:" { "wss" } else { "ws" };
-    format!("{scheme}://{host}{}", switchboard_protocol::WS_PATH)
+    format!("{scheme}://{host}{path}")
 }
 
 /// The WebSocket URL on the page's own origin (empty outside a browser).
 pub fn same_origin_ws_url() -> String {
+    same_origin_ws_url_at(switchboard_protocol::WS_PATH)
+}
+
+/// The WebSocket URL at `path` on the page's own origin, e.g. `/realtime/ws` for a server
+/// mounted in an app at `/realtime` (empty outside a browser).
+pub fn same_origin_ws_url_at(path: &str) -> String {
     if !cfg!(target_arch = "wasm32") {
         return String::new();
     }
     match web_sys::window() {
         Some(w) => {
             let loc = w.location();
-            ws_url_for(
+            ws_url_at(
                 &loc.protocol().unwrap_or_default(),
                 &loc.host().unwrap_or_default(),
+                path,
             )
         }
         None => String::new(),
@@ -116,4 +129,22 @@ pub fn use_websocket_with_options(url: &str, options: UseWebSocketOptions) -> We
     let _ = (url, &options);
     handle::pump(ws);
     ws
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_follow_the_page_scheme_and_the_mount_path() {
+        assert_eq!(ws_url_for("https:", "example.com"), "wss://example.com/ws");
+        assert_eq!(
+            ws_url_for("http:", "127.0.0.1:8080"),
+            "ws://127.0.0.1:8080/ws"
+        );
+        assert_eq!(
+            ws_url_at("https:", "app.example", "/realtime/ws"),
+            "wss://app.example/realtime/ws"
+        );
+    }
 }
