@@ -1,7 +1,8 @@
 //! Switchboard inside an existing axum app: build it once with [`Switchboard::builder`],
 //! mount [`Switchboard::router`] at a path of your choice in your own `Router` (with your
-//! own layers), serve it with your own `axum::serve`, and call [`Switchboard::shutdown`]
-//! when you stop.
+//! own layers), serve it with your own `axum::serve`, and await [`Switchboard::shutdown`]
+//! in its graceful-shutdown future, so that every WebSocket is told 1001 (going away) as
+//! the server stops.
 //!
 //! Your code decides who a connection is ([`Authenticator`], from the upgrade request's
 //! cookies, headers and query), what it may subscribe and publish to beyond its grants
@@ -25,8 +26,12 @@
 //!     }))
 //!     .nest("/realtime", sb.router()); // the WebSocket at /realtime/ws
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
-//! axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await?;
-//! sb.shutdown().await;
+//! axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+//!     .with_graceful_shutdown(async move {
+//!         let _ = tokio::signal::ctrl_c().await;
+//!         sb.shutdown().await; // 1001 to every connection, then the store is made durable
+//!     })
+//!     .await?;
 //! # Ok(()) }
 //! ```
 
@@ -304,9 +309,10 @@ impl Switchboard {
         self.state.hub.presence(&Channel::from(channel)).await
     }
 
-    /// Asks every connection to close with 1001 once what is queued for it is written,
-    /// waits up to the drain timeout, closes the rest, and makes the history store
-    /// durable. Call it when your server stops (after `axum::serve` returns).
+    /// Asks every connection to close with 1001 once what is queued for it is written
+    /// (and closes any that arrive later at once), waits up to the drain timeout, closes
+    /// the rest, and makes the history store durable. Await it in `axum::serve`'s
+    /// graceful-shutdown future (as `tests/embed.rs` and the example do).
     pub async fn shutdown(&self) {
         crate::drain(&self.state).await;
     }

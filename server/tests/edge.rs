@@ -8,10 +8,7 @@ use std::time::Duration;
 
 use common::{Client, Next, TestServer, config, start};
 use futures::{SinkExt, StreamExt};
-use jsonwebtoken::{EncodingKey, Header, encode};
-use serde_json::json;
 use switchboard_protocol::ServerFrame;
-use switchboard_server::clock::now_ms;
 use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
@@ -100,12 +97,7 @@ async fn from_an_untrusted_peer_the_forwarded_header_is_ignored() {
 }
 
 fn token(sub: &str) -> String {
-    encode(
-        &Header::default(),
-        &json!({"sub": sub, "exp": now_ms() / 1000 + 3600}),
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    common::token(SECRET, sub)
 }
 
 #[tokio::test]

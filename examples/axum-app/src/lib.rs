@@ -208,7 +208,8 @@ pub fn build(members: HashMap<String, Vec<String>>) -> Result<(Router, Switchboa
     Ok((router, sb))
 }
 
-/// Serves `router` on `listener` until `shutdown`, then closes Switchboard's connections.
+/// Serves `router` on `listener` until `shutdown`; then Switchboard closes its connections
+/// (1001, after what is queued for them) and axum stops.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
@@ -217,10 +218,12 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let service = router.into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, service)
-        .with_graceful_shutdown(shutdown)
-        .await?;
-    sb.shutdown().await;
-    Ok(())
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            // Every WebSocket is told 1001 before the server stops.
+            sb.shutdown().await;
+        })
+        .await
 }
 
 #[derive(Deserialize)]

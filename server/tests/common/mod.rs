@@ -179,3 +179,13 @@ impl Client {
         assert!(before.is_empty(), "unexpected frames: {before:?}");
     }
 }
+
+/// An HS256 token for `sub`, valid for an hour, signed with `secret`.
+pub fn token(secret: &str, sub: &str) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({"sub": sub, "exp": switchboard_server::clock::now_ms() / 1000 + 3600}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
