@@ -59,6 +59,10 @@ pub struct Refusal(pub String);
 /// `Ok(Some(identity))` admits it as that identity (with its grants); `Ok(None)` leaves the
 /// decision to the built-in token check (a JWT in `?token=` or `hello`, or anonymous
 /// access, as configured); `Err` refuses it.
+///
+/// It runs for every upgrade request, before the connection caps are counted (their
+/// per-address slot depends on its answer): keep it to a lookup, and put a rate limit in
+/// front of the route if it must do more.
 pub trait Authenticator: Send + Sync + 'static {
     /// Called once per upgrade request, before the upgrade.
     fn authenticate<'a>(
