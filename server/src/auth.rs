@@ -209,6 +209,12 @@ pub struct Auth {
     leeway: u64,
     /// Whether `--jwt-audience` is set (for the refusal message).
     audience_set: bool,
+    /// An embedding app's authentication, tried before the tokens
+    /// ([`crate::embed::Authenticator`]). Here rather than in `AppState`, which every
+    /// connection holds a copy of.
+    pub app: Option<Arc<dyn crate::embed::Authenticator>>,
+    /// An embedding app's per-channel checks ([`crate::embed::Permissions`]).
+    pub permissions: Option<Arc<dyn crate::embed::Permissions>>,
 }
 
 /// One verification key and the tokens it serves.
@@ -320,6 +326,8 @@ impl Auth {
             }),
             leeway: validation.leeway,
             audience_set: !config.jwt_audience.is_empty(),
+            app: None,
+            permissions: None,
         }
     }
 

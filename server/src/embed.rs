@@ -225,8 +225,9 @@ impl Builder {
     pub fn build(self) -> Result<Switchboard, String> {
         self.config.validate()?;
         let mut state = AppState::try_with_methods(self.config, self.methods)?;
-        state.authenticator = self.authenticator;
-        state.permissions = self.permissions;
+        let auth = Arc::make_mut(&mut state.auth);
+        auth.app = self.authenticator;
+        auth.permissions = self.permissions;
         if let Some(hooks) = self.hooks {
             state.hub.set_hooks(hooks);
         }

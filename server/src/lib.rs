@@ -93,10 +93,6 @@ pub struct AppState {
     pub sessions: TaskTracker,
     /// The connection caps every `/ws` (and `/echo`) connection is admitted under.
     pub admissions: Admissions,
-    /// The embedding app's authentication, tried before the built-in token check.
-    pub authenticator: Option<Arc<dyn embed::Authenticator>>,
-    /// The embedding app's per-channel permission checks.
-    pub permissions: Option<Arc<dyn embed::Permissions>>,
 }
 
 impl AppState {
@@ -134,8 +130,6 @@ impl AppState {
             hub: Hub::new(Arc::new(Metrics::default()), broker),
             methods: Arc::new(methods),
             sessions: TaskTracker::new(),
-            authenticator: None,
-            permissions: None,
         }
     }
 }
@@ -270,7 +264,7 @@ pub(crate) async fn ws_upgrade(
     if let Some(forbidden) = edge::refuse_foreign_origin(&state, headers, peer, client_ip) {
         return forbidden;
     }
-    let app_decision = match &state.authenticator {
+    let app_decision = match &state.auth.app {
         Some(authenticator) => authenticator.authenticate(&parts).await,
         None => Ok(None),
     };
