@@ -296,17 +296,17 @@ impl Switchboard {
         Ok(self.state.hub.publish(publication).await?)
     }
 
-    /// Sends `data` as a `direct` frame (from `server`) to every connection of `user_id`
-    /// on this node, within each one's budget for direct messages; returns how many got
-    /// it. With several nodes, other nodes' connections are not reached: publish on a
-    /// channel the user subscribes to (e.g. `user:<id>`) instead.
-    pub fn send_to_user<T: Serialize + ?Sized>(
+    /// Sends `data` as a `direct` frame (from `server`) to every connection of `user_id`,
+    /// within each one's budget for direct messages; returns how many got it. With
+    /// several nodes (Redis), the other nodes deliver to theirs and answer with their
+    /// count (a node that does not answer within 2 s counts none).
+    pub async fn send_to_user<T: Serialize + ?Sized>(
         &self,
         user_id: &str,
         data: &T,
     ) -> Result<usize, PublishError> {
         let data = Payload::new(data)?;
-        Ok(self.state.hub.direct_to_user(user_id, data))
+        Ok(self.state.hub.direct_to_user(user_id, data).await?)
     }
 
     /// `channel`'s presence members, sorted by user id (every node's, on Redis).

@@ -243,6 +243,12 @@ impl BrokerHandler for Node {
     fn channels(&self) -> Vec<(Channel, usize)> {
         self.0.upgrade().map(|i| i.channels()).unwrap_or_default()
     }
+
+    fn direct_user(&self, user: &str, frame: &Encoded) -> usize {
+        self.0
+            .upgrade()
+            .map_or(0, |inner| inner.direct_user(user, frame))
+    }
 }
 
 /// Whether `a` is after `b` in the same epoch.
@@ -696,23 +702,21 @@ impl Hub {
         Ok(published)
     }
 
-    /// Sends `data` as a `direct` from the server to every connection of `user_id` on this
-    /// node, within each one's direct budget; returns how many took it.
-    pub fn direct_to_user(&self, user_id: &str, data: Payload) -> usize {
-        let targets: Vec<ClientHandle> = lock(&self.inner.clients)
-            .values()
-            .filter(|c| c.user_id.as_deref() == Some(user_id))
-            .cloned()
-            .collect();
+    /// Sends `data` as a `direct` from the server to every connection of `user_id`, on
+    /// this node and (through the broker) on the others, within each one's direct budget;
+    /// returns how many took it.
+    pub async fn direct_to_user(&self, user_id: &str, data: Payload) -> Result<usize, BrokerError> {
         let from = Sender {
             client_id: ClientId("server".into()),
             user_id: None,
         };
         let frame = Encoded::new(&ServerFrame::Direct { from, data });
-        targets
-            .iter()
-            .filter(|t| self.inner.direct(&t.id, &frame).is_ok())
-            .count()
+        let here = self.inner.direct_user(user_id, &frame);
+        let elsewhere = match self.inner.broker.node_id() {
+            Some(_) => self.inner.broker.direct_user(user_id, frame).await?,
+            None => 0,
+        };
+        Ok(here + elsewhere)
     }
 
     /// Delivers `data` to one connection, within the receiver's budget for direct
@@ -769,6 +773,20 @@ impl Inner {
             }
             Err(SendError::Closed) => Err(DirectError::Gone),
         }
+    }
+
+    /// Queues a `direct` frame for every connection of `user` on this node; returns how
+    /// many took it.
+    fn direct_user(&self, user: &str, frame: &Encoded) -> usize {
+        let targets: Vec<ClientId> = lock(&self.clients)
+            .values()
+            .filter(|c| c.user_id.as_deref() == Some(user))
+            .map(|c| c.id.clone())
+            .collect();
+        targets
+            .iter()
+            .filter(|id| self.direct(id, frame).is_ok())
+            .count()
     }
 
     /// Channels with local subscribers and their number, sorted by name.

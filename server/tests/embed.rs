@@ -235,7 +235,7 @@ async fn an_embedded_switchboard_answers_to_the_apps_code() {
     );
     assert_eq!(sb.presence("room:a").await.unwrap()[0].user_id, "ada");
     // To every connection of the user.
-    assert_eq!(sb.send_to_user("ada", &"hi").unwrap(), 2);
+    assert_eq!(sb.send_to_user("ada", &"hi").await.unwrap(), 2);
     for ws in [&mut ada, &mut ada2] {
         let direct = next_of(ws, "direct").await.unwrap();
         assert_eq!(
@@ -246,7 +246,7 @@ async fn an_embedded_switchboard_answers_to_the_apps_code() {
             (Some("server"), Some("hi"))
         );
     }
-    assert_eq!(sb.send_to_user("nobody", &"hi").unwrap(), 0);
+    assert_eq!(sb.send_to_user("nobody", &"hi").await.unwrap(), 0);
     // The optional routes, under the prefix.
     let (status, body) = common::cluster::http_get(port, "/rt/metrics");
     assert_eq!(status, 200);
@@ -297,4 +297,56 @@ async fn an_embedded_switchboard_answers_to_the_apps_code() {
         !lines.iter().any(|l| l.contains("connected -")),
         "a refused connection is not one"
     );
+}
+
+/// Serves `sb` nested at `/rt` on a free port; returns the port.
+async fn serve(sb: &Switchboard) -> u16 {
+    let app = Router::new().nest("/rt", sb.router());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+    });
+    port
+}
+
+/// Two embedded nodes on one real Redis: `send_to_user` on one reaches the user's
+/// connections on both, and counts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_to_user_reaches_every_node() {
+    let Some(redis) = common::redis::Redis::start() else {
+        return;
+    };
+    let node = || {
+        let config = Config::from_args(["--redis-url", &redis.url()]).unwrap();
+        Switchboard::builder(config)
+            .authenticator(HeaderAuth)
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (node(), node());
+    let (port_a, port_b) = (serve(&a).await, serve(&b).await);
+    let mut on_a = connect(port_a, Some("ada"), None).await;
+    next_of(&mut on_a, "welcome").await.unwrap();
+    let mut on_b = connect(port_b, Some("ada"), None).await;
+    next_of(&mut on_b, "welcome").await.unwrap();
+    // Node b listens on the shared channel once its background task has run.
+    let mut sent = 0;
+    for _ in 0..50 {
+        sent = a.send_to_user("ada", &json!({"n": 1})).await.unwrap();
+        if sent == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(sent, 2, "one connection on each node");
+    for ws in [&mut on_a, &mut on_b] {
+        let direct = next_of(ws, "direct").await.unwrap();
+        assert_eq!(direct["data"], json!({"n": 1}));
+    }
+    assert_eq!(b.send_to_user("nobody", &1).await.unwrap(), 0);
 }

@@ -287,6 +287,6 @@ async fn notify(
     Path(user): Path<String>,
     Json(data): Json<Value>,
 ) -> Json<Value> {
-    let sent = s.sb.send_to_user(&user, &data).unwrap_or(0);
+    let sent = s.sb.send_to_user(&user, &data).await.unwrap_or(0);
     Json(json!({ "connections": sent }))
 }

@@ -95,6 +95,12 @@ pub trait BrokerHandler: Send + Sync + 'static {
     fn channels(&self) -> Vec<(Channel, usize)> {
         Vec::new()
     }
+
+    /// A `direct` frame for every connection of `user` on this node, sent from another
+    /// node; returns how many took it.
+    fn direct_user(&self, _user: &str, _frame: &Encoded) -> usize {
+        0
+    }
 }
 
 /// A message to publish.
@@ -206,6 +212,16 @@ pub trait Broker: Send + Sync + 'static {
         _frame: Encoded,
     ) -> BoxFuture<'a, Result<(), DirectError>> {
         Box::pin(async { Err(DirectError::Gone) })
+    }
+
+    /// Delivers an encoded `direct` frame to every connection of `user` on the other
+    /// nodes; returns how many took it. The default (one node): none.
+    fn direct_user<'a>(
+        &'a self,
+        _user: &'a str,
+        _frame: Encoded,
+    ) -> BoxFuture<'a, Result<usize, BrokerError>> {
+        Box::pin(async { Ok(0) })
     }
 
     /// Every node's channels with their subscriber counts summed, sorted by name; `None`

@@ -119,6 +119,8 @@ struct Shared {
     joined: Mutex<HashMap<Channel, Joined>>,
     /// `direct` messages sent to other nodes and waiting for their answer.
     directs: Mutex<HashMap<u64, oneshot::Sender<Result<(), DirectError>>>>,
+    /// Sends to a user's connections on every node, waiting for the nodes' counts.
+    user_sends: Mutex<HashMap<u64, tokio::sync::mpsc::Sender<usize>>>,
     next_direct: AtomicU64,
     up: AtomicBool,
     /// [`FILLS_AT_ONCE`] permits.
@@ -204,6 +206,7 @@ impl RedisBroker {
             channels: Mutex::default(),
             joined: Mutex::default(),
             directs: Mutex::default(),
+            user_sends: Mutex::default(),
             next_direct: AtomicU64::new(1),
             // Optimistic until the first check says otherwise (the connection is lazy).
             up: AtomicBool::new(true),
@@ -545,6 +548,11 @@ impl Shared {
         format!("{}:n:{node}", self.opts.prefix)
     }
 
+    /// The pub/sub channel every node listens on (sends to a user's connections).
+    fn all_channel(&self) -> String {
+        format!("{}:all", self.opts.prefix)
+    }
+
     fn meta_ttl_ms(&self) -> u64 {
         self.opts
             .retention
@@ -587,7 +595,7 @@ impl Shared {
                 let (Some(name), Some(payload)) = (text(&name), bytes(&payload)) else {
                     return;
                 };
-                if name == self.node_channel(&self.node) {
+                if name == self.node_channel(&self.node) || name == self.all_channel() {
                     self.on_node_message(&payload);
                 } else if let Some(ch) = name.strip_prefix(&format!("{}:c:", self.opts.prefix)) {
                     self.on_channel_message(Channel::from(ch), payload);
@@ -856,6 +864,50 @@ impl Shared {
                         .await;
                 });
             }
+            Some(b'u') => {
+                // `u<req> <from node> <user length>\n<user><frame>`: deliver to the user's
+                // connections here and answer with how many took it. (The user id goes in
+                // the body: it may hold any character.)
+                let (Some(req), Some(from), Some(len)) = (
+                    parts.next(),
+                    parts.next(),
+                    parts.next().and_then(|l| l.parse::<usize>().ok()),
+                ) else {
+                    return;
+                };
+                let body = &payload[nl + 1..];
+                if from == self.node || body.len() < len {
+                    return;
+                }
+                let (Ok(user), Some(frame)) = (
+                    std::str::from_utf8(&body[..len]),
+                    Encoded::from_bytes(Bytes::copy_from_slice(&body[len..])),
+                ) else {
+                    return;
+                };
+                let n = self.handler().map_or(0, |h| h.direct_user(user, &frame));
+                let answer = format!("c{req} {n}\n");
+                let to_node = self.node_channel(from);
+                let mut conn = self.conn.clone();
+                self.runtime.spawn(async move {
+                    let _: Result<(), _> = redis::cmd("PUBLISH")
+                        .arg(to_node)
+                        .arg(answer)
+                        .query_async(&mut conn)
+                        .await;
+                });
+            }
+            Some(b'c') => {
+                let (Some(req), Some(n)) = (
+                    parts.next().and_then(|r| r.parse::<u64>().ok()),
+                    parts.next().and_then(|n| n.parse::<usize>().ok()),
+                ) else {
+                    return;
+                };
+                if let Some(tx) = lock(&self.user_sends).get(&req) {
+                    let _ = tx.try_send(n);
+                }
+            }
             Some(b'a') => {
                 let (Some(req), Some(code)) =
                     (parts.next().and_then(|r| r.parse().ok()), parts.next())
@@ -1112,7 +1164,7 @@ impl Shared {
                 Ok(()) => {
                     if !subscribed {
                         subscribed = conn
-                            .subscribe(shared.node_channel(&shared.node))
+                            .subscribe(&[shared.node_channel(&shared.node), shared.all_channel()])
                             .await
                             .is_ok();
                     }
@@ -1478,6 +1530,45 @@ impl Broker for RedisBroker {
             };
             lock(&s.directs).remove(&req);
             answer
+        })
+    }
+
+    fn direct_user<'a>(
+        &'a self,
+        user: &'a str,
+        frame: Encoded,
+    ) -> BoxFuture<'a, Result<usize, BrokerError>> {
+        Box::pin(async move {
+            let s = &self.shared;
+            s.check_up()?;
+            let req = s.next_direct.fetch_add(1, Ordering::Relaxed);
+            // Room for every node's answer (more than 256 nodes would be undercounted).
+            let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+            lock(&s.user_sends).insert(req, tx);
+            let mut payload = format!("u{req} {} {}\n{user}", s.node, user.len()).into_bytes();
+            payload.extend_from_slice(frame.bytes());
+            let sent = redis::cmd("PUBLISH")
+                .arg(s.all_channel())
+                .arg(payload)
+                .query_async::<usize>(&mut s.conn.clone())
+                .await;
+            let counted = match sent {
+                // Every node listening, this one included, which does not answer.
+                Ok(listeners) => {
+                    let mut total = 0;
+                    let deadline = tokio::time::Instant::now() + s.opts.direct_timeout;
+                    for _ in 1..listeners {
+                        match tokio::time::timeout_at(deadline, rx.recv()).await {
+                            Ok(Some(n)) => total += n,
+                            _ => break,
+                        }
+                    }
+                    Ok(total)
+                }
+                Err(e) => Err(broker_err(e)),
+            };
+            lock(&s.user_sends).remove(&req);
+            counted
         })
     }
 
