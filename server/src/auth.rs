@@ -139,6 +139,9 @@ pub struct Identity {
     /// What the connection may do (shared: anonymous connections all hold the same, and so
     /// do tokens without grant claims).
     pub grants: Arc<Grants>,
+    /// Made by an embedding app's authenticator ([`Identity::user`]): such a connection
+    /// takes no token in `hello` (a token's grants must not replace the app's).
+    pub(crate) from_app: bool,
 }
 
 impl Identity {
@@ -151,6 +154,7 @@ impl Identity {
             name: None,
             expires_at: None,
             grants: Arc::new(Grants::all()),
+            from_app: true,
         }
     }
 
@@ -346,6 +350,7 @@ impl Auth {
             name: None,
             expires_at: None,
             grants: self.anonymous.clone(),
+            from_app: false,
         })
     }
 
@@ -401,6 +406,7 @@ impl Auth {
             name: claims.name,
             expires_at: Some(claims.exp.saturating_add(self.leeway)),
             grants,
+            from_app: false,
         })
     }
 

@@ -36,16 +36,20 @@
 //! ```
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::request::Parts;
 use axum::routing::{get, post};
-use futures::future::BoxFuture;
 use serde::Serialize;
 use switchboard_protocol::{Channel, ClientId, Member, Payload, Sender, StreamPosition};
 
-use crate::auth::Identity;
+/// What the traits below take and return, so an app implements them without naming
+/// axum's or futures' paths.
+pub use axum::http::request::Parts;
+pub use futures::future::BoxFuture;
+
+pub use crate::auth::{Grants, Identity};
 use crate::broker::{BrokerError, Publication, Published};
 use crate::methods::Methods;
 use crate::{AppState, Config, WS_PATH};
@@ -56,9 +60,11 @@ use crate::{AppState, Config, WS_PATH};
 pub struct Refusal(pub String);
 
 /// Decides who an upgrade request is, from its parts (cookies, headers, the query).
-/// `Ok(Some(identity))` admits it as that identity (with its grants); `Ok(None)` leaves the
-/// decision to the built-in token check (a JWT in `?token=` or `hello`, or anonymous
-/// access, as configured); `Err` refuses it.
+/// `Ok(Some(identity))` admits it as that identity (with its grants; such a connection
+/// takes no token in `hello` later); `Ok(None)` leaves the decision to the built-in token
+/// check (a JWT in `?token=` or `hello`, or anonymous access, as configured), except on a
+/// server that checks no tokens, where it refuses (the built-in development default,
+/// anonymous with every grant, is never an embedding app's fallback); `Err` refuses it.
 ///
 /// It runs for every upgrade request, before the connection caps are counted (their
 /// per-address slot depends on its answer): keep it to a lookup, and put a rate limit in
@@ -82,9 +88,13 @@ pub struct Caller {
 
 /// Per-channel decisions asked of your code after the connection's grants allowed the
 /// action (so a grant can never be widened here, only narrowed). A refusal is answered
-/// `forbidden`. `may_subscribe` is asked at every `subscribe`; `may_publish` once per
-/// connection and channel (the answer is kept for the connection's life, for its most
-/// recent [`PUBLISH_DECISIONS`] channels), so publishing does not wait on your database.
+/// `forbidden`; no answer within [`PERMISSION_TIMEOUT`], `unavailable`. `may_subscribe`
+/// is asked at every `subscribe` and by the built-in `history`, `presence` and `channels`
+/// methods; `may_publish` until it allows a channel, and then that yes is kept for the
+/// connection's life (for up to [`PUBLISH_DECISIONS`] channels, the oldest forgotten
+/// first), so publishing does not wait on your database. Revoking a member's right takes
+/// effect on their next connection; close their current ones yourself if it must be
+/// sooner.
 pub trait Permissions: Send + Sync + 'static {
     /// May `caller` subscribe to (or join) `channel`?
     fn may_subscribe<'a>(
@@ -103,8 +113,12 @@ pub trait Permissions: Send + Sync + 'static {
     }
 }
 
-/// Publish decisions one connection keeps (then the oldest is asked again).
+/// Channels one connection keeps a publish permission for (then the oldest is asked again).
 pub const PUBLISH_DECISIONS: usize = 32;
+
+/// How long a connection waits for a [`Permissions`] answer before it answers the client
+/// `unavailable` (its frames wait meanwhile).
+pub const PERMISSION_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A stored or ephemeral message that was published (by a client or by your code).
 #[derive(Debug)]
@@ -257,7 +271,10 @@ impl Switchboard {
     /// `/ws`, and `/metrics` and `/api/publish` if the builder asked for them. Serve with
     /// `into_make_service_with_connect_info::<SocketAddr>()` so that the per-address caps
     /// see each client's address (without it every client counts as one address).
-    pub fn router(&self) -> Router {
+    ///
+    /// Generic over the state of the router you nest it in, so `Router::new().route(..)
+    /// .nest("/realtime", sb.router()).with_state(app_state)` compiles as written.
+    pub fn router<S: Clone + Send + Sync + 'static>(&self) -> Router<S> {
         let mut router = Router::new().route(WS_PATH, get(crate::ws_upgrade));
         if self.metrics_route {
             router = router.route("/metrics", get(crate::metrics));

@@ -713,7 +713,14 @@ impl Hub {
         let frame = Encoded::new(&ServerFrame::Direct { from, data });
         let here = self.inner.direct_user(user_id, &frame);
         let elsewhere = match self.inner.broker.node_id() {
-            Some(_) => self.inner.broker.direct_user(user_id, frame).await?,
+            Some(_) => match self.inner.broker.direct_user(user_id, frame).await {
+                Ok(n) => n,
+                // Delivered here already: a retry would repeat it, so count what was.
+                Err(e) => {
+                    tracing::warn!(user = user_id, "send to the other nodes failed: {e}");
+                    0
+                }
+            },
             None => 0,
         };
         Ok(here + elsewhere)

@@ -271,6 +271,11 @@ pub(crate) async fn ws_upgrade(
     let auth = match (app_decision, &query.token) {
         (Ok(Some(identity)), _) => Ok(identity),
         (Err(refusal), _) => Err(AuthError::Refused(refusal.0)),
+        // An app that authenticates, on a server that checks no tokens: its `None` must not
+        // fall through to the development default (anonymous with every grant).
+        (Ok(None), _) if state.auth.app.is_some() && !state.auth.enabled() => {
+            Err(AuthError::Refused("not signed in".into()))
+        }
         (Ok(None), Some(token)) => state.auth.verify(token),
         (Ok(None), None) => state.auth.anonymous(),
     };

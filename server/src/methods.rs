@@ -231,11 +231,12 @@ impl Methods {
                     .all_channels()
                     .await
                     .map_err(|e| MethodError::Unavailable(e.to_string()))?;
-                let list: Vec<Value> = all
-                    .into_iter()
-                    .filter(|(c, _)| ctx.grants.may_subscribe(c.as_str()))
-                    .map(|(c, n)| json!({ "channel": c, "subscribers": n }))
-                    .collect();
+                let mut list = Vec::new();
+                for (c, n) in all {
+                    if ctx.may_subscribe(c.as_str()).await {
+                        list.push(json!({ "channel": c, "subscribers": n }));
+                    }
+                }
                 Ok(Value::Array(list))
             })
             .method("presence", |ctx, params: Value| async move {

@@ -11,12 +11,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::request::Parts;
-use futures::future::BoxFuture;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use switchboard_server::auth::{Grants, Identity};
-use switchboard_server::embed::{Authenticator, Caller, Hooks, PublishedMessage, Refusal};
+use switchboard_server::embed::Parts;
+use switchboard_server::embed::{
+    Authenticator, BoxFuture, Caller, Hooks, PublishedMessage, Refusal,
+};
 use switchboard_server::protocol::Channel;
 use switchboard_server::{Config, Switchboard};
 use tokio_tungstenite::tungstenite::Message;
@@ -203,6 +204,25 @@ async fn an_embedded_switchboard_answers_to_the_apps_code() {
     );
     let mut ada2 = connect(port, Some("ada"), None).await;
     next_of(&mut ada2, "welcome").await.unwrap();
+    // A connection the app admitted takes no token later: a token's grants must not
+    // replace the app's.
+    send(
+        &mut ada2,
+        json!({"type": "hello", "token": common::token(SECRET, "ada")}),
+    )
+    .await;
+    let refused_hello = next_of(&mut ada2, "error").await.unwrap();
+    assert_eq!(refused_hello["code"], "unauthorized");
+    send(
+        &mut ada2,
+        json!({"type": "subscribe", "id": "n", "channel": "news"}),
+    )
+    .await;
+    assert_eq!(
+        next_of(&mut ada2, "error").await.unwrap()["code"],
+        "forbidden",
+        "still the app's grants"
+    );
     // The app's grants bound what its users may do.
     send(
         &mut ada,
@@ -349,4 +369,63 @@ async fn send_to_user_reaches_every_node() {
         assert_eq!(direct["data"], json!({"n": 1}));
     }
     assert_eq!(b.send_to_user("nobody", &1).await.unwrap(), 0);
+}
+
+/// Refuses `room:slow` by never answering, allows the rest.
+struct Slow;
+
+impl switchboard_server::embed::Permissions for Slow {
+    fn may_subscribe<'a>(&'a self, _: &'a Caller, channel: &'a Channel) -> BoxFuture<'a, bool> {
+        let slow = channel.as_str() == "room:slow";
+        Box::pin(async move {
+            if slow {
+                std::future::pending::<()>().await;
+            }
+            true
+        })
+    }
+}
+
+/// Without token keys, an authenticator's `None` is a refusal (never the development
+/// default of anonymous access with every grant); a permission check that does not answer
+/// is `unavailable` after the timeout, and the connection goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_silent_fallbacks() {
+    let sb = Switchboard::builder(Config::from_args(["--history", "memory"]).unwrap())
+        .authenticator(HeaderAuth)
+        .permissions(Slow)
+        .build()
+        .unwrap();
+    let port = serve(&sb).await;
+    let mut nobody = connect(port, None, None).await;
+    let error = next_of(&mut nobody, "error").await.unwrap();
+    assert_eq!(
+        (error["code"].as_str(), error["message"].as_str()),
+        (Some("unauthorized"), Some("not signed in"))
+    );
+    assert_eq!(next_of(&mut nobody, "welcome").await, Err(4001));
+
+    let mut ada = connect(port, Some("ada"), None).await;
+    next_of(&mut ada, "welcome").await.unwrap();
+    let asked = std::time::Instant::now();
+    send(
+        &mut ada,
+        json!({"type": "subscribe", "id": "s", "channel": "room:slow"}),
+    )
+    .await;
+    let error = next_of(&mut ada, "error").await.unwrap();
+    assert_eq!(
+        (error["code"].as_str(), error["id"].as_str()),
+        (Some("unavailable"), Some("s"))
+    );
+    assert!(asked.elapsed() >= switchboard_server::embed::PERMISSION_TIMEOUT);
+    send(
+        &mut ada,
+        json!({"type": "subscribe", "id": "t", "channel": "room:fast"}),
+    )
+    .await;
+    assert_eq!(
+        next_of(&mut ada, "subscribed").await.unwrap()["channel"],
+        "room:fast"
+    );
 }

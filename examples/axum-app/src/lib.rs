@@ -11,7 +11,8 @@
 //!   kept in the app's database;
 //! - `whoami`, a request method that reads the app's state.
 //!
-//! REST: `POST /login` `{"user"}` sets the cookie; `POST /rooms/{room}/messages` `{"text"}`
+//! REST, every endpoint but login for signed-in users, the room ones for its members:
+//! `POST /login` `{"user"}` sets the cookie; `POST /rooms/{room}/messages` `{"text"}`
 //! publishes as the server; `GET /rooms/{room}/lines` reads the app's database;
 //! `GET /rooms/{room}/members` reads the room's presence; `POST /users/{user}/notify` sends
 //! a `direct` to every connection of a user. `tests/app.rs` drives all of it with a real
@@ -23,16 +24,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header, request::Parts};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use switchboard_server::auth::{Grants, Identity};
 use switchboard_server::embed::{
-    Authenticator, Caller, Hooks, Permissions, PublishedMessage, Refusal,
+    Authenticator, BoxFuture, Caller, Grants, Hooks, Identity, Parts, Permissions,
+    PublishedMessage, Refusal,
 };
 use switchboard_server::methods::{MethodError, Methods};
 use switchboard_server::protocol::Channel;
@@ -267,12 +267,34 @@ async fn post_message(
     }
 }
 
-async fn lines(State(s): State<AppState>, Path(room): Path<String>) -> Json<Vec<Line>> {
-    let lines = s.app.lines.lock().unwrap();
-    Json(lines.iter().filter(|l| l.room == room).cloned().collect())
+/// The signed-in user of a request, if they may enter `room`.
+fn member(s: &AppState, headers: &HeaderMap, room: &str) -> Option<String> {
+    let user = s.app.user_of(headers)?;
+    let channel = Channel::from(format!("room:{room}").as_str());
+    s.app.may_enter(Some(&user), &channel).then_some(user)
 }
 
-async fn members_of(State(s): State<AppState>, Path(room): Path<String>) -> Response {
+async fn lines(
+    State(s): State<AppState>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if member(&s, &headers, &room).is_none() {
+        return StatusCode::FORBIDDEN.into_response();
+    }
+    let lines = s.app.lines.lock().unwrap();
+    let lines: Vec<Line> = lines.iter().filter(|l| l.room == room).cloned().collect();
+    Json(lines).into_response()
+}
+
+async fn members_of(
+    State(s): State<AppState>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if member(&s, &headers, &room).is_none() {
+        return StatusCode::FORBIDDEN.into_response();
+    }
     match s.sb.presence(&format!("room:{room}")).await {
         Ok(members) => {
             let users: Vec<String> = members.into_iter().map(|m| m.user_id).collect();
@@ -282,11 +304,20 @@ async fn members_of(State(s): State<AppState>, Path(room): Path<String>) -> Resp
     }
 }
 
+/// A signed-in user pokes another: `{"from": <sender>, "data": …}` to all of their
+/// connections.
 async fn notify(
     State(s): State<AppState>,
     Path(user): Path<String>,
+    headers: HeaderMap,
     Json(data): Json<Value>,
-) -> Json<Value> {
-    let sent = s.sb.send_to_user(&user, &data).await.unwrap_or(0);
-    Json(json!({ "connections": sent }))
+) -> Response {
+    let Some(from) = s.app.user_of(&headers) else {
+        return StatusCode::FORBIDDEN.into_response();
+    };
+    let sent =
+        s.sb.send_to_user(&user, &json!({ "from": from, "data": data }))
+            .await
+            .unwrap_or(0);
+    Json(json!({ "connections": sent })).into_response()
 }

@@ -190,6 +190,14 @@ async fn the_app_authenticates_permits_publishes_and_hears_through_its_own_code(
         next_of(&mut ada, "subscribed").await.unwrap()["channel"],
         "room:vip"
     );
+    // The channel list shows each caller only the rooms it may enter.
+    let list = |ws: &'static str| json!({"type": "request", "id": ws, "method": "channels"});
+    send(&mut bob, list("c1")).await;
+    let seen = next_of(&mut bob, "response").await.unwrap()["result"].clone();
+    assert_eq!(seen, json!([{"channel": "room:lobby", "subscribers": 1}]));
+    send(&mut ada, list("c2")).await;
+    let seen = next_of(&mut ada, "response").await.unwrap()["result"].clone();
+    assert_eq!(seen.as_array().unwrap().len(), 2, "{seen}");
 
     // The app's REST endpoint publishes as the server: numbered, delivered, stored.
     let (status, _, body) = http(
@@ -226,7 +234,9 @@ async fn the_app_authenticates_permits_publishes_and_hears_through_its_own_code(
     .await;
     let ack = next_of(&mut ada, "ack").await.unwrap();
     assert_eq!(ack["offset"].as_u64(), Some(offset + 1));
-    let (_, _, body) = http(port, "GET", "/rooms/lobby/lines", None, None).await;
+    let (status, _, _) = http(port, "GET", "/rooms/vip/lines", Some(&bob_cookie), None).await;
+    assert_eq!(status, 403, "a room's lines are its members'");
+    let (_, _, body) = http(port, "GET", "/rooms/lobby/lines", Some(&bob_cookie), None).await;
     let lines: Vec<Value> = serde_json::from_str(&body).unwrap();
     let stored: Vec<_> = lines
         .iter()
@@ -241,7 +251,9 @@ async fn the_app_authenticates_permits_publishes_and_hears_through_its_own_code(
     );
 
     // Presence and a user's connections, from the app's handlers.
-    let (_, _, body) = http(port, "GET", "/rooms/lobby/members", None, None).await;
+    let (status, _, _) = http(port, "GET", "/rooms/lobby/members", None, None).await;
+    assert_eq!(status, 403, "signed-in users only");
+    let (_, _, body) = http(port, "GET", "/rooms/lobby/members", Some(&bob_cookie), None).await;
     assert_eq!(
         serde_json::from_str::<Value>(&body).unwrap(),
         json!(["ada"])
@@ -250,7 +262,7 @@ async fn the_app_authenticates_permits_publishes_and_hears_through_its_own_code(
         port,
         "POST",
         "/users/ada/notify",
-        None,
+        Some(&bob_cookie),
         Some(json!({"note": "ping"})),
     )
     .await;
@@ -261,7 +273,10 @@ async fn the_app_authenticates_permits_publishes_and_hears_through_its_own_code(
     let direct = next_of(&mut ada, "direct").await.unwrap();
     assert_eq!(
         (direct["from"]["client_id"].as_str(), &direct["data"]),
-        (Some("server"), &json!({"note": "ping"}))
+        (
+            Some("server"),
+            &json!({"from": "bob", "data": {"note": "ping"}})
+        )
     );
 
     // A method with the app's state; the hooks counted the connections.

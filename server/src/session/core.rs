@@ -33,7 +33,7 @@ use crate::admission::Admission;
 use crate::auth::{AuthError, Grants, Identity};
 use crate::broker::{BrokerError, Publication, Published};
 use crate::clock::now_ms;
-use crate::embed::PUBLISH_DECISIONS;
+use crate::embed::{PERMISSION_TIMEOUT, PUBLISH_DECISIONS};
 use crate::frame::Encoded;
 use crate::hub::{ClientHandle, DirectError, Recovery, SubscribeOutcome};
 use crate::methods::{MethodError, RequestCtx};
@@ -166,27 +166,60 @@ impl Core {
     }
 
     /// The embedding app's answer (after the grants allowed it): may this connection
-    /// subscribe to `channel` (asked every time), or publish on it (asked once per
-    /// channel, the answer kept)?
-    async fn app_permits(&mut self, publish: bool, channel: &Channel) -> bool {
+    /// subscribe to `channel` (asked every time), or publish on it (asked until it says
+    /// yes, then kept)? `Err` when the app did not answer within [`PERMISSION_TIMEOUT`].
+    async fn app_permits(&mut self, publish: bool, channel: &Channel) -> Result<bool, ()> {
         let Some(permissions) = self.state.auth.permissions.clone() else {
-            return true;
+            return Ok(true);
         };
         let caller = self.client.caller();
         if !publish {
-            return permissions.may_subscribe(&caller, channel).await;
+            let asked = permissions.may_subscribe(&caller, channel);
+            return tokio::time::timeout(PERMISSION_TIMEOUT, asked)
+                .await
+                .map_err(drop);
         }
-        let decisions = self.publish_decisions.get_or_insert_default();
-        if let Some((_, allowed)) = decisions.iter().find(|(c, _)| c == channel) {
-            return *allowed;
+        if self
+            .publish_decisions
+            .as_ref()
+            .is_some_and(|d| d.iter().any(|(c, _)| c == channel))
+        {
+            return Ok(true);
         }
-        let allowed = permissions.may_publish(&caller, channel).await;
-        let decisions = self.publish_decisions.get_or_insert_default();
-        if decisions.len() >= PUBLISH_DECISIONS {
-            decisions.pop_front();
+        let asked = permissions.may_publish(&caller, channel);
+        let allowed = tokio::time::timeout(PERMISSION_TIMEOUT, asked)
+            .await
+            .map_err(drop)?;
+        if allowed {
+            // Only a yes is kept: a refusal is asked again next time.
+            let decisions = self.publish_decisions.get_or_insert_default();
+            if decisions.len() >= PUBLISH_DECISIONS {
+                decisions.pop_front();
+            }
+            decisions.push_back((channel.clone(), true));
         }
-        decisions.push_back((channel.clone(), allowed));
-        allowed
+        Ok(allowed)
+    }
+
+    /// Answers `error` for a frame the app's permissions refused or did not answer in time;
+    /// true when it did.
+    fn refused(&mut self, id: &Option<RequestId>, permitted: Result<bool, ()>, what: &str) -> bool {
+        match permitted {
+            Ok(true) => false,
+            Ok(false) => {
+                self.error(
+                    id.clone(),
+                    ErrorCode::Forbidden,
+                    &format!("no permission to {what}"),
+                );
+                true
+            }
+            Err(()) => {
+                let msg = format!("the application did not answer whether you may {what}");
+                self.error(id.clone(), ErrorCode::Unavailable, &msg);
+                true
+            }
+        }
     }
 
     /// The connection's handle.
@@ -363,9 +396,12 @@ impl Core {
                 ephemeral,
                 skip_self,
             } => {
-                if !self.grants().may_publish(channel.as_str())
-                    || !self.app_permits(true, &channel).await
-                {
+                if self.grants().may_publish(channel.as_str()) {
+                    let permitted = self.app_permits(true, &channel).await;
+                    if self.refused(&id, permitted, &format!("publish on {channel}")) {
+                        return Ok(());
+                    }
+                } else {
                     let msg = format!("no permission to publish on {channel}");
                     self.error(id, ErrorCode::Forbidden, &msg);
                     return Ok(());
@@ -512,11 +548,13 @@ impl Core {
         presence: Option<Payload>,
         recovery: Recovery,
     ) {
-        if !self.grants().may_subscribe(channel.as_str())
-            || !self.app_permits(false, &channel).await
-        {
+        if !self.grants().may_subscribe(channel.as_str()) {
             let msg = format!("no permission to subscribe to {channel}");
             self.error(id.clone(), ErrorCode::Forbidden, &msg);
+            return;
+        }
+        let permitted = self.app_permits(false, &channel).await;
+        if self.refused(&id, permitted, &format!("subscribe to {channel}")) {
             return;
         }
         let presence = presence.map(|info| self.stamp_name(info));
@@ -610,6 +648,11 @@ impl Core {
 
     /// `hello` with a token: authenticate, or refresh the token of the same user.
     fn on_token(&mut self, token: &str, now: Instant) {
+        if self.identity.as_ref().is_some_and(|i| i.from_app) {
+            let msg = "this connection was admitted by the application: it takes no token";
+            self.error(None, ErrorCode::Unauthorized, msg);
+            return;
+        }
         let new = match self.state.auth.verify(token) {
             Ok(identity) => identity,
             Err(e) => {
@@ -629,6 +672,10 @@ impl Core {
             return;
         }
         if current.is_none() {
+            // A new user on this connection: the app hears the anonymous one go and the
+            // user arrive, and no decision made for the anonymous one carries over.
+            self.farewell();
+            self.publish_decisions = None;
             self.client = self.state.hub.identify(&self.client, new.user_id.clone());
         }
         self.deadline = expiry_deadline(&new, now);
