@@ -232,6 +232,9 @@ async fn the_members_of_a_node_that_died_leave_within_the_lease() {
         if !got.is_empty() || started.elapsed() > ttl * 3 {
             break got;
         }
+        // Reads meanwhile (as clients' presence requests would) must not swallow the
+        // expired lease before the sweep announces it.
+        let _ = a.presence(&ch).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let left = started.elapsed();
@@ -282,4 +285,64 @@ async fn a_fill_interrupted_by_a_lost_connection_reads_again() {
     drop(pause);
     // No later message: 4 arrives only if the fill reads again.
     assert_eq!(offsets(&rb.take(3).await), [2, 3, 4]);
+}
+
+/// A channel whose meta expired (or whose Redis lost it) starts a new epoch at its next
+/// publish: the subscribed node delivers the new epoch's messages, from its first.
+#[tokio::test]
+async fn a_new_epoch_is_delivered_from_its_first_message() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b, rb) = live_pair(&redis, "epoch").await;
+    let before = b.history().position(&Channel::from("epoch")).await.unwrap();
+    redis.transaction(&[vec![
+        "DEL".into(),
+        "epoch:{epoch}:m".into(),
+        "epoch:{epoch}:s".into(),
+    ]]);
+    a.publish(publication("epoch", 2)).await.unwrap();
+    a.publish(publication("epoch", 3)).await.unwrap();
+    let got = rb.take(2).await;
+    let positions: Vec<_> = got.iter().map(|g| g.position.clone().unwrap()).collect();
+    assert_eq!(
+        positions.iter().map(|p| p.offset).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    assert!(
+        positions.iter().all(|p| p.epoch != before.epoch),
+        "{positions:?}"
+    );
+}
+
+/// User ids may hold any character (a token's `sub`, an app's user): presence keeps
+/// them apart from the info, and a `direct` to an id no node made names nobody.
+#[tokio::test]
+async fn any_user_id_and_no_forged_direct_framing() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, _) = node(&redis, "odd", Duration::from_secs(30));
+    let ch = Channel::from("room:odd");
+    let odd = "x:1\ny z";
+    let joined = a
+        .presence_join(&ch, odd, "c1", json!({"k": ":\n"}).into(), 10)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(joined.announce);
+    let members = a.presence(&ch).await.unwrap();
+    assert_eq!(members.len(), 1);
+    assert_eq!(members[0].user_id, odd);
+    assert_eq!(members[0].info.to_value(), json!({"k": ":\n"}));
+    let left = a.presence_leave(&ch, odd, "c1").await.unwrap().unwrap();
+    assert!(left.announce);
+    assert!(a.presence(&ch).await.unwrap().is_empty());
+    let frame = switchboard_server::frame::Encoded::new(&ServerFrame::Pong { id: None, ts: None });
+    for to in ["node.x\n{\"type\":\"pong\"}", "node.a b", "nodot"] {
+        let got = a
+            .direct(&switchboard_protocol::ClientId(to.into()), frame.clone())
+            .await;
+        assert_eq!(
+            got,
+            Err(switchboard_server::broker::DirectError::Gone),
+            "{to:?}"
+        );
+    }
 }

@@ -21,8 +21,10 @@
 //!
 //! Pub/sub is at most once: a node that loses its Redis connection misses what was
 //! published meanwhile. The connection is a `redis` 1.x [`ConnectionManager`] (it
-//! reconnects and resubscribes by itself); its pushes arrive in [`Shared::on_push`], on
-//! the connection's own task, without a queue. Every channel this node subscribes to
+//! reconnects and resubscribes by itself, before any other command runs on the new
+//! connection); its pushes reach [`Shared::on_push`] through the manager's task (redis-rs
+//! forwards them over an unbounded channel; the handler never waits, so it drains at the
+//! speed of fan-out). Every channel this node subscribes to
 //! tracks the last offset it forwarded. A delivery past a gap, or a lost connection, puts
 //! the channel in *filling*: live stored deliveries are held back (only their highest
 //! offset is remembered) while a task reads the missing messages from the stream and
@@ -224,6 +226,19 @@ impl RedisBroker {
     }
 }
 
+/// Forgets a request waiting for other nodes' answers however its future ends (answered,
+/// timed out, or dropped by a caller that went away).
+struct Waiting<'a, T> {
+    map: &'a Mutex<HashMap<u64, T>>,
+    req: u64,
+}
+
+impl<T> Drop for Waiting<'_, T> {
+    fn drop(&mut self) {
+        lock(self.map).remove(&self.req);
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -380,7 +395,9 @@ for i, m in ipairs(msgs) do
   local f = m[2]
   if i == 1 and tonumber(f[2]) < tonumber(ARGV[4]) then out[3] = 'trimmed' return out end
   bytes = bytes + #f[4]
-  if bytes > tonumber(ARGV[5]) then break end
+  -- The first one always: a fill must make progress whatever the message's size (a
+  -- recovery's own byte limit is applied after the read).
+  if bytes > tonumber(ARGV[5]) and i > 1 then break end
   out[#out + 1] = tonumber(string.sub(m[1], 3))
   out[#out + 1] = f[4]
   out[#out + 1] = f[6] or ''
@@ -422,39 +439,53 @@ local function prune(now)
   if #dead > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now) end
   return gone
 end
-local function split(v)
-  local i = string.find(v, '\n', 1, true)
-  return string.sub(v, 1, i - 1), string.sub(v, i + 1)
+local function entry(user, info)
+  return #user .. ':' .. user .. info
 end
-local function users()
+local function split(v)
+  local i = string.find(v, ':', 1, true)
+  local len = tonumber(string.sub(v, 1, i - 1))
+  return string.sub(v, i + 1, i + len), string.sub(v, i + len + 1)
+end
+local function users(now)
+  local alive = {}
+  for _, c in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. now, '+inf')) do
+    alive[c] = true
+  end
   local all = redis.call('HGETALL', KEYS[1])
   local by, n = {}, 0
   for i = 1, #all, 2 do
-    local u, info = split(all[i + 1])
-    if not by[u] then by[u] = {0, info}; n = n + 1 end
-    by[u][1] = by[u][1] + 1
+    if alive[all[i]] then
+      local u, info = split(all[i + 1])
+      if not by[u] then by[u] = {0, info}; n = n + 1 end
+      by[u][1] = by[u][1] + 1
+    end
   end
   return by, n
 end
 ";
 
 /// KEYS: presence hash, leases. ARGV: user, conn, info, max members, now, expiry, ttl
-/// ms. Returns nil when full, else {announce, connections, count}.
+/// ms. Returns nil when full, else {announce, connections, count}. Expired leases are not
+/// counted, and left for the sweep to remove and announce.
 const JOIN: &str = r"
-prune(ARGV[5])
-local by, n = users()
+local by, n = users(ARGV[5])
 local mine = by[ARGV[1]]
 if not mine and n >= tonumber(ARGV[4]) then return false end
 local all = redis.call('HGETALL', KEYS[1])
 for i = 1, #all, 2 do
   local u = split(all[i + 1])
-  if u == ARGV[1] then redis.call('HSET', KEYS[1], all[i], u .. '\n' .. ARGV[3]) end
+  if u == ARGV[1] and all[i] ~= ARGV[2] then
+    redis.call('HSET', KEYS[1], all[i], entry(u, ARGV[3]))
+  end
 end
-local fresh = redis.call('HSET', KEYS[1], ARGV[2], ARGV[1] .. '\n' .. ARGV[3])
+local before = redis.call('ZSCORE', KEYS[2], ARGV[2])
+local counted = before and tonumber(before) > tonumber(ARGV[5])
+redis.call('HSET', KEYS[1], ARGV[2], entry(ARGV[1], ARGV[3]))
 redis.call('ZADD', KEYS[2], ARGV[6], ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[7])
 redis.call('PEXPIRE', KEYS[2], ARGV[7])
-local conns = (mine and mine[1] or 0) + fresh
+local conns = (mine and mine[1] or 0) + (counted and 0 or 1)
 if not mine then n = n + 1 end
 return {mine and 0 or 1, conns, n}
 ";
@@ -462,23 +493,24 @@ return {mine and 0 or 1, conns, n}
 /// KEYS: presence hash, leases. ARGV: user, conn, now. Returns nil when not present, else
 /// {announce, connections, count, info}.
 const LEAVE: &str = r"
-prune(ARGV[3])
 local v = redis.call('HGET', KEYS[1], ARGV[2])
 if not v then return false end
 local u, info = split(v)
 if u ~= ARGV[1] then return false end
 redis.call('HDEL', KEYS[1], ARGV[2])
 redis.call('ZREM', KEYS[2], ARGV[2])
-local by, n = users()
+local by, n = users(ARGV[3])
 local mine = by[ARGV[1]]
 return {mine and 0 or 1, mine and mine[1] or 0, n, info}
 ";
 
-/// KEYS: presence hash, leases. ARGV: now. Returns {user, connections, info…} and, as
-/// its first element, the users whose last connection expired: {n, user, info…}.
+/// KEYS: presence hash, leases. ARGV: now, '1' to sweep (drop expired leases). Returns
+/// {n, user, info…} first: the users whose last lease the sweep dropped; then {user,
+/// connections, info…} for the live members.
 const MEMBERS: &str = r"
-local gone = prune(ARGV[1])
-local by, n = users()
+local gone = {}
+if ARGV[2] == '1' then gone = prune(ARGV[1]) end
+local by, n = users(ARGV[1])
 local out = {0}
 for _, v in ipairs(gone) do
   local u, info = split(v)
@@ -781,6 +813,21 @@ impl Shared {
                     Some(_) => {}
                 }
             }
+            Err(Unrecoverable::Epoch)
+                if live
+                    .last
+                    .as_ref()
+                    .is_some_and(|l| l.epoch != read.position.epoch) =>
+            {
+                // The stream has a new epoch (its meta expired, or Redis lost its data):
+                // what it has is read from its start, delivered as the new epoch's.
+                self.stats.unfillable.fetch_add(1, Ordering::Relaxed);
+                live.last = Some(StreamPosition {
+                    offset: 0,
+                    epoch: read.position.epoch,
+                });
+                return Step::Again;
+            }
             Err(_) => {
                 // Gone from the stream: the clients see the gap in the offsets.
                 self.stats.unfillable.fetch_add(1, Ordering::Relaxed);
@@ -1047,20 +1094,25 @@ impl Shared {
             for (conn, (user, info)) in conns {
                 // Only if it was dropped meanwhile (a pause longer than the lease): a newer
                 // join of the same user on another node may have replaced the info.
-                pipe.hset_nx(&h, conn, format!("{user}\n{}", info.get()))
+                pipe.hset_nx(&h, conn, format!("{}:{user}{}", user.len(), info.get()))
                     .ignore();
                 pipe.zadd(&x, conn, now + ttl).ignore();
             }
             pipe.pexpire(&h, ttl as i64).ignore();
             pipe.pexpire(&x, ttl as i64).ignore();
         }
+        // A channel this node serves keeps its epoch however long nobody publishes.
+        let served: Vec<Channel> = lock(&self.channels).keys().cloned().collect();
+        for ch in &served {
+            pipe.pexpire(self.key(ch, "m"), self.meta_ttl_ms() as i64)
+                .ignore();
+        }
         let nodes = format!("{}:nodes", self.opts.prefix);
         pipe.zadd(&nodes, &self.node, now + ttl).ignore();
         let () = pipe.query_async(&mut self.conn.clone()).await?;
         // Sweep the channels this node serves: whoever expired is announced as left.
-        let served: Vec<Channel> = lock(&self.channels).keys().cloned().collect();
         for ch in served {
-            let (gone, members) = self.members(&ch).await?;
+            let (gone, members) = self.members(&ch, true).await?;
             let count = members.len() as u32;
             for member in gone {
                 self.stats.ghosts.fetch_add(1, Ordering::Relaxed);
@@ -1095,12 +1147,14 @@ impl Shared {
     async fn members(
         &self,
         channel: &Channel,
+        sweep: bool,
     ) -> Result<(Vec<Member>, Vec<Member>), redis::RedisError> {
         let reply: Value = SCRIPTS
             .members
             .key(self.key(channel, "p"))
             .key(self.key(channel, "x"))
             .arg(now_ms())
+            .arg(if sweep { "1" } else { "0" })
             .invoke_async(&mut self.conn.clone())
             .await?;
         let reply = array(reply);
@@ -1292,10 +1346,9 @@ impl Broker for RedisBroker {
                 Ok(()) => s.position(channel).await.map_err(BrokerError::from),
                 Err(e) => Err(e),
             };
-            let mut channels = lock(&s.channels);
             match position {
                 Ok(position) => {
-                    if let Some(live) = channels.get_mut(channel)
+                    if let Some(live) = lock(&s.channels).get_mut(channel)
                         && live.last.as_ref().is_none_or(|l| l.epoch != position.epoch)
                     {
                         live.last = Some(position);
@@ -1303,7 +1356,9 @@ impl Broker for RedisBroker {
                     Ok(())
                 }
                 Err(e) => {
-                    channels.remove(channel);
+                    lock(&s.channels).remove(channel);
+                    // Subscribed but not positioned: do not keep receiving it.
+                    let _ = conn.unsubscribe(s.pubsub(channel)).await;
                     Err(e)
                 }
             }
@@ -1480,7 +1535,11 @@ impl Broker for RedisBroker {
     ) -> BoxFuture<'a, Result<Vec<Member>, BrokerError>> {
         Box::pin(async move {
             self.shared.check_up()?;
-            let (_, members) = self.shared.members(channel).await.map_err(broker_err)?;
+            let (_, members) = self
+                .shared
+                .members(channel, false)
+                .await
+                .map_err(broker_err)?;
             Ok(members)
         })
     }
@@ -1496,7 +1555,12 @@ impl Broker for RedisBroker {
     ) -> BoxFuture<'a, Result<(), DirectError>> {
         Box::pin(async move {
             let s = &self.shared;
-            let Some((node, _)) = to.0.split_once('.') else {
+            // Ids are made by nodes from URL-safe characters; anything else names nobody
+            // (and must not reach the framing below).
+            let well_formed =
+                to.0.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            let Some((node, _)) = to.0.split_once('.').filter(|_| well_formed) else {
                 return Err(DirectError::Gone);
             };
             if node == s.node {
@@ -1511,6 +1575,10 @@ impl Broker for RedisBroker {
             let req = s.next_direct.fetch_add(1, Ordering::Relaxed);
             let (tx, rx) = oneshot::channel();
             lock(&s.directs).insert(req, tx);
+            let _waiting = Waiting {
+                map: &s.directs,
+                req,
+            };
             let mut payload = format!("d{req} {} {}\n", s.node, to.0).into_bytes();
             payload.extend_from_slice(frame.bytes());
             let sent = redis::cmd("PUBLISH")
@@ -1518,7 +1586,7 @@ impl Broker for RedisBroker {
                 .arg(payload)
                 .query_async::<u64>(&mut s.conn.clone())
                 .await;
-            let answer = match sent {
+            match sent {
                 Ok(0) => Err(DirectError::Gone), // no such node (any more)
                 Ok(_) => match tokio::time::timeout(s.opts.direct_timeout, rx).await {
                     Ok(Ok(answer)) => answer,
@@ -1527,9 +1595,7 @@ impl Broker for RedisBroker {
                     ))),
                 },
                 Err(e) => Err(DirectError::Unavailable(format!("redis: {e}"))),
-            };
-            lock(&s.directs).remove(&req);
-            answer
+            }
         })
     }
 
@@ -1545,6 +1611,10 @@ impl Broker for RedisBroker {
             // Room for every node's answer (more than 256 nodes would be undercounted).
             let (tx, mut rx) = tokio::sync::mpsc::channel(256);
             lock(&s.user_sends).insert(req, tx);
+            let _waiting = Waiting {
+                map: &s.user_sends,
+                req,
+            };
             let mut payload = format!("u{req} {} {}\n{user}", s.node, user.len()).into_bytes();
             payload.extend_from_slice(frame.bytes());
             let sent = redis::cmd("PUBLISH")
@@ -1552,7 +1622,7 @@ impl Broker for RedisBroker {
                 .arg(payload)
                 .query_async::<usize>(&mut s.conn.clone())
                 .await;
-            let counted = match sent {
+            match sent {
                 // Every node listening, this one included, which does not answer.
                 Ok(listeners) => {
                     let mut total = 0;
@@ -1566,9 +1636,7 @@ impl Broker for RedisBroker {
                     Ok(total)
                 }
                 Err(e) => Err(broker_err(e)),
-            };
-            lock(&s.user_sends).remove(&req);
-            counted
+            }
         })
     }
 
