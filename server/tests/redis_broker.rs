@@ -346,3 +346,45 @@ async fn any_user_id_and_no_forged_direct_framing() {
         );
     }
 }
+
+/// A `--retention` rule's age applies on Redis too: past it, a stream's messages are no
+/// longer returned (and `since` says they were trimmed); other channels keep theirs.
+#[tokio::test]
+async fn per_channel_age_rules_apply() {
+    let Some(redis) = Redis::start() else { return };
+    let mut opts = RedisOptions::new(redis.url());
+    opts.prefix = "age".into();
+    opts.retention.rules = vec!["short:*=100/1s".parse().unwrap()];
+    let a = RedisBroker::new(opts).unwrap();
+    a.start(Arc::new(Recorder::default()));
+    let (short, long) = (Channel::from("short:x"), Channel::from("long:x"));
+    let start = a.history().position(&short).await.unwrap();
+    a.publish(publication("short:x", 1)).await.unwrap();
+    a.publish(publication("long:x", 1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let limit = switchboard_server::history::ReadLimit::messages(10);
+    assert!(
+        a.history()
+            .latest(&short, limit)
+            .await
+            .unwrap()
+            .messages
+            .is_empty()
+    );
+    assert!(matches!(
+        a.history().since(&short, &start, limit).await.unwrap(),
+        switchboard_server::history::Since::Unrecoverable(
+            switchboard_server::history::Unrecoverable::Trimmed,
+            _
+        )
+    ));
+    assert_eq!(
+        a.history()
+            .latest(&long, limit)
+            .await
+            .unwrap()
+            .messages
+            .len(),
+        1
+    );
+}

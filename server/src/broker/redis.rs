@@ -585,19 +585,23 @@ impl Shared {
         format!("{}:all", self.opts.prefix)
     }
 
-    fn meta_ttl_ms(&self) -> u64 {
-        self.opts
-            .retention
-            .max_age_ms
+    /// `channel`'s age limit (its `--retention` rule, else `--history-ttl`).
+    fn max_age_ms(&self, channel: &Channel) -> u64 {
+        self.opts.retention.for_channel(&channel.0).1
+    }
+
+    /// How long a channel's meta (its epoch and offset) outlives its last publish.
+    fn meta_ttl_ms(&self, channel: &Channel) -> u64 {
+        self.max_age_ms(channel)
             .clamp(24 * 3600 * 1000, u64::MAX / 4)
     }
 
-    fn stream_ttl_ms(&self) -> u64 {
-        self.opts.retention.max_age_ms.clamp(1000, u64::MAX / 4)
+    fn stream_ttl_ms(&self, channel: &Channel) -> u64 {
+        self.max_age_ms(channel).clamp(1000, u64::MAX / 4)
     }
 
-    fn oldest_kept_ms(&self) -> u64 {
-        now_ms().saturating_sub(self.opts.retention.max_age_ms)
+    fn oldest_kept_ms(&self, channel: &Channel) -> u64 {
+        now_ms().saturating_sub(self.max_age_ms(channel))
     }
 
     /// Fails at once while Redis is known to be unreachable, instead of queueing behind
@@ -979,7 +983,7 @@ impl Shared {
             .key(self.key(channel, "m"))
             .key(self.key(channel, "s"))
             .arg(new_epoch())
-            .arg(self.meta_ttl_ms())
+            .arg(self.meta_ttl_ms(channel))
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(history_err)?;
@@ -1005,7 +1009,7 @@ impl Shared {
             .arg(since.offset)
             .arg(&since.epoch)
             .arg(limit.messages.min(100_000))
-            .arg(self.oldest_kept_ms())
+            .arg(self.oldest_kept_ms(channel))
             .arg(limit.bytes.min(1 << 40))
             .invoke_async(&mut self.conn.clone())
             .await
@@ -1051,7 +1055,7 @@ impl Shared {
             .key(self.key(channel, "m"))
             .key(self.key(channel, "s"))
             .arg(limit.messages.min(100_000))
-            .arg(self.oldest_kept_ms())
+            .arg(self.oldest_kept_ms(channel))
             .arg(limit.bytes.min(1 << 40))
             .invoke_async(&mut self.conn.clone())
             .await
@@ -1104,7 +1108,7 @@ impl Shared {
         // A channel this node serves keeps its epoch however long nobody publishes.
         let served: Vec<Channel> = lock(&self.channels).keys().cloned().collect();
         for ch in &served {
-            pipe.pexpire(self.key(ch, "m"), self.meta_ttl_ms() as i64)
+            pipe.pexpire(self.key(ch, "m"), self.meta_ttl_ms(ch) as i64)
                 .ignore();
         }
         let nodes = format!("{}:nodes", self.opts.prefix);
@@ -1412,8 +1416,8 @@ impl Broker for RedisBroker {
                 .arg(body.as_ref())
                 .arg(new_epoch())
                 .arg(max_messages.max(1))
-                .arg(s.stream_ttl_ms())
-                .arg(s.meta_ttl_ms())
+                .arg(s.stream_ttl_ms(ch))
+                .arg(s.meta_ttl_ms(ch))
                 .arg(p.dedupe_key.as_deref().unwrap_or(""))
                 .arg(s.opts.retention.dedupe_window.max(1))
                 .arg(&except)
