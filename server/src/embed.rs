@@ -323,7 +323,7 @@ impl Switchboard {
         data: &T,
     ) -> Result<usize, PublishError> {
         let data = Payload::new(data)?;
-        Ok(self.state.hub.direct_to_user(user_id, data).await?)
+        Ok(self.state.hub.direct_to_user(user_id, data).await)
     }
 
     /// `channel`'s presence members, sorted by user id (every node's, on Redis).

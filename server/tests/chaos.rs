@@ -15,8 +15,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -60,23 +59,22 @@ struct Server {
 
 impl Server {
     fn start(addr: &str, data: &std::path::Path, durability: &str) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard-server"))
-            .args(["--addr", addr, "--dist", "/nonexistent"])
-            .args(["--history", "disk", "--durability", durability])
-            .arg("--data-dir")
-            .arg(data)
-            .args(["--rate-per-sec", "100000", "--rate-burst", "100000"])
-            .args(["--history-size", "100000", "--recovery-limit", "100000"])
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("server binary");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(line.contains("listening on"), "unexpected: {line}");
-        Self { child }
+        let args: Vec<std::ffi::OsString> = [
+            "--addr",
+            addr,
+            "--history",
+            "disk",
+            "--durability",
+            durability,
+            "--data-dir",
+        ]
+        .into_iter()
+        .map(Into::into)
+        .chain([data.as_os_str().to_owned()])
+        .collect();
+        Self {
+            child: common::cluster::spawn_server(&args),
+        }
     }
 }
 

@@ -879,6 +879,20 @@ impl Shared {
         }
     }
 
+    /// Publishes `answer` on `node`'s channel, without waiting (called from the push
+    /// handler, which never waits).
+    fn answer(&self, node: &str, answer: String) {
+        let to_node = self.node_channel(node);
+        let mut conn = self.conn.clone();
+        self.runtime.spawn(async move {
+            let _: Result<(), _> = redis::cmd("PUBLISH")
+                .arg(to_node)
+                .arg(answer)
+                .query_async(&mut conn)
+                .await;
+        });
+    }
+
     fn on_node_message(self: &Arc<Self>, payload: &[u8]) {
         let Some(nl) = payload.iter().position(|b| *b == b'\n') else {
             return;
@@ -904,16 +918,7 @@ impl Shared {
                     Err(DirectError::Busy) => "busy",
                     Err(_) => "gone",
                 };
-                let answer = format!("a{req} {code}\n");
-                let to_node = self.node_channel(from);
-                let mut conn = self.conn.clone();
-                self.runtime.spawn(async move {
-                    let _: Result<(), _> = redis::cmd("PUBLISH")
-                        .arg(to_node)
-                        .arg(answer)
-                        .query_async(&mut conn)
-                        .await;
-                });
+                self.answer(from, format!("a{req} {code}\n"));
             }
             Some(b'u') => {
                 // `u<req> <from node> <user length>\n<user><frame>`: deliver to the user's
@@ -937,16 +942,7 @@ impl Shared {
                     return;
                 };
                 let n = self.handler().map_or(0, |h| h.direct_user(user, &frame));
-                let answer = format!("c{req} {n}\n");
-                let to_node = self.node_channel(from);
-                let mut conn = self.conn.clone();
-                self.runtime.spawn(async move {
-                    let _: Result<(), _> = redis::cmd("PUBLISH")
-                        .arg(to_node)
-                        .arg(answer)
-                        .query_async(&mut conn)
-                        .await;
-                });
+                self.answer(from, format!("c{req} {n}\n"));
             }
             Some(b'c') => {
                 let (Some(req), Some(n)) = (
@@ -1126,7 +1122,9 @@ impl Shared {
                     member,
                     count,
                 };
-                self.broadcast(&ch, Encoded::new(&frame), None).await?;
+                let frame = Encoded::new(&frame);
+                self.publish_unstored(&ch, b'b', frame.bytes(), None)
+                    .await?;
             }
         }
         Ok(())
@@ -1188,18 +1186,21 @@ impl Shared {
         Ok((gone, members.into_values().collect()))
     }
 
-    async fn broadcast(
+    /// Publishes an unstored frame on `channel`: `kind` `b` (a broadcast) or `e` (an
+    /// ephemeral message), with the connection not to deliver it to.
+    async fn publish_unstored(
         &self,
         channel: &Channel,
-        frame: Encoded,
+        kind: u8,
+        frame: &[u8],
         except: Option<ClientId>,
     ) -> Result<(), redis::RedisError> {
         let except = except.map(|c| c.0).unwrap_or_default();
         let mut payload = Vec::with_capacity(frame.len() + except.len() + 2);
-        payload.push(b'b');
+        payload.push(kind);
         payload.extend_from_slice(except.as_bytes());
         payload.push(b'\n');
-        payload.extend_from_slice(frame.bytes());
+        payload.extend_from_slice(frame);
         redis::cmd("PUBLISH")
             .arg(self.pubsub(channel))
             .arg(payload)
@@ -1385,18 +1386,8 @@ impl Broker for RedisBroker {
             let s = &self.shared;
             s.check_up()?;
             let body = message_body(&p.channel, p.from, p.data, now_ms(), p.ephemeral);
-            let except = p.except.map(|c| c.0).unwrap_or_default();
-            let mut conn = s.conn.clone();
             if p.ephemeral {
-                let mut payload = Vec::with_capacity(body.len() + except.len() + 2);
-                payload.push(b'e');
-                payload.extend_from_slice(except.as_bytes());
-                payload.push(b'\n');
-                payload.extend_from_slice(&body);
-                redis::cmd("PUBLISH")
-                    .arg(s.pubsub(&p.channel))
-                    .arg(payload)
-                    .query_async::<()>(&mut conn)
+                s.publish_unstored(&p.channel, b'e', &body, p.except)
                     .await
                     .map_err(broker_err)?;
                 return Ok(Published {
@@ -1404,6 +1395,7 @@ impl Broker for RedisBroker {
                     duplicate: false,
                 });
             }
+            let except = p.except.map(|c| c.0).unwrap_or_default();
             let (max_messages, _) = s.opts.retention.for_channel(&p.channel.0);
             let ch = &p.channel;
             let reply: Value = SCRIPTS
@@ -1422,7 +1414,7 @@ impl Broker for RedisBroker {
                 .arg(s.opts.retention.dedupe_window.max(1))
                 .arg(&except)
                 .arg(now_ms())
-                .invoke_async(&mut conn)
+                .invoke_async(&mut s.conn.clone())
                 .await
                 .map_err(broker_err)?;
             let reply = array(reply);
@@ -1448,7 +1440,7 @@ impl Broker for RedisBroker {
     ) -> BoxFuture<'a, Result<(), BrokerError>> {
         Box::pin(async move {
             self.shared
-                .broadcast(channel, frame, except)
+                .publish_unstored(channel, b'b', frame.bytes(), except)
                 .await
                 .map_err(broker_err)
         })

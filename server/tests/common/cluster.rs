@@ -1,8 +1,8 @@
 //! Several real server processes on one Redis, and nginx in front of them: child
 //! processes on free loopback ports, killed when dropped (also when a test fails).
 
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -36,23 +36,14 @@ impl Node {
     /// (Re)starts the process on the same port.
     pub fn restart(&mut self) {
         self.kill();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard-server"))
-            .args(["--addr", &format!("127.0.0.1:{}", self.port)])
-            .args(["--dist", "/nonexistent", "--redis-url", &self.redis_url])
-            .args(["--trusted-proxies", "127.0.0.1/32"])
-            .args(["--rate-per-sec", "100000", "--rate-burst", "100000"])
-            .args(["--history-size", "100000", "--recovery-limit", "100000"])
-            .args(&self.extra)
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("server binary");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(line.contains("listening on"), "unexpected: {line}");
-        self.child = Some(child);
+        let addr = format!("127.0.0.1:{}", self.port);
+        let mut args: Vec<OsString> = ["--addr", &addr, "--redis-url", &self.redis_url]
+            .into_iter()
+            .chain(["--trusted-proxies", "127.0.0.1/32"])
+            .map(OsString::from)
+            .collect();
+        args.extend(self.extra.iter().map(OsString::from));
+        self.child = Some(spawn_server(&args));
     }
 
     /// SIGKILL: no shutdown, no goodbye to Redis.
@@ -73,6 +64,27 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The server binary with `args` and the tests' generous limits (no rate limit in the way,
+/// streams and recoveries long enough for every message of a run), once it says it is
+/// listening.
+pub fn spawn_server(args: &[OsString]) -> Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard-server"))
+        .args(["--dist", "/nonexistent"])
+        .args(["--rate-per-sec", "100000", "--rate-burst", "100000"])
+        .args(["--history-size", "100000", "--recovery-limit", "100000"])
+        .args(args)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("server binary");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("listening on"), "unexpected: {line}");
+    child
 }
 
 /// A plain HTTP/1.0 GET on loopback.
@@ -112,26 +124,12 @@ pub fn documented_example() -> String {
     doc[start..start + len].to_owned()
 }
 
-fn nginx_binary() -> Option<PathBuf> {
-    ["/usr/sbin/nginx", "/usr/bin/nginx"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-}
-
 impl Nginx {
     /// The documented example in front of `upstreams` (its 127.0.0.1:8081… servers
     /// replaced by these ports, in order), or `None` (after saying so) when nginx is not
     /// installed and not required (`SWITCHBOARD_REQUIRE_REDIS` requires it too).
     pub fn start(upstreams: &[u16]) -> Option<Self> {
-        let Some(binary) = nginx_binary() else {
-            assert!(
-                std::env::var_os("SWITCHBOARD_REQUIRE_REDIS").is_none(),
-                "nginx is not installed (scripts/setup.sh --test installs it)"
-            );
-            eprintln!("SKIPPED: nginx is not installed (scripts/setup.sh --test)");
-            return None;
-        };
+        let binary = super::redis::installed("nginx", &["/usr/sbin/nginx", "/usr/bin/nginx"])?;
         let port = free_port();
         let mut example =
             documented_example().replace("127.0.0.1:8080", &format!("127.0.0.1:{port}"));

@@ -24,11 +24,26 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The first of `paths` that exists, or `None` after saying the tests that need `name`
+/// are skipped; with `SWITCHBOARD_REQUIRE_REDIS` set (the test command sets it) a missing
+/// binary fails the test instead.
+pub fn installed(name: &str, paths: &[&str]) -> Option<PathBuf> {
+    let found = paths.iter().map(PathBuf::from).find(|p| p.exists());
+    if found.is_none() {
+        assert!(
+            std::env::var_os("SWITCHBOARD_REQUIRE_REDIS").is_none(),
+            "{name} is not installed (scripts/setup.sh --test installs it)"
+        );
+        eprintln!("SKIPPED: {name} is not installed (scripts/setup.sh --test)");
+    }
+    found
+}
+
 fn binary() -> Option<PathBuf> {
-    ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
+    installed(
+        "redis-server",
+        &["/usr/bin/redis-server", "/usr/local/bin/redis-server"],
+    )
 }
 
 impl Redis {
@@ -41,14 +56,7 @@ impl Redis {
     /// Starts Redis; with `appendonly`, every write is fsync'd to its append-only file,
     /// so a restart (even after SIGKILL) keeps what it acknowledged.
     pub fn start_with(appendonly: bool) -> Option<Self> {
-        if binary().is_none() {
-            assert!(
-                std::env::var_os("SWITCHBOARD_REQUIRE_REDIS").is_none(),
-                "redis-server is not installed (scripts/setup.sh --test installs it)"
-            );
-            eprintln!("SKIPPED: redis-server is not installed (scripts/setup.sh --test)");
-            return None;
-        }
+        binary()?;
         let mut redis = Self {
             port: free_port(),
             child: None,
