@@ -443,3 +443,86 @@ test('a 5 ms ticker renders without a long task', async () => {
     await stopServer(fast);
   }
 });
+
+/** The page's own requests as Chromium counted them: name, bytes on the wire, encoding. */
+async function transfers(page) {
+  return page.evaluate(() => [
+    ...performance.getEntriesByType('navigation'),
+    ...performance.getEntriesByType('resource'),
+  ].map((e) => ({
+    path: new URL(e.name).pathname,
+    transfer: e.transferSize,
+    encoded: e.encodedBodySize,
+    decoded: e.decodedBodySize,
+  })));
+}
+
+// The budget for a first visit, wasm + JS as sent (brotli), in bytes; docs/benchmarks.md
+// ("What the browser downloads") has the measurements and the target.
+const FIRST_VISIT_BUDGET = Number(process.env.SWITCHBOARD_FIRST_VISIT_BUDGET ?? 100 * 1024);
+
+test('a first visit downloads the bundle compressed; a second one only revalidates index.html', async () => {
+  const context = await browser.newContext();
+  const first = await context.newPage();
+  const encodings = {};
+  first.on('response', (r) => {
+    encodings[new URL(r.url()).pathname] = r.headers()['content-encoding'] ?? 'identity';
+  });
+  await first.goto(server.url);
+  await first.locator('#status', { hasText: 'connected' }).waitFor({ timeout: 15_000 });
+  const got = await transfers(first);
+  const code = got.filter((e) => /\.(wasm|js)$/.test(e.path));
+  assert.equal(code.length, 2, `the wasm and its JS: ${JSON.stringify(got)}`);
+  for (const e of code) {
+    assert.equal(encodings[e.path], 'br', `${e.path} sent with brotli`);
+    assert.ok(e.encoded < e.decoded / 2, `${e.path}: ${e.encoded} bytes for ${e.decoded}`);
+  }
+  const firstBytes = code.reduce((n, e) => n + e.encoded, 0);
+  console.log(`first visit: wasm + JS ${firstBytes} bytes as sent`
+    + ` (${code.map((e) => `${e.path} ${e.encoded}/${e.decoded}`).join(', ')})`);
+  assert.ok(firstBytes <= FIRST_VISIT_BUDGET,
+    `wasm + JS ${firstBytes} bytes, budget ${FIRST_VISIT_BUDGET}`);
+
+  // A second visit (a new tab, same browser): every hashed asset from the cache, and
+  // index.html revalidated (304, headers only).
+  const second = await context.newPage();
+  await second.goto(server.url);
+  await second.locator('#status', { hasText: 'connected' }).waitFor({ timeout: 15_000 });
+  const again = await transfers(second);
+  const fetched = again.filter((e) => e.transfer > 0);
+  assert.deepEqual(fetched.map((e) => e.path), ['/'], `only index.html: ${JSON.stringify(again)}`);
+  assert.ok(fetched[0].transfer < 1024, `a 304 is headers only: ${fetched[0].transfer} bytes`);
+  assert.ok(again.length >= 4, `the page still loaded its assets: ${JSON.stringify(again)}`);
+  await context.close();
+});
+
+test('the precompressed copies decode to the built files', async () => {
+  const { readdirSync, readFileSync } = await import('node:fs');
+  const { request } = await import('node:http');
+  const zlib = await import('node:zlib');
+  const get = (path, accept) => new Promise((resolve, reject) => {
+    request(`${server.url}${path}`, { headers: { 'accept-encoding': accept } }, (res) => {
+      const chunks = [];
+      res.on('data', (c) => chunks.push(c));
+      res.on('end', () => resolve({ headers: res.headers, body: Buffer.concat(chunks) }));
+    }).on('error', reject).end();
+  });
+  const files = readdirSync(DIST).filter((f) => /\.(wasm|js|css|html)$/.test(f));
+  assert.ok(files.length >= 4, `a built bundle in ${DIST}: ${files}`);
+  for (const file of files) {
+    const built = readFileSync(join(DIST, file));
+    const path = file === 'index.html' ? '/' : `/${file}`;
+    const br = await get(path, 'br');
+    assert.equal(br.headers['content-encoding'], 'br', file);
+    assert.ok(zlib.brotliDecompressSync(br.body).equals(built), `${file}.br decodes to ${file}`);
+    const gz = await get(path, 'gzip');
+    assert.equal(gz.headers['content-encoding'], 'gzip', file);
+    assert.ok(zlib.gunzipSync(gz.body).equals(built), `${file}.gz decodes to ${file}`);
+    const plain = await get(path, 'identity');
+    assert.equal(plain.headers['content-encoding'], undefined, file);
+    assert.ok(plain.body.equals(built), file);
+    const immutable = file !== 'index.html';
+    assert.equal(plain.headers['cache-control'],
+      immutable ? 'public, max-age=31536000, immutable' : 'no-cache', file);
+  }
+});

@@ -3,7 +3,8 @@
 # prints nothing else. Idempotent: each step checks first and takes ~1 s when all is there.
 # Source it (`. scripts/setup.sh`) to also get the PATH it sets up.
 #
-#   scripts/setup.sh          rust wasm target, wasm-bindgen-cli, trunk, npm tools (wasm-opt)
+#   scripts/setup.sh          rust wasm target, wasm-bindgen-cli, trunk, npm tools (wasm-opt),
+#                             Debian brotli (the release build precompresses the bundle)
 #   scripts/setup.sh --test   also Debian chromium + chromium-driver (browser tests),
 #                             redis-server + nginx (the cross-node tests start them as
 #                             child processes on free loopback ports) and cargo-fuzz (the
@@ -84,6 +85,8 @@ if [ ! -f "$ROOT/e2e/node_modules/.package-lock.json" ] \
   # PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD: we drive Debian's Chromium, never a downloaded one.
   (cd "$ROOT/e2e" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
 fi
+# brotli: the release build writes .br copies of the bundle (scripts/precompress.sh).
+command -v brotli >/dev/null || apt_install brotli
 case "$(wasm-opt --version 2>/dev/null)" in
   *"version 132"*) ;;
   *) echo "wasm-opt on PATH is not version 132: $(command -v wasm-opt)" >&2; exit 1 ;;

@@ -4,7 +4,8 @@
 //! - [`config`]: every option, as flags and `SWITCHBOARD_*` variables (clap).
 //! - [`run`] / [`app`] (this file): the router: `/ws`, `/healthz` (503 while Redis is
 //!   unreachable), `/metrics`, and the
-//!   bundle at `/` with a fallback to `index.html` for client-side routes.
+//!   bundle at `/` ([`bundle`]: precompressed, with cache headers, and a fallback to
+//!   `index.html` for client-side routes).
 //! - `session` (private): one connection: `session/core.rs` is its logic (frames in,
 //!   frames and close decisions out, timers), testable without a socket; `session/mod.rs`
 //!   is the socket glue around it.
@@ -35,6 +36,7 @@ pub mod api;
 pub mod auth;
 pub mod broker;
 pub mod budget;
+pub mod bundle;
 pub mod clock;
 pub mod config;
 pub mod edge;
@@ -63,7 +65,6 @@ use serde::Deserialize;
 use switchboard_protocol::{CloseCode, WS_PATH};
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
-use tower_http::services::{ServeDir, ServeFile};
 use tracing::Instrument;
 
 use admission::{Admission, Admissions};
@@ -152,8 +153,8 @@ pub fn app(state: AppState) -> Router {
         router
     };
     let router = if index.is_file() {
-        // Unknown paths get index.html, so client-side routes survive a reload.
-        router.fallback_service(ServeDir::new(&dist).fallback(ServeFile::new(index)))
+        // Precompressed, cached; unknown paths get index.html (client-side routes).
+        router.fallback_service(bundle::router(&dist))
     } else {
         tracing::warn!(dist = %dist.display(), "no index.html: serving a placeholder page at /");
         router.fallback(get(no_bundle))
