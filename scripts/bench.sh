@@ -373,11 +373,8 @@ codec_rows=$(cargo bench --locked -p switchboard-protocol --bench codec -- --war
     /^codec\// { name = $0; sub(/^codec\//, "", name); sub(/ +time:.*/, "", name) }
     /thrpt:/ && name != "" { gsub(/[][]/, ""); printf "| %s | %s %s |\n", name, $4, $5; name = "" }')
 
-echo "==> web bundle size (trunk build --release)"
-trunk build --release >/dev/null 2>&1
-wasm=$(ls dist/*_bg.wasm); js=$(ls dist/*.js | grep -v _bg | head -n1)
-size_rows="| wasm | $(stat -c %s "$wasm") | $(gzip -9c "$wasm" | wc -c) |"$'\n'
-size_rows+="| JS glue | $(stat -c %s "$js") | $(gzip -9c "$js" | wc -c) |"$'\n'
+echo "==> web bundle size (scripts/bundle-size.sh)"
+size_rows=$(./scripts/bundle-size.sh)
 
 summary_rows=$({ echo "#fanout"; printf '%s' "$fanout_rows"; echo "#rpc"; printf '%s' "$rpc_rows"
                 echo "#idle"; printf '%s' "$idle_rows"; } | awk -f bench/summary.awk)
@@ -462,11 +459,9 @@ out=docs/benchmarks.md
   echo "|---|---|"
   printf '%s\n' "$codec_rows"
   echo
-  echo "## Web bundle (the demo app, \`trunk build --release\`)"
+  echo "## What the browser downloads (\`scripts/bundle-size.sh\`, bytes)"
   echo
-  echo "| file | bytes | gzip -9 bytes |"
-  echo "|---|---|---|"
-  printf '%s' "$size_rows"
+  printf '%s\n' "$size_rows"
   cat bench/ANALYSIS.md
 } > "$out"
 cat "$out"

@@ -26,8 +26,8 @@ step "clippy (native: the Leptos hook compiles for SSR)"
 cargo clippy --locked -p switchboard-leptos -- -D warnings
 step "clippy (wasm32: the client core)"
 cargo clippy --locked -p switchboard-client --target wasm32-unknown-unknown -- -D warnings
-step "clippy (wasm32: the hook and the demo)"
-cargo clippy --locked -p switchboard-leptos -p switchboard-web --all-targets \
+step "clippy (wasm32: the hook, the demo, the bundle-size apps)"
+cargo clippy --locked -p switchboard-leptos -p switchboard-web -p switchboard-bundle-size --all-targets \
   --target wasm32-unknown-unknown -- -D warnings
 
 step "native tests (protocol, client core and native client, hook outside a browser, server and cross-node on Redis, bench helpers, the axum example)"

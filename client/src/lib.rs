@@ -8,6 +8,8 @@
 //!   randomness are passed in.
 //! - [`outbox`]: the bounded queue with its overflow policy, throttling and batching.
 //! - [`backoff`]: reconnect delays with full jitter.
+//! - [`vecmap`]: sorted-`Vec` maps and sets, `BTreeMap`'s order at a fraction of its size
+//!   in the browser bundle.
 //! - [`native`] (feature `native`): a tokio driver with a typed API: `publish` awaitable
 //!   for its ack, `subscribe::<T>()` as a stream, `request::<P, R>()`.
 //!
@@ -18,6 +20,7 @@ pub mod core;
 #[cfg(feature = "native")]
 pub mod native;
 pub mod outbox;
+pub mod vecmap;
 
 pub use crate::core::{
     Action, ClientCore, ConnState, Event, Message, Ms, Options, PublishError, PublishId,
@@ -26,3 +29,4 @@ pub use crate::core::{
 pub use backoff::Backoff;
 pub use outbox::{BatchOptions, Overflow, SendError};
 pub use switchboard_protocol::Unrecovered;
+pub use vecmap::{VecMap, VecSet};

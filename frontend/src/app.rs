@@ -135,6 +135,23 @@ pub fn StatusBadge(
     view! { <span id="status" class=move || format!("badge badge-{}", label())>{label}</span> }
 }
 
+/// `x` with `decimals` digits after the point (at most 3), through integers: Rust's float
+/// formatting costs the bundle about 10 KB (docs/benchmarks.md).
+pub fn fixed(x: f64, decimals: u32) -> String {
+    let scale = 10i64.pow(decimals.min(3));
+    let n = (x.abs() * scale as f64).round() as i64;
+    let sign = if x < 0.0 && n != 0 { "-" } else { "" };
+    match decimals {
+        0 => format!("{sign}{n}"),
+        d => format!(
+            "{sign}{}.{:0w$}",
+            n / scale,
+            n % scale,
+            w = d.min(3) as usize
+        ),
+    }
+}
+
 /// `HH:MM:SS` of a server timestamp, in the browser's time zone.
 fn clock_time(ts: u64) -> String {
     let d = js_sys::Date::new(&wasm_bindgen::JsValue::from_f64(ts as f64));
@@ -439,7 +456,7 @@ fn Room(name: String, room: String, on_leave: impl Fn() + 'static) -> impl IntoV
                                 .into_iter()
                                 .map(|m| (m.info.parse::<Who>().map(|w| w.name).unwrap_or_default(), m.connections))
                                 .collect();
-                            members.sort();
+                            members.sort_unstable();
                             members.into_iter().map(|(n, connections)| {
                                 let tabs = (connections > 1).then(|| format!(" ×{connections}"));
                                 view! { <li>{n}<span class="muted">{tabs}</span></li> }
@@ -481,7 +498,7 @@ fn Ticker() -> impl IntoView {
     let last = move || {
         sample
             .with(|p| p.first().copied())
-            .map(|p| format!("{p:.2}"))
+            .map(|p| fixed(p, 2))
             .unwrap_or_else(|| "–".into())
     };
     let points = move || {
@@ -497,9 +514,9 @@ fn Ticker() -> impl IntoView {
                 .enumerate()
                 .map(|(i, p)| {
                     format!(
-                        "{:.1},{:.1}",
-                        i as f64 * step,
-                        40.0 - (p - lo) / span * 36.0
+                        "{},{}",
+                        fixed(i as f64 * step, 1),
+                        fixed(40.0 - (p - lo) / span * 36.0, 1)
                     )
                 })
                 .collect::<Vec<_>>()
@@ -576,8 +593,8 @@ pub fn Inspector(
         ConnState::Reconnecting { attempt, at } => {
             let now = clock.map(|c| c.get()).unwrap_or_else(now_ms);
             format!(
-                "reconnecting: attempt {attempt} in {:.1} s",
-                at.saturating_sub(now) as f64 / 1000.0
+                "reconnecting: attempt {attempt} in {} s",
+                fixed(at.saturating_sub(now) as f64 / 1000.0, 1)
             )
         }
         other => other.label().to_owned(),
@@ -585,7 +602,7 @@ pub fn Inspector(
     let rtt = move || {
         ws.rtt_ms
             .get()
-            .map(|ms| format!("{ms:.1} ms"))
+            .map(|ms| format!("{} ms", fixed(ms, 1)))
             .unwrap_or_else(|| "–".into())
     };
     let offline = move || ws.state.get() == ConnState::Closed;

@@ -497,3 +497,26 @@ async fn two_tabs_of_one_signed_in_user_are_one_member() {
     );
     assert_eq!(r1.members.with_untracked(Vec::len), 1);
 }
+
+#[wasm_bindgen_test]
+fn the_demos_number_formatting_matches_rusts() {
+    use switchboard_web::app::fixed;
+    for x in [
+        0.0, 0.04, 0.05, 0.96, 1.0, 12.345, 99.999, 101.25, 1234.5678, 3e9,
+    ] {
+        for d in 0..=3u32 {
+            let ours = fixed(x, d);
+            let rusts = format!("{x:.*}", d as usize);
+            // Rust rounds half to even on the exact binary value; ours rounds half away
+            // from zero: they may differ only in the last digit, and only on a tie.
+            let close = ours == rusts
+                || (ours.len() == rusts.len()
+                    && ours[..ours.len() - 1] == rusts[..rusts.len() - 1]);
+            assert!(close, "{x} to {d}: {ours} vs {rusts}");
+        }
+    }
+    assert_eq!(fixed(-1.25, 1), "-1.3");
+    assert_eq!(fixed(-0.01, 1), "0.0");
+    assert_eq!(fixed(1.5, 0), "2");
+    assert_eq!(fixed(40.0, 1), "40.0");
+}

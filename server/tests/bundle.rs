@@ -40,7 +40,14 @@ fn get(addr: SocketAddr, path: &str, extra: &[(&str, &str)]) -> Answer {
     let end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
     let head = String::from_utf8(raw[..end].to_vec()).unwrap();
     let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let headers = lines
         .filter_map(|l| l.split_once(": "))
         .map(|(n, v)| (n.to_owned(), v.to_owned()))
@@ -58,7 +65,10 @@ fn get(addr: SocketAddr, path: &str, extra: &[(&str, &str)]) -> Answer {
 fn write_bundle(dir: &Path) {
     let files: [(&str, &[u8]); 4] = [
         ("index.html", b"<!doctype html><title>t</title>"),
-        ("app-e24bdd6fb09e7849.js", b"export default function init() {}"),
+        (
+            "app-e24bdd6fb09e7849.js",
+            b"export default function init() {}",
+        ),
         ("app-e24bdd6fb09e7849_bg.wasm", b"\0asm\x01\0\0\0 and more"),
         ("robots.txt", b"User-agent: *"),
     ];
@@ -81,7 +91,11 @@ async fn the_accepted_copy_is_sent_with_its_encoding() {
         let wasm = "/app-e24bdd6fb09e7849_bg.wasm";
         let original = b"\0asm\x01\0\0\0 and more".to_vec();
         for (accept, encoding, body) in [
-            ("gzip, deflate, br, zstd", Some("br"), [b"br:", &original[..]].concat()),
+            (
+                "gzip, deflate, br, zstd",
+                Some("br"),
+                [b"br:", &original[..]].concat(),
+            ),
             ("gzip", Some("gzip"), [b"gz:", &original[..]].concat()),
             ("identity", None, original.clone()),
         ] {
@@ -118,7 +132,11 @@ async fn hashed_assets_are_immutable_and_the_rest_is_revalidated() {
             for accept in ["br", "gzip", "identity"] {
                 let a = get(addr, hashed, &[("Accept-Encoding", accept)]);
                 assert_eq!(a.status, 200);
-                assert_eq!(a.header("cache-control"), Some(IMMUTABLE), "{hashed} {accept}");
+                assert_eq!(
+                    a.header("cache-control"),
+                    Some(IMMUTABLE),
+                    "{hashed} {accept}"
+                );
             }
         }
         for path in ["/", "/index.html", "/rooms/lobby", "/robots.txt"] {
@@ -134,7 +152,11 @@ async fn hashed_assets_are_immutable_and_the_rest_is_revalidated() {
         // The revalidation a second visit makes: 304 with no body while unchanged.
         let first = get(addr, "/", &[("Accept-Encoding", "br")]);
         let etag = first.header("etag").expect("an ETag").to_owned();
-        let again = get(addr, "/", &[("Accept-Encoding", "br"), ("If-None-Match", &etag)]);
+        let again = get(
+            addr,
+            "/",
+            &[("Accept-Encoding", "br"), ("If-None-Match", &etag)],
+        );
         assert_eq!(again.status, 304);
         assert!(again.body.is_empty());
         assert_eq!(again.header("cache-control"), Some(NO_CACHE));

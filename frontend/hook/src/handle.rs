@@ -9,7 +9,7 @@
 //! component unmounts, the others keep their signals and their messages.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
@@ -22,7 +22,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use switchboard_client::{
     Action, ClientCore, ConnState, Event, Message, PublishError, PublishId, PublishResult,
-    Recovery, RequestError, SendError, SubKey, SubOptions, SubState,
+    Recovery, RequestError, SendError, SubKey, SubOptions, SubState, VecMap,
 };
 use switchboard_protocol::{
     Channel, ClientFrame, ClientId, CloseCode, Member, Payload, PresenceAction, RequestId, Sender,
@@ -92,12 +92,12 @@ type DirectListener = Rc<dyn Fn(&Sender, &Payload)>;
 /// What the handles and the driver share (not `Send`: the browser has one thread).
 pub(crate) struct Conn {
     pub(crate) core: ClientCore,
-    publishes: HashMap<RequestId, oneshot::Sender<PublishResult>>,
-    requests: HashMap<RequestId, oneshot::Sender<Result<Payload, RequestError>>>,
+    publishes: VecMap<RequestId, oneshot::Sender<PublishResult>>,
+    requests: VecMap<RequestId, oneshot::Sender<Result<Payload, RequestError>>>,
     /// The holders of each channel, by their key.
-    channels: BTreeMap<Channel, BTreeMap<SubKey, Listener>>,
+    channels: VecMap<Channel, VecMap<SubKey, Listener>>,
     /// Each room's members as last heard, for holders that join later.
-    members: BTreeMap<Channel, Vec<Member>>,
+    members: VecMap<Channel, Vec<Member>>,
     directs: Vec<(u64, DirectListener)>,
     next_listener: u64,
     /// Wakes the driver: the core has something to send or a new deadline.
@@ -116,10 +116,10 @@ impl Conn {
             persist: None,
             persist_dirty: false,
             core,
-            publishes: HashMap::new(),
-            requests: HashMap::new(),
-            channels: BTreeMap::new(),
-            members: BTreeMap::new(),
+            publishes: VecMap::new(),
+            requests: VecMap::new(),
+            channels: VecMap::new(),
+            members: VecMap::new(),
             directs: Vec::new(),
             next_listener: 0,
             wake: None,
@@ -630,21 +630,14 @@ where
                 set_members.try_set(ms.to_vec());
             }
             ChannelEvent::Presence(p) => {
-                set_members.try_update(|ms| {
-                    ms.retain(|m| m.user_id != p.member.user_id);
-                    if p.action == PresenceAction::Join {
-                        ms.push(p.member.clone());
-                        ms.sort_by(|a, b| a.user_id.cmp(&b.user_id));
-                    }
-                });
+                set_members.try_update(|ms| apply_presence(ms, p));
                 set_last_presence.try_set(Some((*p).clone()));
             }
         });
         let key = ws.call(|c, now| {
             let key = c.core.subscribe_with(&channel, opts, now);
             c.channels
-                .entry(channel.clone())
-                .or_default()
+                .get_or_insert_with(channel.clone(), VecMap::new)
                 .insert(key.clone(), listener);
             key
         });
@@ -853,11 +846,7 @@ fn apply(ws: WebSocket, event: Event) {
             let p = PresenceEvent { action, member };
             ws.conn.try_update_value(|c| {
                 if let Some(ms) = c.members.get_mut(&channel) {
-                    ms.retain(|m| m.user_id != p.member.user_id);
-                    if action == PresenceAction::Join {
-                        ms.push(p.member.clone());
-                        ms.sort_by(|a, b| a.user_id.cmp(&b.user_id));
-                    }
+                    apply_presence(ms, &p);
                 }
             });
             each(ws, &channel, &ChannelEvent::Presence(&p));
@@ -969,6 +958,17 @@ pub(crate) fn restore_outbox(ws: WebSocket, saved: &str) {
 
 /// Calls every holder of `channel` (outside the connection's borrow: a listener may call
 /// back into the handle).
+/// A member list (sorted by user id) after a presence event: a join replaces or adds
+/// the member in order, a leave removes them. Not generic, so every subscription's
+/// message type shares this one copy in the bundle.
+fn apply_presence(members: &mut Vec<Member>, event: &PresenceEvent) {
+    members.retain(|m| m.user_id != event.member.user_id);
+    if event.action == PresenceAction::Join {
+        let at = members.partition_point(|m| m.user_id < event.member.user_id);
+        members.insert(at, event.member.clone());
+    }
+}
+
 fn each(ws: WebSocket, channel: &Channel, event: &ChannelEvent<'_>) {
     let listeners: Vec<Listener> = ws
         .conn
