@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Side-by-side benchmarks: Switchboard, a bare axum broadcast server (the upper bound on this
-# machine), socketioxide (the Rust Socket.IO server), a Node `ws` server and a Node
-# Socket.IO server, under the same load generator, in one run. Each server is pinned to
-# core 0 and the load generator to core 1. Loopback only; every workload is bounded in
+# Side-by-side benchmarks: Switchboard, a bare axum broadcast server with batched writes (the
+# upper bound on this machine; the naive one that flushes per message as a second row),
+# socketioxide (the Rust Socket.IO server), a Node `ws` server and a Node Socket.IO server,
+# under the same load generator, in one run. Each server is pinned to core 0 and the load
+# generator to core 1 (SERVER_CPUS, LOADGEN_CPUS and LOADGEN_PROCS change that). Loopback only; every workload is bounded in
 # connections and time. Writes docs/benchmarks.md (and prints it).
 #
 # The durable-history workloads (issue 11) run Switchboard alone, with each history setting
@@ -16,13 +17,19 @@
 #                                      target/bench-history.md, not docs/benchmarks.md
 #   ONLY=cluster scripts/bench.sh      only the cross-node fan-out (Redis; issue 12), written
 #                                      to target/bench-cluster.md
+#   ONLY=fanout scripts/bench.sh       only the fan-out comparison of Switchboard (both queue
+#                                      settings) and the two bare axum servers, written to
+#                                      target/bench-fanout.md
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/setup.sh
 # The cross-node rows need Redis (Debian's redis-server, as the tests use).
-[ "${ONLY:-}" = history ] || install_redis
+case "${ONLY:-}" in history|fanout) ;; *) install_redis ;; esac
 
 SUBS=${SUBS:-1000}; RATES=${RATES:-250,500,1000,2000}; SECS=${SECS:-5}
+# Where the servers and the load generator run, and over how many processes the fan-out's
+# subscribers are spread (docs/benchmarks.md: "On a bigger machine").
+SERVER_CPUS=${SERVER_CPUS:-0}; LOADGEN_CPUS=${LOADGEN_CPUS:-1}; LOADGEN_PROCS=${LOADGEN_PROCS:-1}
 IDLE=${IDLE:-10000}; RPC_CONNS=${RPC_CONNS:-100}; STORM=${STORM:-1000}; SLOW_SECS=${SLOW_SECS:-10}
 PUB_CONNS=${PUB_CONNS:-50}; PUB_WINDOW=${PUB_WINDOW:-16}; PUB_CHANNELS=${PUB_CHANNELS:-4}
 MISSED=${MISSED:-50}; ONLY=${ONLY:-}
@@ -30,7 +37,7 @@ if [ "${QUICK:-0}" = 1 ]; then
   SUBS=200; RATES=1000,5000; SECS=2; IDLE=2000; STORM=300; SLOW_SECS=4; PUB_CONNS=20
 fi
 CLUSTER_RATES=${CLUSTER_RATES:-$RATES}
-case "$ONLY" in ""|history|cluster) ;; *) echo "ONLY must be empty, history or cluster" >&2; exit 2 ;; esac
+case "$ONLY" in ""|history|cluster|fanout) ;; *) echo "ONLY must be empty, history, cluster or fanout" >&2; exit 2 ;; esac
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 echo "==> building (release)"
@@ -48,7 +55,7 @@ trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "${d
 start() {
   local log; log=$(mktemp)
   # taskset execs the server, so $! is the server itself (its CPU and memory are read).
-  if command -v taskset >/dev/null; then taskset -c 0 "$@" >"$log" 2>&1 &
+  if command -v taskset >/dev/null; then taskset -c "$SERVER_CPUS" "$@" >"$log" 2>&1 &
   else "$@" >"$log" 2>&1 & fi
   pid=$!; pids+=("$pid")
   for _ in $(seq 100); do grep -q 'listening on' "$log" && break; sleep 0.1; done
@@ -56,7 +63,7 @@ start() {
   [ "$url" != "ws://" ] || { cat "$log"; exit 1; }
 }
 stop() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }
-lg() { pin 1 target/release/loadgen "$@"; }
+lg() { pin "$LOADGEN_CPUS" target/release/loadgen "$@"; }
 # A workload that fails (its error is in the log) leaves a row saying so; the run goes on.
 failed() { echo "| $1 | failed: see the bench log |"; }
 
@@ -68,7 +75,8 @@ sb=("${sb_base[@]}" --history memory)
 # NAME|DIALECT|COMMAND[|fanout-only]
 servers=("switchboard|switchboard|${sb[*]}"
          "switchboard, queue 1024|switchboard|${sb[*]} --queue-capacity 1024|fanout-only"
-         "bare axum|raw|target/release/bare-peer --addr 127.0.0.1:0"
+         "bare axum, batched writes|raw|target/release/bare-peer --addr 127.0.0.1:0"
+         "bare axum, flush per message (naive)|raw|target/release/bare-peer --addr 127.0.0.1:0 --flush-each|fanout-only"
          "socketioxide|socketio|target/release/sio-peer --addr 127.0.0.1:0"
          "node ws|raw|node bench/peers/ws-peer.mjs 127.0.0.1:0"
          "socket.io|socketio|node bench/peers/sio-peer.mjs 127.0.0.1:0")
@@ -127,15 +135,26 @@ recover_storm() {
 }
 
 fanout_rows=""; rpc_rows=""; idle_rows=""; storm_rows=""; slow_rows=""
-# ONLY=history: none of the comparison workloads.
-[ -z "$ONLY" ] || servers=()
+# ONLY=history and ONLY=cluster: none of the comparison workloads; ONLY=fanout: the fan-out
+# of Switchboard and bare axum only.
+case "$ONLY" in
+  "") ;;
+  fanout)
+    kept=()
+    for entry in "${servers[@]}"; do
+      case "$entry" in switchboard*|bare*) kept+=("${entry%|fanout-only}|fanout-only") ;; esac
+    done
+    servers=("${kept[@]}") ;;
+  *) servers=() ;;
+esac
 for entry in "${servers[@]}"; do
   IFS='|' read -r name dialect cmd only <<<"$entry"
   echo "==> $name: fan-out"
   # shellcheck disable=SC2086
   start $cmd
   fanout_rows+=$(lg fanout --url "$url" --dialect "$dialect" --label "$name" --subs "$SUBS" \
-    --rates "$RATES" --secs "$SECS" --server-pid "$pid" || failed "$name")$'\n'
+    --rates "$RATES" --secs "$SECS" --server-pid "$pid" --procs "$LOADGEN_PROCS" \
+    || failed "$name")$'\n'
   stop
   [ "$only" = fanout-only ] && continue
   echo "==> $name: request/response"
@@ -176,7 +195,7 @@ start_redis() {
   local cmd=(redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly yes
              --appendfsync always --dir "$rdir")
   # Started directly (not through a function), so that $! is Redis itself, as in start().
-  if command -v taskset >/dev/null; then taskset -c 0 "${cmd[@]}" >/dev/null 2>&1 &
+  if command -v taskset >/dev/null; then taskset -c "$SERVER_CPUS" "${cmd[@]}" >/dev/null 2>&1 &
   else "${cmd[@]}" >/dev/null 2>&1 & fi
   redis_pid=$!; pids+=("$redis_pid")
   for _ in $(seq 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
@@ -241,13 +260,26 @@ cluster_section() {
   echo "CPU time (INFO cpu), commands processed and network bytes (INFO stats), over the"
   echo "messages published (rate × duration)."
   echo
-  echo "| setup | subscribers | publish rate/s | delivered/s | loss % | p50 ms | p99 ms | max ms | nodes + Redis CPU % | loadgen CPU % | Redis CPU µs per message | Redis commands per message | Redis bytes in per message | Redis bytes out per message |"
-  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+  echo "| setup | subscribers | publish rate/s | delivered/s | loss % | p50 ms | p99 ms | max ms | nodes + Redis CPU % | loadgen CPU % | wire bytes per delivery | nodes + Redis CPU s per M deliveries | Redis CPU µs per message | Redis commands per message | Redis bytes in per message | Redis bytes out per message |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
   printf '%s' "$cluster_rows"
 }
 if [ "$ONLY" = cluster ]; then
   mkdir -p target
   cluster_section | tee target/bench-cluster.md
+  exit 0
+fi
+if [ "$ONLY" = fanout ]; then
+  mkdir -p target
+  {
+    echo "## Fan-out: 1 publisher, $SUBS subscribers, 100-byte payloads, $SECS s per rate"
+    echo
+    echo "Rows from \`${QUICK:+QUICK=$QUICK }ONLY=fanout scripts/bench.sh\` on $(date -u '+%Y-%m-%d %H:%M UTC')."
+    echo
+    echo "| server | subscribers | publish rate/s | delivered/s | loss % | p50 ms | p99 ms | max ms | server CPU % | loadgen CPU % | wire bytes per delivery | server CPU s per M deliveries |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+    printf '%s' "$fanout_rows"
+  } | tee target/bench-fanout.md
   exit 0
 fi
 
@@ -330,8 +362,8 @@ history_sections() {
   echo "as loss even when no subscriber was closed (see under the table), and the backlog"
   echo "spills into the next rate's row. Columns as in that table."
   echo
-  echo "| server | subscribers | publish rate/s | delivered/s | loss % | p50 ms | p99 ms | max ms | server CPU % | loadgen CPU % |"
-  echo "|---|---|---|---|---|---|---|---|---|---|"
+  echo "| server | subscribers | publish rate/s | delivered/s | loss % | p50 ms | p99 ms | max ms | server CPU % | loadgen CPU % | wire bytes per delivery | server CPU s per M deliveries |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
   printf '%s' "$hfanout_rows"
   echo
   echo "Subscribers closed as slow consumers (4108) in these runs, the server's"
@@ -408,8 +440,8 @@ out=docs/benchmarks.md
   echo "like the socketioxide peer's buffer and the bare axum broadcast ring; Node buffers without"
   echo "bound (what is still buffered after the 5 s drain window counts as loss)."
   echo
-  echo "| server | subscribers | publish rate/s | delivered/s | loss % | p50 ms | p99 ms | max ms | server CPU % | loadgen CPU % |"
-  echo "|---|---|---|---|---|---|---|---|---|---|"
+  echo "| server | subscribers | publish rate/s | delivered/s | loss % | p50 ms | p99 ms | max ms | server CPU % | loadgen CPU % | wire bytes per delivery | server CPU s per M deliveries |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
   printf '%s' "$fanout_rows"
   echo
   echo "## Request/response: $RPC_CONNS connections, back-to-back round trips, $SECS s"

@@ -86,6 +86,9 @@ enum Cmd {
     /// A restart during which every subscribed client misses messages: recovery with
     /// `since`, exactly once and in order.
     StormRecover(history::RecoverArgs),
+    /// A share of `fanout --procs`'s subscribers (started by it).
+    #[command(hide = true)]
+    FanoutWorker(WorkerArgs),
     /// Idle subscribed connections: server memory per connection.
     Idle {
         #[command(flatten)]
@@ -139,6 +142,32 @@ struct FanoutArgs {
     /// More processes whose CPU counts as the server's (the other nodes, Redis).
     #[arg(long, value_delimiter = ',')]
     also_pids: Vec<u32>,
+    /// Spread the subscribers over this many processes: this one (the publisher and its
+    /// share) and `procs - 1` workers (`loadgen fanout-worker`, one tokio thread each).
+    /// Give the load generator that many cores (`taskset`) where the machine has them.
+    #[arg(long, default_value_t = 1)]
+    procs: usize,
+}
+
+/// A share of a fan-out's subscribers in a process of its own, driven by `fanout --procs`
+/// over stdin/stdout: `ready` once subscribed; then `reset` (a new rate begins), `count`
+/// (answers the messages received) and `report` (answers messages, wire bytes and the
+/// latency histogram, then starts a new one).
+#[derive(clap::Args)]
+struct WorkerArgs {
+    /// The base URLs the subscribers connect to, in turn by index.
+    #[arg(long, value_delimiter = ',')]
+    urls: Vec<String>,
+    #[arg(long, value_enum)]
+    dialect: Dialect,
+    /// The first subscriber's index (it picks the URL and the source address).
+    #[arg(long)]
+    first: usize,
+    #[arg(long)]
+    count: usize,
+    /// The publisher's clock: microseconds of the wall clock at its start.
+    #[arg(long)]
+    epoch: u64,
 }
 
 /// The reconnect-storm workload's options. The load generator connects and subscribes
@@ -226,9 +255,17 @@ impl SplitMix {
 
 type Ws = WebSocketStream<TcpStream>;
 
-/// Microseconds since this process's start: the clock in every payload.
-fn now_us(base: Instant) -> u64 {
-    base.elapsed().as_micros() as u64
+/// Microseconds of the wall clock, which every process on the machine shares (the fan-out's
+/// worker processes stamp and time with it).
+fn wall_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Microseconds since `epoch` (a [`wall_us`] reading): the clock in every payload.
+fn now_us(epoch: u64) -> u64 {
+    wall_us().saturating_sub(epoch)
 }
 
 fn addr_of(url: &str) -> anyhow::Result<SocketAddr> {
@@ -415,18 +452,19 @@ fn stamp(text: &str) -> Option<u64> {
 }
 
 /// Reads every subscriber on its own task: counts stamped messages in `received` and
-/// records their latency; each change of `phase` sends the histogram so far (and starts a
+/// their WebSocket frames' bytes in `wire`, and records their latency; each change of `phase` sends the histogram so far (and starts a
 /// new one) on the returned channel; the phase sender's drop ends the tasks.
 fn spawn_receivers(
     sockets: Vec<Ws>,
     dialect: Dialect,
-    base: Instant,
-    received: &Arc<AtomicU64>,
+    base: u64,
+    (received, wire): (&Arc<AtomicU64>, &Arc<AtomicU64>),
     phase: &watch::Receiver<u32>,
 ) -> mpsc::UnboundedReceiver<Histogram<u64>> {
     let (report_tx, report_rx) = mpsc::unbounded_channel();
     for mut ws in sockets {
         let received = received.clone();
+        let wire = wire.clone();
         let mut phase = phase.clone();
         let report = report_tx.clone();
         tokio::spawn(async move {
@@ -440,6 +478,7 @@ fn spawn_receivers(
                             } else if let Some(sent) = stamp(t.as_str()) {
                                 let _ = hist.record(now_us(base).saturating_sub(sent));
                                 received.fetch_add(1, Ordering::Relaxed);
+                                wire.fetch_add(frame_bytes(t.len()), Ordering::Relaxed);
                             }
                         }
                         Some(Ok(_)) => {}
@@ -461,6 +500,17 @@ fn spawn_receivers(
     report_rx
 }
 
+/// The bytes a server-to-client WebSocket frame of `len` payload bytes takes on the wire
+/// (unmasked: a 2-byte header, plus 2 or 8 bytes of extended length), TCP/IP not counted.
+fn frame_bytes(len: usize) -> u64 {
+    let header = match len {
+        0..=125 => 2,
+        126..=65_535 => 4,
+        _ => 10,
+    };
+    (len + header) as u64
+}
+
 /// The publishing connection (source address index `i`), ready to publish.
 async fn publisher(url: &str, dialect: Dialect, i: usize) -> anyhow::Result<Ws> {
     match dialect {
@@ -476,7 +526,7 @@ async fn publisher(url: &str, dialect: Dialect, i: usize) -> anyhow::Result<Ws> 
 async fn publish_until(
     publisher: &mut Ws,
     dialect: Dialect,
-    base: Instant,
+    base: u64,
     pad: &str,
     sent: &mut u64,
     due: u64,
@@ -512,24 +562,38 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
         server_pid,
         sub_urls,
         also_pids,
+        procs,
     } = args;
     let (url, label) = (url.as_str(), label.as_str());
-    let base = Instant::now();
-    let sub_url = |i: usize| match sub_urls.len() {
-        0 => url,
-        n => sub_urls[i % n].as_str(),
+    let base = wall_us();
+    let sub_urls = if sub_urls.is_empty() {
+        vec![url.to_owned()]
+    } else {
+        sub_urls
     };
-    let sockets = open_many(subs, |i| subscriber(sub_url(i), dialect, i)).await?;
+    // This process takes the first share; the workers the rest, in contiguous ranges.
+    let procs = procs.clamp(1, subs.max(1));
+    let share = subs.div_ceil(procs);
+    let own = share.min(subs);
+    let mut workers = Workers::spawn(&sub_urls, dialect, base, own, share, subs).await?;
+    let sockets = open_many(own, |i| {
+        subscriber(&sub_urls[i % sub_urls.len()], dialect, i)
+    })
+    .await?;
     let server_cpu =
         || cpu_secs(server_pid) + also_pids.iter().map(|p| cpu_secs(Some(*p))).sum::<f64>();
     let received = Arc::new(AtomicU64::new(0));
+    let wire = Arc::new(AtomicU64::new(0));
     let (phase_tx, phase_rx) = watch::channel(0u32);
-    let mut report_rx = spawn_receivers(sockets, dialect, base, &received, &phase_rx);
+    let mut report_rx = spawn_receivers(sockets, dialect, base, (&received, &wire), &phase_rx);
     let mut publisher = publisher(url, dialect, subs).await?;
     let pad = "x".repeat(payload.saturating_sub(30));
     for (n, &rate) in rates.iter().enumerate() {
         received.store(0, Ordering::Relaxed);
-        let (cpu0, self0, t0) = (server_cpu(), cpu_secs(None), Instant::now());
+        wire.store(0, Ordering::Relaxed);
+        workers.reset().await?;
+        let load_cpu = |w: &Workers| cpu_secs(None) + w.cpu_secs();
+        let (cpu0, self0, t0) = (server_cpu(), load_cpu(&workers), Instant::now());
         let end = t0 + Duration::from_secs(secs);
         let mut sent: u64 = 0;
         let mut tick = tokio::time::interval(Duration::from_millis(1));
@@ -539,39 +603,229 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
             publish_until(&mut publisher, dialect, base, &pad, &mut sent, due).await?;
         }
         // Drain: wait until deliveries stop growing (at most 5 s).
-        let mut last = received.load(Ordering::Relaxed);
+        let mut last = received.load(Ordering::Relaxed) + workers.count().await?;
         for _ in 0..50 {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            let now = received.load(Ordering::Relaxed);
+            let now = received.load(Ordering::Relaxed) + workers.count().await?;
             if now == last && now >= sent * subs as u64 {
                 break;
             }
             if now == last {
                 tokio::time::sleep(Duration::from_millis(400)).await;
-                if received.load(Ordering::Relaxed) == now {
+                if received.load(Ordering::Relaxed) + workers.count().await? == now {
                     break;
                 }
             }
-            last = received.load(Ordering::Relaxed);
+            last = received.load(Ordering::Relaxed) + workers.count().await?;
         }
         let wall = t0.elapsed().as_secs_f64();
-        let (cpu1, self1) = (server_cpu(), cpu_secs(None));
-        let got = received.load(Ordering::Relaxed);
+        let (cpu1, self1) = (server_cpu(), load_cpu(&workers));
         phase_tx.send(n as u32 + 1)?;
         let mut hist = Histogram::<u64>::new(3)?;
-        for _ in 0..subs {
+        for _ in 0..own {
             match tokio::time::timeout(Duration::from_secs(5), report_rx.recv()).await {
                 Ok(Some(h)) => hist.add(&h)?,
                 _ => break,
             }
         }
+        let (w_got, w_wire) = workers.report(&mut hist).await?;
+        let got = received.load(Ordering::Relaxed) + w_got;
+        let bytes = wire.load(Ordering::Relaxed) + w_wire;
         let expected = sent * subs as u64;
         let loss = 100.0 * expected.saturating_sub(got) as f64 / expected.max(1) as f64;
+        // Efficiency, visible even where the load generator is the limit: WebSocket bytes
+        // per delivered message, and the server's CPU seconds per million deliveries.
+        let per_delivery = bytes as f64 / got.max(1) as f64;
+        let cpu_per_million = (cpu1 - cpu0) / (got.max(1) as f64 / 1e6);
         println!(
-            "| {label} | {subs} | {rate} | {:.0} | {loss:.2} | {} |",
+            "| {label} | {subs} | {rate} | {:.0} | {loss:.2} | {} | {per_delivery:.0} | {cpu_per_million:.2} |",
             got as f64 / secs as f64,
             latency_and_cpu(&hist, (cpu0, cpu1), (self0, self1), wall),
         );
+    }
+    Ok(())
+}
+
+/// The worker processes of `fanout --procs` (see [`WorkerArgs`]); empty for one process.
+struct Workers(Vec<Worker>);
+
+struct Worker {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Workers {
+    /// Starts a worker per `share` subscribers from index `from` up to `subs`, and waits
+    /// until each has its subscribers subscribed.
+    async fn spawn(
+        urls: &[String],
+        dialect: Dialect,
+        epoch: u64,
+        from: usize,
+        share: usize,
+        subs: usize,
+    ) -> anyhow::Result<Self> {
+        use tokio::io::AsyncBufReadExt;
+        let mut workers = Vec::new();
+        let exe = std::env::current_exe()?;
+        let dialect_name = dialect
+            .to_possible_value()
+            .map(|v| v.get_name().to_owned())
+            .unwrap_or_default();
+        for first in (from..subs).step_by(share.max(1)) {
+            let count = share.min(subs - first);
+            let mut child = tokio::process::Command::new(&exe)
+                .args(["fanout-worker", "--urls", &urls.join(","), "--dialect"])
+                .arg(&dialect_name)
+                .args(["--first", &first.to_string(), "--count", &count.to_string()])
+                .args(["--epoch", &epoch.to_string()])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()?;
+            let stdin = child.stdin.take().context("worker stdin")?;
+            let stdout = child.stdout.take().context("worker stdout")?;
+            let lines = tokio::io::BufReader::new(stdout).lines();
+            workers.push(Worker {
+                child,
+                stdin,
+                lines,
+            });
+        }
+        let mut workers = Self(workers);
+        for w in &mut workers.0 {
+            let line = w.answer(Duration::from_secs(120)).await?;
+            if line != "ready" {
+                bail!("a fan-out worker said {line:?} instead of ready");
+            }
+        }
+        Ok(workers)
+    }
+
+    fn cpu_secs(&self) -> f64 {
+        self.0
+            .iter()
+            .filter_map(|w| w.child.id())
+            .map(|pid| cpu_secs(Some(pid)))
+            .sum()
+    }
+
+    async fn reset(&mut self) -> anyhow::Result<()> {
+        for w in &mut self.0 {
+            w.tell("reset").await?;
+        }
+        Ok(())
+    }
+
+    /// Messages the workers' subscribers received since the last reset.
+    async fn count(&mut self) -> anyhow::Result<u64> {
+        let mut total = 0;
+        for w in &mut self.0 {
+            w.tell("count").await?;
+            total += w.answer(Duration::from_secs(10)).await?.parse::<u64>()?;
+        }
+        Ok(total)
+    }
+
+    /// Ends the phase: adds the workers' latencies to `hist`; returns their messages and
+    /// wire bytes.
+    async fn report(&mut self, hist: &mut Histogram<u64>) -> anyhow::Result<(u64, u64)> {
+        let (mut got, mut bytes) = (0, 0);
+        for w in &mut self.0 {
+            w.tell("report").await?;
+            let line = w.answer(Duration::from_secs(30)).await?;
+            let mut parts = line.split(' ');
+            got += parts.next().unwrap_or("0").parse::<u64>()?;
+            bytes += parts.next().unwrap_or("0").parse::<u64>()?;
+            for pair in parts
+                .next()
+                .unwrap_or("")
+                .split(',')
+                .filter(|p| !p.is_empty())
+            {
+                let (value, count) = pair.split_once(':').context("value:count")?;
+                hist.record_n(value.parse()?, count.parse()?)?;
+            }
+        }
+        Ok((got, bytes))
+    }
+}
+
+impl Worker {
+    async fn tell(&mut self, what: &str) -> anyhow::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.stdin.write_all(format!("{what}\n").as_bytes()).await?;
+        self.stdin.flush().await?;
+        Ok(())
+    }
+
+    async fn answer(&mut self, within: Duration) -> anyhow::Result<String> {
+        tokio::time::timeout(within, self.lines.next_line())
+            .await
+            .context("a fan-out worker did not answer")??
+            .context("a fan-out worker exited")
+    }
+}
+
+/// `loadgen fanout-worker`: see [`WorkerArgs`].
+async fn fanout_worker(args: WorkerArgs) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use tokio::io::AsyncBufReadExt;
+    let WorkerArgs {
+        urls,
+        dialect,
+        first,
+        count,
+        epoch,
+    } = args;
+    anyhow::ensure!(!urls.is_empty(), "no --urls");
+    let sockets = open_many(count, |i| {
+        subscriber(&urls[(first + i) % urls.len()], dialect, first + i)
+    })
+    .await?;
+    let received = Arc::new(AtomicU64::new(0));
+    let wire = Arc::new(AtomicU64::new(0));
+    let (phase_tx, phase_rx) = watch::channel(0u32);
+    let mut report_rx = spawn_receivers(sockets, dialect, epoch, (&received, &wire), &phase_rx);
+    let say = |line: String| -> anyhow::Result<()> {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{line}")?;
+        Ok(out.flush()?)
+    };
+    say("ready".into())?;
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut phase = 0;
+    while let Some(line) = lines.next_line().await? {
+        match line.trim() {
+            "reset" => {
+                received.store(0, Ordering::Relaxed);
+                wire.store(0, Ordering::Relaxed);
+            }
+            "count" => say(received.load(Ordering::Relaxed).to_string())?,
+            "report" => {
+                phase += 1;
+                phase_tx.send(phase)?;
+                let mut hist = Histogram::<u64>::new(3)?;
+                for _ in 0..count {
+                    match tokio::time::timeout(Duration::from_secs(5), report_rx.recv()).await {
+                        Ok(Some(h)) => hist.add(&h)?,
+                        _ => break,
+                    }
+                }
+                let buckets: Vec<String> = hist
+                    .iter_recorded()
+                    .map(|v| format!("{}:{}", v.value_iterated_to(), v.count_at_value()))
+                    .collect();
+                say(format!(
+                    "{} {} {}",
+                    received.load(Ordering::Relaxed),
+                    wire.load(Ordering::Relaxed),
+                    buckets.join(",")
+                ))?;
+            }
+            other => bail!("unknown worker command {other:?}"),
+        }
     }
     Ok(())
 }
@@ -603,14 +857,15 @@ async fn slow(args: SlowArgs) -> anyhow::Result<()> {
         server_pid,
     } = args;
     let url = url.as_str();
-    let base = Instant::now();
+    let base = wall_us();
     let rss0 = rss_kib(server_pid);
     let fast_sockets = open_many(fast, |i| subscriber(url, dialect, i)).await?;
     // Subscribed, then never polled again: their kernel buffers fill, then the server's.
     let slow_sockets = open_many(slow, |i| subscriber(url, dialect, fast + i)).await?;
     let received = Arc::new(AtomicU64::new(0));
     let (phase_tx, phase_rx) = watch::channel(0u32);
-    let mut report_rx = spawn_receivers(fast_sockets, dialect, base, &received, &phase_rx);
+    let wire = Arc::new(AtomicU64::new(0));
+    let mut report_rx = spawn_receivers(fast_sockets, dialect, base, (&received, &wire), &phase_rx);
     let mut publisher = publisher(url, dialect, fast + slow).await?;
     let pad = "x".repeat(payload.saturating_sub(30));
     let mut peak = rss0;
@@ -906,6 +1161,7 @@ async fn main() -> anyhow::Result<()> {
 async fn run(cmd: Cmd) -> anyhow::Result<()> {
     match cmd {
         Cmd::Fanout(args) => fanout(args).await,
+        Cmd::FanoutWorker(args) => fanout_worker(args).await,
         Cmd::Storm(args) => storm(args).await,
         Cmd::Slow(args) => slow(args).await,
         Cmd::Publish(args) => history::publish(args).await,
