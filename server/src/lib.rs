@@ -234,8 +234,11 @@ struct WsQuery {
 /// Written frames are flushed to the socket once this many bytes are buffered (and after
 /// each batch). Unlike the read buffer it is not allocated up front: it grows while
 /// writing. Smaller means more write syscalls under fan-out: 1 KiB lost half the
-/// deliveries at 1,000 subscribers × 1,000/s where 4 KiB lost none.
-pub const WRITE_BUFFER_BYTES: usize = 4096;
+/// deliveries at 1,000 subscribers × 1,000/s where 4 KiB lost none; 16 KiB holds a whole
+/// batch of 64 `message` frames of a 100-byte payload (~237 bytes each) in one write, and
+/// took 2,000/s × 1,000 subscribers from 1.57 M deliveries/s with 21% loss to 2.0 M/s with
+/// none (docs/benchmarks.md, issue 15).
+pub const WRITE_BUFFER_BYTES: usize = 16384;
 
 /// The upgrade: checks the Origin (403 before upgrading), the connection caps and the
 /// `?token=`; the session reports cap and token failures with close codes, which a
