@@ -14,13 +14,15 @@ dir="${1:-${TRUNK_STAGING_DIR:?run by trunk, or give the directory}}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 terser="$root/e2e/node_modules/.bin/terser"
 
+# The SRI digest Trunk writes: sha384, base64 (node is there: npm installed terser).
+sri() { node -e 'const c=require("crypto");process.stdout.write(c.createHash("sha384").update(require("fs").readFileSync(process.argv[1])).digest("base64"))' "$1"; }
 if [ -x "$terser" ]; then
   for js in "$dir"/*.js; do
     [ -e "$js" ] || continue
-    old=$(openssl dgst -sha384 -binary "$js" | base64 -w0)
+    old=$(sri "$js")
     "$terser" "$js" --module --compress --mangle -o "$js.min"
     mv "$js.min" "$js"
-    new=$(openssl dgst -sha384 -binary "$js" | base64 -w0)
+    new=$(sri "$js")
     # Base64 is [A-Za-z0-9+/=]: none of it is special in a basic sed regex with '|'.
     grep -q "sha384-$old" "$dir/index.html" || { echo "post-build: no integrity for $js" >&2; exit 1; }
     sed -i "s|sha384-$old|sha384-$new|g" "$dir/index.html"
