@@ -85,7 +85,7 @@ if [ ! -f "$ROOT/e2e/node_modules/.package-lock.json" ] \
   # PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD: we drive Debian's Chromium, never a downloaded one.
   (cd "$ROOT/e2e" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
 fi
-# brotli: the release build writes .br copies of the bundle (scripts/precompress.sh).
+# brotli: the release build writes .br copies of the bundle (scripts/post-build.sh).
 command -v brotli >/dev/null || apt_install brotli
 case "$(wasm-opt --version 2>/dev/null)" in
   *"version 132"*) ;;

@@ -452,8 +452,9 @@ fn stamp(text: &str) -> Option<u64> {
 }
 
 /// Reads every subscriber on its own task: counts stamped messages in `received` and
-/// their WebSocket frames' bytes in `wire`, and records their latency; each change of `phase` sends the histogram so far (and starts a
-/// new one) on the returned channel; the phase sender's drop ends the tasks.
+/// their WebSocket frames' bytes in `wire`, and records their latency; each change of
+/// `phase` sends the histogram so far (and starts a new one) on the returned channel; the
+/// phase sender's drop ends the tasks.
 fn spawn_receivers(
     sockets: Vec<Ws>,
     dialect: Dialect,
@@ -498,6 +499,22 @@ fn spawn_receivers(
         });
     }
     report_rx
+}
+
+/// The histograms of `n` receivers after a phase change, merged (a receiver that does not
+/// report within 5 s is left out).
+async fn phase_histogram(
+    report_rx: &mut mpsc::UnboundedReceiver<Histogram<u64>>,
+    n: usize,
+) -> anyhow::Result<Histogram<u64>> {
+    let mut hist = Histogram::<u64>::new(3)?;
+    for _ in 0..n {
+        match tokio::time::timeout(Duration::from_secs(5), report_rx.recv()).await {
+            Ok(Some(h)) => hist.add(&h)?,
+            _ => break,
+        }
+    }
+    Ok(hist)
 }
 
 /// The bytes a server-to-client WebSocket frame of `len` payload bytes takes on the wire
@@ -603,31 +620,25 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
             publish_until(&mut publisher, dialect, base, &pad, &mut sent, due).await?;
         }
         // Drain: wait until deliveries stop growing (at most 5 s).
-        let mut last = received.load(Ordering::Relaxed) + workers.count().await?;
+        let mut last = workers.delivered(&received).await?;
         for _ in 0..50 {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            let now = received.load(Ordering::Relaxed) + workers.count().await?;
+            let now = workers.delivered(&received).await?;
             if now == last && now >= sent * subs as u64 {
                 break;
             }
             if now == last {
                 tokio::time::sleep(Duration::from_millis(400)).await;
-                if received.load(Ordering::Relaxed) + workers.count().await? == now {
+                if workers.delivered(&received).await? == now {
                     break;
                 }
             }
-            last = received.load(Ordering::Relaxed) + workers.count().await?;
+            last = workers.delivered(&received).await?;
         }
         let wall = t0.elapsed().as_secs_f64();
         let (cpu1, self1) = (server_cpu(), load_cpu(&workers));
         phase_tx.send(n as u32 + 1)?;
-        let mut hist = Histogram::<u64>::new(3)?;
-        for _ in 0..own {
-            match tokio::time::timeout(Duration::from_secs(5), report_rx.recv()).await {
-                Ok(Some(h)) => hist.add(&h)?,
-                _ => break,
-            }
-        }
+        let mut hist = phase_histogram(&mut report_rx, own).await?;
         let (w_got, w_wire) = workers.report(&mut hist).await?;
         let got = received.load(Ordering::Relaxed) + w_got;
         let bytes = wire.load(Ordering::Relaxed) + w_wire;
@@ -718,9 +729,10 @@ impl Workers {
         Ok(())
     }
 
-    /// Messages the workers' subscribers received since the last reset.
-    async fn count(&mut self) -> anyhow::Result<u64> {
-        let mut total = 0;
+    /// Messages received since the last reset: `local` (this process's subscribers) plus
+    /// what the workers' subscribers received.
+    async fn delivered(&mut self, local: &AtomicU64) -> anyhow::Result<u64> {
+        let mut total = local.load(Ordering::Relaxed);
         for w in &mut self.0 {
             w.tell("count").await?;
             total += w.answer(Duration::from_secs(10)).await?.parse::<u64>()?;
@@ -806,13 +818,7 @@ async fn fanout_worker(args: WorkerArgs) -> anyhow::Result<()> {
             "report" => {
                 phase += 1;
                 phase_tx.send(phase)?;
-                let mut hist = Histogram::<u64>::new(3)?;
-                for _ in 0..count {
-                    match tokio::time::timeout(Duration::from_secs(5), report_rx.recv()).await {
-                        Ok(Some(h)) => hist.add(&h)?,
-                        _ => break,
-                    }
-                }
+                let hist = phase_histogram(&mut report_rx, count).await?;
                 let buckets: Vec<String> = hist
                     .iter_recorded()
                     .map(|v| format!("{}:{}", v.value_iterated_to(), v.count_at_value()))
@@ -888,13 +894,7 @@ async fn slow(args: SlowArgs) -> anyhow::Result<()> {
     }
     let rss_end = rss_kib(server_pid);
     phase_tx.send(1)?;
-    let mut hist = Histogram::<u64>::new(3)?;
-    for _ in 0..fast {
-        match tokio::time::timeout(Duration::from_secs(5), report_rx.recv()).await {
-            Ok(Some(h)) => hist.add(&h)?,
-            _ => break,
-        }
-    }
+    let hist = phase_histogram(&mut report_rx, fast).await?;
     let owed_mib = (sent as f64 * payload as f64 * slow as f64) / (1024.0 * 1024.0);
     println!(
         "| {label} | {fast} | {slow} | {rate} | {payload} | {owed_mib:.0} | {:.0} | {:.0} | {:.0} | {:+.0} | {:.1} | {} |",

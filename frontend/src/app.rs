@@ -138,17 +138,13 @@ pub fn StatusBadge(
 /// `x` with `decimals` digits after the point (at most 3), through integers: Rust's float
 /// formatting costs the bundle about 10 KB (docs/benchmarks.md).
 pub fn fixed(x: f64, decimals: u32) -> String {
-    let scale = 10i64.pow(decimals.min(3));
+    let d = decimals.min(3);
+    let scale = 10i64.pow(d);
     let n = (x.abs() * scale as f64).round() as i64;
     let sign = if x < 0.0 && n != 0 { "-" } else { "" };
-    match decimals {
+    match d {
         0 => format!("{sign}{n}"),
-        d => format!(
-            "{sign}{}.{:0w$}",
-            n / scale,
-            n % scale,
-            w = d.min(3) as usize
-        ),
+        d => format!("{sign}{}.{:0w$}", n / scale, n % scale, w = d as usize),
     }
 }
 

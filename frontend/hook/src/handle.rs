@@ -956,8 +956,6 @@ pub(crate) fn restore_outbox(ws: WebSocket, saved: &str) {
     }
 }
 
-/// Calls every holder of `channel` (outside the connection's borrow: a listener may call
-/// back into the handle).
 /// A member list (sorted by user id) after a presence event: a join replaces or adds
 /// the member in order, a leave removes them. Not generic, so every subscription's
 /// message type shares this one copy in the bundle.
@@ -969,6 +967,8 @@ fn apply_presence(members: &mut Vec<Member>, event: &PresenceEvent) {
     }
 }
 
+/// Calls every holder of `channel` (outside the connection's borrow: a listener may call
+/// back into the handle).
 fn each(ws: WebSocket, channel: &Channel, event: &ChannelEvent<'_>) {
     let listeners: Vec<Listener> = ws
         .conn
@@ -981,5 +981,42 @@ fn each(ws: WebSocket, channel: &Channel, event: &ChannelEvent<'_>) {
         .unwrap_or_default();
     for f in listeners {
         f(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(user: &str, connections: u32) -> Member {
+        Member {
+            user_id: user.into(),
+            info: Payload::null(),
+            connections,
+        }
+    }
+
+    fn event(action: PresenceAction, user: &str, connections: u32) -> PresenceEvent {
+        PresenceEvent {
+            action,
+            member: member(user, connections),
+        }
+    }
+
+    #[test]
+    fn presence_keeps_the_member_list_sorted_and_one_entry_per_user() {
+        let mut ms = vec![member("ada", 1), member("cy", 1)];
+        apply_presence(&mut ms, &event(PresenceAction::Join, "bo", 1));
+        apply_presence(&mut ms, &event(PresenceAction::Join, "zed", 1));
+        apply_presence(&mut ms, &event(PresenceAction::Join, "a", 1));
+        let users = |ms: &[Member]| ms.iter().map(|m| m.user_id.clone()).collect::<Vec<_>>();
+        assert_eq!(users(&ms), ["a", "ada", "bo", "cy", "zed"]);
+        // A second connection of a member replaces the entry in place.
+        apply_presence(&mut ms, &event(PresenceAction::Join, "bo", 2));
+        assert_eq!(users(&ms), ["a", "ada", "bo", "cy", "zed"]);
+        assert_eq!(ms[2].connections, 2);
+        apply_presence(&mut ms, &event(PresenceAction::Leave, "ada", 0));
+        apply_presence(&mut ms, &event(PresenceAction::Leave, "nobody", 0));
+        assert_eq!(users(&ms), ["a", "bo", "cy", "zed"]);
     }
 }
