@@ -3,10 +3,10 @@
 // Run through scripts/test.sh, which sets SWITCHBOARD_SERVER and SWITCHBOARD_DIST.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { chromium } from 'playwright-core';
 
 const SERVER = process.env.SWITCHBOARD_SERVER ?? '../target/debug/switchboard-server';
@@ -33,7 +33,7 @@ function startServer(
     const timer = setTimeout(() => reject(new Error(`server did not start: ${out}`)), 10_000);
     proc.stdout.on('data', (chunk) => {
       out += chunk;
-      const m = out.match(/listening on (http:\/\/[0-9.:]+)/);
+      const m = out.match(/listening on (https?:\/\/[0-9.:]+)/);
       if (m) {
         clearTimeout(timer);
         resolve({ proc, url: m[1], dataDir });
@@ -54,9 +54,9 @@ function stopServer(server) {
 let browser;
 let server;
 
-before(async () => {
-  server = await startServer();
-  browser = await chromium.launch({
+/** Chromium as every test runs it, plus `extra` flags. */
+function launch(extra = []) {
+  return chromium.launch({
     executablePath: CHROMIUM,
     headless: true,
     args: [
@@ -64,8 +64,14 @@ before(async () => {
       '--disable-background-networking', '--disable-component-update', '--disable-sync',
       // Playwright gives every launch a fresh, empty profile directory of its own.
       '--disable-dev-shm-usage',
+      ...extra,
     ],
   });
+}
+
+before(async () => {
+  server = await startServer();
+  browser = await launch();
 });
 
 after(async () => {
@@ -525,5 +531,66 @@ test('the precompressed copies decode to the built files', async () => {
     const immutable = file !== 'index.html';
     assert.equal(plain.headers['cache-control'],
       immutable ? 'public, max-age=31536000, immutable' : 'no-cache', file);
+  }
+});
+
+test('over HTTPS with the development certificate the app connects by wss with permessage-deflate', async () => {
+  // The dev certificate, made by the binary beside the server (as README shows).
+  const dir = mkdtempSync(join(tmpdir(), 'switchboard-tls-'));
+  const made = execFileSync(join(dirname(SERVER), 'switchboard-dev-cert'), ['--out', dir]).toString();
+  const spki = made.match(/spki-sha256 (\S+)/)[1];
+  const tls = await startServer('127.0.0.1:0', [
+    '--tls-cert', join(dir, 'cert.pem'), '--tls-key', join(dir, 'key.pem'),
+  ]);
+  assert.match(tls.url, /^https:/);
+  // Chromium trusts exactly this certificate's key, nothing else is relaxed.
+  const trusting = await launch([`--ignore-certificate-errors-spki-list=${spki}`]);
+  try {
+    const tabs = [];
+    for (const name of ['Ada', 'Bob']) {
+      const context = await trusting.newContext();
+      const page = await context.newPage();
+      const errors = [];
+      page.on('pageerror', (e) => errors.push(e));
+      // The handshake as Chromium saw it (the page cannot read WebSocket headers).
+      const cdp = await context.newCDPSession(page);
+      await cdp.send('Network.enable');
+      const handshake = {};
+      cdp.on('Network.webSocketCreated', (e) => { handshake.url = e.url; });
+      cdp.on('Network.webSocketHandshakeResponseReceived', (e) => {
+        handshake.status = e.response.status;
+        handshake.headers = e.response.headers;
+      });
+      await page.goto(tls.url);
+      await page.locator('#status', { hasText: 'connected' }).waitFor({ timeout: 15_000 });
+      assert.match(handshake.url, /^wss:\/\/127\.0\.0\.1:\d+\/ws/);
+      assert.equal(handshake.status, 101);
+      const extensions = Object.entries(handshake.headers)
+        .find(([k]) => k.toLowerCase() === 'sec-websocket-extensions')?.[1] ?? '';
+      assert.match(extensions, /^permessage-deflate/, `negotiated: ${extensions}`);
+      tabs.push({ page, context, errors, name });
+    }
+    const room = `tls${Date.now()}`;
+    for (const { page, name } of tabs) {
+      await page.fill('#join-name', name);
+      await page.fill('#join-room', room);
+      await page.click('#join-button');
+      await page.locator('#chat-input').waitFor();
+    }
+    // Longer than the compression threshold both ways: Chromium compresses what it sends
+    // and inflates what the server compressed.
+    const long = `${'the quick brown fox jumps over the lazy dog '.repeat(12)}end`;
+    await say(tabs[0].page, long);
+    await tabs[1].page.locator('#messages .text', { hasText: 'lazy dog end' }).waitFor({ timeout: 5_000 });
+    assert.deepEqual(await messages(tabs[1].page), [long]);
+    await say(tabs[1].page, `${long}!`);
+    await tabs[0].page.locator('#messages .text', { hasText: 'lazy dog end!' }).waitFor({ timeout: 5_000 });
+    for (const tab of tabs) {
+      assert.deepEqual(tab.errors, []);
+      await tab.context.close();
+    }
+  } finally {
+    await trusting.close();
+    await stopServer(tls);
   }
 });

@@ -16,6 +16,7 @@
 //! | publishes waiting to be stored: their data and numbered frames | `2 × 2 × max_frame_bytes` |
 //! | the outbound queue and its direct-message budget | `queue_bytes + direct_queue_bytes` |
 //! | subscriptions, each with its presence entry | `max_subscriptions × (SUBSCRIPTION_BYTES + channel + member)` |
+//! | permessage-deflate (when on): an inflater, its output chunk and the inflated frames while a compressed message is read; a compressed copy of each queued frame (never larger than the frame); a compressor of its own with server context takeover | `INFLATE_BYTES + 16 KiB + max_frame_bytes + queue_bytes (+ DEFLATE_BYTES)` |
 //!
 //! where `member = max_presence_bytes + 2 × 256 + max_id_bytes + MEMBER_BYTES` (the
 //! info, the name a token stamps into it and the token's `sub`, each at most 256 bytes,
@@ -24,7 +25,9 @@
 //! [`crate::broker::FILL_BYTES`]; with `--history memory`,
 //! `history_memory`; with the disk store, its page cache and the stream records it keeps
 //! in memory: [`crate::history::PAGE_CACHE_BYTES`] + [`crate::history::CACHED_STREAMS`] ×
-//! [`crate::history::CACHED_STREAM_BYTES`]) and [`BASE_BYTES`] for the process itself.
+//! [`crate::history::CACHED_STREAM_BYTES`]), with permessage-deflate each worker thread's
+//! compressors and pooled inflaters ([`DEFLATE_THREAD_BYTES`]), and [`BASE_BYTES`] for
+//! the process itself.
 //! Requests
 //! running beside a session ([`crate::session`] allows 16 per connection) hold what their
 //! handlers hold; the built-in ones answer at once.
@@ -40,6 +43,14 @@ pub const SUBSCRIPTION_BYTES: usize = 512;
 pub const MEMBER_BYTES: usize = 128;
 /// The process before any client: runtime, router, tables (measured ~10 MiB RSS at start).
 pub const BASE_BYTES: usize = 32 << 20;
+/// A zlib compressor at 15 window bits and memory level 8: `2^(15+2) + 2^(8+9)` bytes
+/// (zlib's formula; zlib-rs keeps zlib's layout), plus its state.
+pub const DEFLATE_BYTES: usize = 264 << 10;
+/// A zlib inflater at 15 window bits: its 32 KiB window and ~7 KiB of state.
+pub const INFLATE_BYTES: usize = 40 << 10;
+/// Per worker thread with permessage-deflate: a compressor per window size in use
+/// (9–15 bits) and the pooled inflaters ([`crate::deflate`]).
+pub const DEFLATE_THREAD_BYTES: usize = 7 * DEFLATE_BYTES + 4 * INFLATE_BYTES;
 
 /// The parts of the bound.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +77,20 @@ impl MemoryBudget {
             + limits.max_id_bytes as usize
             + MEMBER_BYTES;
         let channel = switchboard_protocol::limits::MAX_CHANNEL_LEN;
+        let compression = if config.deflate {
+            INFLATE_BYTES
+                + (16 << 10)
+                + frame
+                + config.queue_bytes
+                + if config.deflate_server_context_takeover {
+                    DEFLATE_BYTES
+                } else {
+                    0
+                }
+        } else {
+            0
+        };
+        let threads = std::thread::available_parallelism().map_or(1, usize::from);
         let parts = vec![
             ("session", SESSION_BYTES),
             ("reading", 2 * frame + config.read_buffer_bytes),
@@ -88,10 +113,15 @@ impl MemoryBudget {
                 "publish decisions",
                 crate::embed::PUBLISH_DECISIONS * (channel + 32),
             ),
+            ("compression", compression),
         ];
         Self {
             per_connection: parts.iter().map(|(_, n)| n).sum(),
-            shared: match config.history {
+            shared: if config.deflate {
+                threads * DEFLATE_THREAD_BYTES
+            } else {
+                0
+            } + match config.history {
                 // The streams are in Redis; the node holds what its fills read.
                 _ if config.redis_url.is_some() => {
                     2 * crate::broker::FILLS_AT_ONCE * crate::broker::FILL_BYTES
@@ -133,15 +163,33 @@ mod tests {
         assert!(b.per_connection > (1 << 20) + (256 << 10));
         let smaller = Config::parse_from(["switchboard-server", "--queue-bytes", "131072"]);
         let s = MemoryBudget::from_config(&smaller);
-        // The queue, and a recovery read of up to a queue's worth and its encoding.
+        // The queue, a recovery read of up to a queue's worth and its encoding, and the
+        // queued frames' compressed copies.
         assert_eq!(
             b.per_connection - s.per_connection,
-            3 * ((1 << 20) - 131_072)
+            4 * ((1 << 20) - 131_072)
         );
         assert_eq!(b.for_connections(0), b.base + b.shared);
-        // The disk store's share is its caches; the memory store's, its budget.
-        let memory = Config::parse_from(["switchboard-server", "--history", "memory"]);
-        assert_eq!(MemoryBudget::from_config(&memory).shared, 64 << 20);
-        assert!(b.shared < 64 << 20, "{}", b.shared);
+        // The disk store's share is its caches; the memory store's, its budget (both
+        // beside the compressors).
+        let plain = |args: &[&str]| {
+            let mut argv = vec!["switchboard-server", "--deflate", "false"];
+            argv.extend_from_slice(args);
+            MemoryBudget::from_config(&Config::parse_from(argv))
+        };
+        assert_eq!(plain(&["--history", "memory"]).shared, 64 << 20);
+        assert!(plain(&[]).shared < 64 << 20, "{}", plain(&[]).shared);
+        // Compression's share: nothing when off; a compressor per connection with server
+        // context takeover.
+        assert_eq!(
+            b.per_connection - plain(&[]).per_connection,
+            40 * 1024 + 16 * 1024 + 65_536 + (1 << 20)
+        );
+        let takeover =
+            Config::parse_from(["switchboard-server", "--deflate-server-context-takeover"]);
+        assert_eq!(
+            MemoryBudget::from_config(&takeover).per_connection - b.per_connection,
+            DEFLATE_BYTES
+        );
     }
 }

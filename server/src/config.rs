@@ -20,6 +20,30 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
 
+    /// PEM certificate chain (leaf first) to serve HTTPS and `wss://` with; needs
+    /// --tls-key. Reloaded when the file changes (see --tls-watch) or on SIGHUP, without
+    /// touching open connections. `switchboard-dev-cert` makes one for development.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_TLS_CERT",
+        value_name = "PATH",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_TLS_KEY",
+        value_name = "PATH",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// How often the TLS files are checked for changes (modification time and size).
+    #[arg(long, env = "SWITCHBOARD_TLS_WATCH", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub tls_watch: Duration,
+
     /// Directory of the built web bundle (`trunk build --release` writes `dist/`).
     #[arg(long, env = "SWITCHBOARD_DIST", default_value = "dist")]
     pub dist: PathBuf,
@@ -303,6 +327,47 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_READ_BUFFER_BYTES", default_value_t = 512)]
     pub read_buffer_bytes: usize,
 
+    /// permessage-deflate (RFC 7692): compress messages for clients that offer it (every
+    /// browser does). `false` declines every offer.
+    #[arg(long, env = "SWITCHBOARD_DEFLATE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub deflate: bool,
+
+    /// Messages shorter than this many bytes are sent uncompressed (compressing them
+    /// costs CPU and saves little).
+    #[arg(long, env = "SWITCHBOARD_DEFLATE_THRESHOLD", default_value_t = 256)]
+    pub deflate_threshold: usize,
+
+    /// zlib compression level, 0 (none) to 9 (smallest, slowest).
+    #[arg(long, env = "SWITCHBOARD_DEFLATE_LEVEL", default_value_t = 6)]
+    pub deflate_level: u32,
+
+    /// Largest LZ77 window the server compresses with, 9–15 bits (a client may ask for
+    /// less with `server_max_window_bits`).
+    #[arg(long, env = "SWITCHBOARD_DEFLATE_WINDOW_BITS", default_value_t = 15)]
+    pub deflate_window_bits: u8,
+
+    /// Keep each connection's compressor between messages (`server_no_context_takeover`
+    /// is then not sent unless the client asks): smaller messages, but ~256 KiB per
+    /// compressing connection, and a broadcast is compressed per connection instead of
+    /// once. Off by default.
+    #[arg(long, env = "SWITCHBOARD_DEFLATE_SERVER_CONTEXT_TAKEOVER")]
+    pub deflate_server_context_takeover: bool,
+
+    /// Let clients keep their compressor between messages (`client_no_context_takeover`
+    /// is then not sent unless the client offers it): the server keeps an inflater per
+    /// such connection (2^--deflate-client-window-bits + ~7 KiB). Off by default.
+    #[arg(long, env = "SWITCHBOARD_DEFLATE_CLIENT_CONTEXT_TAKEOVER")]
+    pub deflate_client_context_takeover: bool,
+
+    /// With --deflate-client-context-takeover: the window clients that offer
+    /// `client_max_window_bits` are asked to stay within, 8–15 bits.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_DEFLATE_CLIENT_WINDOW_BITS",
+        default_value_t = 15
+    )]
+    pub deflate_client_window_bits: u8,
+
     /// Publish a demo price ticker on channel `ticker:demo` at this interval (e.g. `100ms`).
     /// Off by default.
     #[arg(long, env = "SWITCHBOARD_DEMO_TICKER", value_parser = humantime::parse_duration)]
@@ -368,6 +433,19 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The permessage-deflate settings.
+    pub fn deflate_options(&self) -> crate::deflate::DeflateOptions {
+        crate::deflate::DeflateOptions {
+            enabled: self.deflate,
+            threshold: self.deflate_threshold,
+            level: self.deflate_level.min(9),
+            window_bits: self.deflate_window_bits.clamp(9, 15),
+            server_context_takeover: self.deflate_server_context_takeover,
+            client_context_takeover: self.deflate_client_context_takeover,
+            client_window_bits: self.deflate_client_window_bits.clamp(8, 15),
+        }
+    }
+
     /// The limits announced to clients in `welcome`.
     pub fn limits(&self) -> Limits {
         Limits {
@@ -471,6 +549,18 @@ impl Config {
         }
         if self.max_presence_members == 0 {
             return Err("--max-presence-members must be at least 1".into());
+        }
+        if !(9..=15).contains(&self.deflate_window_bits) {
+            return Err("--deflate-window-bits must be 9 to 15".into());
+        }
+        if !(8..=15).contains(&self.deflate_client_window_bits) {
+            return Err("--deflate-client-window-bits must be 8 to 15".into());
+        }
+        if self.deflate_level > 9 {
+            return Err("--deflate-level must be 0 to 9".into());
+        }
+        if self.tls_watch.is_zero() {
+            return Err("--tls-watch must be more than 0s".into());
         }
         if self.queue_capacity == 0 {
             return Err("--queue-capacity must be at least 1".into());

@@ -3,45 +3,81 @@
 //!
 //! The hub and the broker deal in [`Encoded`] (a `bytes::Bytes` of JSON text), never in
 //! socket types, so a broker or a store can carry them without knowing about WebSockets.
+//! A frame also carries its permessage-deflate form, made by the first connection that
+//! sends it compressed and shared by every other (see [`Encoded::deflated`]).
+
+use std::sync::{Arc, OnceLock};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use switchboard_protocol::{Channel, Payload, Sender, ServerFrame, StreamPosition, codec};
 
 /// One server frame, encoded as JSON text, cheap to clone (shared bytes).
-#[derive(Clone, PartialEq, Eq)]
-pub struct Encoded(Bytes);
+#[derive(Clone)]
+pub struct Encoded {
+    text: Bytes,
+    /// The compressed payload (no context, 15-bit window), once a connection needed it;
+    /// `None` inside when compressing does not make it smaller.
+    deflated: Arc<OnceLock<Option<Bytes>>>,
+}
+
+impl PartialEq for Encoded {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for Encoded {}
 
 impl Encoded {
+    fn wrap(text: Bytes) -> Self {
+        Self {
+            text,
+            deflated: Arc::default(),
+        }
+    }
+
     /// Encodes `frame`.
     pub fn new(frame: &ServerFrame) -> Self {
-        Self(Bytes::from(codec::encode(frame)))
+        Self::wrap(Bytes::from(codec::encode(frame)))
     }
 
     /// Wraps bytes that already hold one encoded frame (from a store or another node).
     /// Returns `None` unless they are UTF-8.
     pub fn from_bytes(bytes: Bytes) -> Option<Self> {
-        std::str::from_utf8(&bytes).is_ok().then_some(Self(bytes))
+        std::str::from_utf8(&bytes)
+            .is_ok()
+            .then(|| Self::wrap(bytes))
     }
 
     /// The frame's bytes.
     pub fn bytes(&self) -> &Bytes {
-        &self.0
+        &self.text
     }
 
     /// The frame's text.
     pub fn as_str(&self) -> &str {
         // Constructed from UTF-8 only (see `new` and `from_bytes`).
-        std::str::from_utf8(&self.0).unwrap_or_default()
+        std::str::from_utf8(&self.text).unwrap_or_default()
     }
 
     /// Length in bytes.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.text.len()
     }
 
     /// True for an empty frame (never produced by [`Encoded::new`]).
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.text.is_empty()
+    }
+
+    /// The permessage-deflate payload of this frame (no context takeover, 15-bit window,
+    /// zlib `level`), compressed by the first caller and shared by every clone: a
+    /// broadcast is compressed once. `None` when compressing does not make it smaller.
+    /// (Every caller in one process uses the server's one level.)
+    pub fn deflated(&self, level: u32) -> Option<&Bytes> {
+        self.deflated
+            .get_or_init(|| crate::deflate::compress(&self.text, 15, level))
+            .as_ref()
     }
 }
 
@@ -96,7 +132,7 @@ pub fn with_position(body: &[u8], position: &StreamPosition) -> Encoded {
             .as_bytes(),
     );
     out.put_u8(b'}');
-    Encoded(out.freeze())
+    Encoded::wrap(out.freeze())
 }
 
 #[cfg(test)]
@@ -130,6 +166,28 @@ mod tests {
             with_position(&body, &position).as_str(),
             codec::encode(&full)
         );
+    }
+
+    #[test]
+    fn a_frame_is_compressed_once_for_all_its_clones() {
+        let body = message_body(
+            &Channel::from("room:a"),
+            None,
+            json!({"t": "hello ".repeat(100)}).into(),
+            17,
+            false,
+        );
+        let frame = Encoded::from_bytes(body).unwrap();
+        let queued: Vec<Encoded> = (0..3).map(|_| frame.clone()).collect();
+        let first = queued[0].deflated(6).unwrap();
+        assert!(first.len() < frame.len() / 4);
+        for other in &queued[1..] {
+            // The very same bytes, not a second compression.
+            assert_eq!(other.deflated(6).unwrap().as_ptr(), first.as_ptr());
+        }
+        // A frame that does not shrink keeps no copy.
+        let tiny = Encoded::from_bytes(Bytes::from_static(b"{}")).unwrap();
+        assert_eq!(tiny.deflated(6), None);
     }
 
     #[test]

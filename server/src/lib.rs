@@ -28,6 +28,11 @@
 //! - [`metrics`]: counters for `/metrics`.
 //! - [`clock`]: wall-clock time and random ids.
 //! - [`budget`]: the memory bound the options imply, printed at startup.
+//! - [`deflate`]: permessage-deflate (RFC 7692) beside tungstenite: negotiation,
+//!   compress-once for broadcasts, inflating beneath the socket; `upgrade` (private) is
+//!   the `/ws` and `/echo` upgrade that negotiates it.
+//! - [`tls`]: HTTPS and `wss://` with rustls (`--tls-cert`), certificates reloaded when
+//!   their files change.
 //!
 //! Start reading at [`run`], then `session/core.rs`.
 
@@ -39,6 +44,7 @@ pub mod budget;
 pub mod bundle;
 pub mod clock;
 pub mod config;
+pub mod deflate;
 pub mod edge;
 pub mod embed;
 pub mod frame;
@@ -48,6 +54,8 @@ pub mod methods;
 pub mod metrics;
 pub mod queue;
 mod session;
+pub mod tls;
+mod upgrade;
 
 use std::fmt::Write as _;
 use std::future::Future;
@@ -55,9 +63,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::ws::WebSocket;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, State, WebSocketUpgrade};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, State};
+use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
@@ -66,6 +73,7 @@ use switchboard_protocol::{CloseCode, WS_PATH};
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
+use tungstenite::protocol::WebSocketConfig;
 
 use admission::{Admission, Admissions};
 use auth::{Auth, AuthError};
@@ -162,14 +170,64 @@ pub fn app(state: AppState) -> Router {
     router.with_state(state)
 }
 
-/// Serves `app(state)` on `listener` until `shutdown` resolves; then asks every
-/// connection to write what is queued for it and close with 1001 (going away), and waits
-/// up to the drain timeout for them; connections still open then are closed at once.
+/// Serves `app(state)` on `listener` (with TLS when the configuration names a certificate)
+/// until `shutdown` resolves; then asks every connection to write what is queued for it
+/// and close with 1001 (going away), and waits up to the drain timeout for them;
+/// connections still open then are closed at once.
 pub async fn run(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let tls = match (&state.config.tls_cert, &state.config.tls_key) {
+        (Some(cert), Some(key)) => {
+            let certificates = tls::Certificates::open(cert, key).map_err(std::io::Error::other)?;
+            let config = certificates
+                .server_config()
+                .map_err(std::io::Error::other)?;
+            let watch = certificates.watch(state.config.tls_watch);
+            Some((config, AbortOnDrop(watch)))
+        }
+        _ => None,
+    };
+    match tls {
+        Some((config, _watch)) => {
+            // `tap_io` only so that axum hands the peer address to `ConnectInfo`.
+            let listener = tls::TlsListener::new(listener, config)?.tap_io(|_| {});
+            serve_on(listener, state, shutdown).await
+        }
+        None => {
+            // Frames are small and latency matters more than packet count: no Nagle delay
+            // (a reply written behind an unacknowledged one waited ~40 ms for the delayed
+            // ACK).
+            let listener = listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!("TCP_NODELAY not set: {e}");
+                }
+            });
+            serve_on(listener, state, shutdown).await
+        }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn serve_on<L, F>(
+    listener: axum::serve::TapIo<L, F>,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+    F: FnMut(&mut L::Io) + Send + 'static,
+{
     let hub = state.hub.clone();
     let drain_state = state.clone();
     let ticker = state
@@ -178,13 +236,6 @@ pub async fn run(
         .map(|every| tokio::spawn(api::demo_ticker(hub.clone(), every)));
     let router = app(state).into_make_service_with_connect_info::<SocketAddr>();
     let close_all = hub.clone();
-    // Frames are small and latency matters more than packet count: no Nagle delay (a
-    // reply written behind an unacknowledged one waited ~40 ms for the delayed ACK).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("TCP_NODELAY not set: {e}");
-        }
-    });
     axum::serve(listener, router)
         .with_graceful_shutdown(async move {
             shutdown.await;
@@ -247,7 +298,6 @@ pub(crate) async fn ws_upgrade(
     State(state): State<AppState>,
     request: axum::extract::Request,
 ) -> Response {
-    use axum::extract::FromRequestParts;
     let (mut parts, _body) = request.into_parts();
     // Served without connect info (an embedding app's own `axum::serve`): every client
     // then counts as one unknown address.
@@ -255,9 +305,10 @@ pub(crate) async fn ws_upgrade(
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.0);
-    let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
+    let deflate = state.config.deflate_options();
+    let ws = match upgrade::Upgrade::from_parts(&mut parts, &state, &deflate).await {
         Ok(ws) => ws,
-        Err(rejection) => return rejection.into_response(),
+        Err(rejection) => return rejection,
     };
     let query = match Query::<WsQuery>::try_from_uri(&parts.uri) {
         Ok(Query(query)) => query,
@@ -293,15 +344,19 @@ pub(crate) async fn ws_upgrade(
         state,
         auth,
         admission,
+        deflate: ws.deflate(),
     });
     let sessions = pending.state.sessions.clone();
-    ws.max_message_size(max)
-        .max_frame_size(max)
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
         .read_buffer_size(read_buffer)
         .write_buffer_size(WRITE_BUFFER_BYTES)
         // Backpressure instead of growth: at most one frame beyond the buffer is held.
-        .max_write_buffer_size(WRITE_BUFFER_BYTES + 2 * max)
-        .on_upgrade(move |socket| sessions.track_future(session::run(socket, pending)))
+        .max_write_buffer_size(WRITE_BUFFER_BYTES + 2 * max);
+    ws.on_upgrade(config, move |socket| {
+        sessions.track_future(session::run(socket, pending))
+    })
 }
 
 /// A place under the caps for a connection from `client_ip`, or `None` (logged) when a
@@ -321,53 +376,92 @@ fn admit(
         .ok()
 }
 
-/// The conformance echo: every text and binary message back unchanged. Same read buffer
-/// as `/ws`, but Autobahn's message sizes (up to 16 MiB). The same Origin check as `/ws`,
-/// and each connection holds a place under the same caps (over a cap: close 4113).
+/// The conformance echo: every text and binary message back unchanged (compressed when
+/// deflate was agreed and it is at least the threshold). Same read buffer as `/ws`, but
+/// Autobahn's message sizes (up to 16 MiB). The same Origin check as `/ws`, and each
+/// connection holds a place under the same caps (over a cap: close 4113).
 async fn echo_upgrade(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    request: axum::extract::Request,
 ) -> Response {
+    let (mut parts, _body) = request.into_parts();
+    let headers = parts.headers.clone();
     let client_ip = edge::client_ip(peer.ip(), &headers, &state.config.trusted_proxies);
     if let Some(forbidden) = edge::refuse_foreign_origin(&state, &headers, peer, client_ip) {
         return forbidden;
     }
+    let deflate = state.config.deflate_options();
+    let ws = match upgrade::Upgrade::from_parts(&mut parts, &state, &deflate).await {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection,
+    };
     let admission = admit(&state, client_ip, peer, false);
     let span = tracing::debug_span!("echo", %client_ip);
-    ws.max_message_size(64 << 20)
-        .max_frame_size(16 << 20)
+    let agreed = ws.deflate();
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(64 << 20))
+        .max_frame_size(Some(16 << 20))
         .read_buffer_size(state.config.read_buffer_bytes)
-        .write_buffer_size(WRITE_BUFFER_BYTES)
-        .on_upgrade(move |socket| echo(socket, admission, state).instrument(span))
+        .write_buffer_size(WRITE_BUFFER_BYTES);
+    ws.on_upgrade(config, move |socket| {
+        echo(socket, agreed, admission, state).instrument(span)
+    })
 }
 
 /// Echoes until the peer goes. Over a cap (no `admission`) it closes with 4113 instead;
 /// otherwise the admission is held until the echo ends.
-async fn echo(mut socket: WebSocket, admission: Option<Admission>, state: AppState) {
-    use axum::extract::ws::{CloseFrame, Message};
+async fn echo(
+    mut socket: upgrade::Socket,
+    deflate: Option<deflate::Agreed>,
+    admission: Option<Admission>,
+    state: AppState,
+) {
+    use futures::{SinkExt, StreamExt};
+    use tungstenite::Message;
+    use tungstenite::protocol::CloseFrame;
+    use tungstenite::protocol::frame::coding::Data;
     let Some(_admission) = admission else {
         let code = CloseCode::SERVER_FULL;
         state.hub.metrics().close(code);
         let frame = CloseFrame {
-            code: code.0,
+            code: code.0.into(),
             reason: code.reason().into(),
         };
         if socket.send(Message::Close(Some(frame))).await.is_ok() {
             // Read until the peer's close, so ours is not lost to a reset.
             let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
-                while let Some(Ok(_)) = socket.recv().await {}
+                while let Some(Ok(_)) = socket.next().await {}
             })
             .await;
         }
         return;
     };
-    while let Some(Ok(msg)) = socket.recv().await {
-        let reply = match msg {
-            Message::Text(_) | Message::Binary(_) => msg,
+    let mut compressor = None;
+    while let Some(Ok(msg)) = socket.next().await {
+        let (payload, data) = match msg {
+            Message::Text(text) => (bytes::Bytes::from(text), Data::Text),
+            Message::Binary(bytes) => (bytes, Data::Binary),
             // Reading on flushes tungstenite's close reply: a clean handshake.
-            Message::Close(_) | Message::Ping(_) | Message::Pong(_) => continue,
+            _ => continue,
+        };
+        let compressed = deflate
+            .filter(|d| payload.len() >= d.threshold)
+            .and_then(|d| {
+                if d.server_takeover {
+                    let c = compressor.get_or_insert_with(|| deflate::compressor(&d));
+                    deflate::compress_with(c, &payload)
+                } else {
+                    deflate::compress(&payload, d.server_window_bits, d.level)
+                }
+            });
+        let reply = match (compressed, data) {
+            (Some(compressed), data) => deflate::message(compressed, data),
+            (None, Data::Text) => match tungstenite::Utf8Bytes::try_from(payload) {
+                Ok(text) => Message::Text(text),
+                Err(_) => break,
+            },
+            (None, _) => Message::Binary(payload),
         };
         if socket.send(reply).await.is_err() {
             break;

@@ -23,8 +23,13 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", config.addr))?;
     let addr = listener.local_addr()?;
+    let scheme = if config.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     // Tests and scripts read this line to learn the port when --addr ends in :0.
-    println!("switchboard listening on http://{addr}");
+    println!("switchboard listening on {scheme}://{addr}");
     tracing::info!(%addr, dist = %config.dist.display(), "serving");
     let budget = switchboard_server::budget::MemoryBudget::from_config(&config);
     tracing::info!(

@@ -15,18 +15,24 @@ pub(crate) mod core;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures::SinkExt;
+use flate2::Compress;
 use futures::future::Either;
+use futures::{SinkExt, StreamExt};
 use switchboard_protocol::{CloseCode, ErrorCode, ServerFrame, codec};
 use tokio::time::{Instant, sleep_until, timeout};
+use tungstenite::protocol::CloseFrame;
+use tungstenite::protocol::frame::Utf8Bytes;
+use tungstenite::protocol::frame::coding::Data;
+use tungstenite::{Error as WsError, Message};
 
 use self::core::{Core, Tick};
 use crate::AppState;
 use crate::admission::Admission;
 use crate::auth::{AuthError, Identity};
+use crate::deflate::{self, Agreed, DeflateError};
 use crate::frame::Encoded;
 use crate::queue::{Inbox, Next};
+use crate::upgrade::Socket;
 
 /// Most queued frames written with one flush.
 const WRITE_BATCH: u64 = 64;
@@ -38,7 +44,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 enum Event {
     Kill(CloseCode),
     Queued(Encoded),
-    Read(Option<Result<Message, axum::Error>>),
+    Read(Option<Result<Message, WsError>>),
     /// The heartbeat or the token deadline is due.
     Timer,
     /// Publishes were stored: their answers are ready to write.
@@ -66,6 +72,58 @@ pub(crate) struct Pending {
     pub(crate) state: AppState,
     pub(crate) auth: Result<Identity, AuthError>,
     pub(crate) admission: Option<Admission>,
+    /// What was agreed about permessage-deflate.
+    pub(crate) deflate: Option<Agreed>,
+}
+
+/// The socket, and how this connection compresses what it sends.
+pub(crate) struct Link {
+    ws: Socket,
+    deflate: Option<Deflater>,
+}
+
+/// A connection's permessage-deflate sending side.
+struct Deflater {
+    agreed: Agreed,
+    /// With server context takeover only: this connection's compressor.
+    compressor: Option<Box<Compress>>,
+}
+
+impl Link {
+    pub(crate) fn new(ws: Socket, deflate: Option<Agreed>) -> Self {
+        Self {
+            ws,
+            deflate: deflate.map(|agreed| Deflater {
+                agreed,
+                compressor: None,
+            }),
+        }
+    }
+
+    /// The WebSocket message for `frame`: compressed when deflate was agreed, the frame
+    /// is at least the threshold and compressing makes it smaller (without context
+    /// takeover the compressed bytes are the frame's shared copy).
+    fn message(&mut self, frame: &Encoded) -> Message {
+        if let Some(d) = &mut self.deflate
+            && frame.len() >= d.agreed.threshold
+        {
+            let agreed = d.agreed;
+            let compressed = if agreed.shared() {
+                frame.deflated(agreed.level).cloned()
+            } else if agreed.server_takeover {
+                let compressor = d
+                    .compressor
+                    .get_or_insert_with(|| deflate::compressor(&agreed));
+                deflate::compress_with(compressor, frame.bytes())
+            } else {
+                deflate::compress(frame.bytes(), agreed.server_window_bits, agreed.level)
+            };
+            if let Some(payload) = compressed {
+                return deflate::message(payload, Data::Text);
+            }
+        }
+        Message::Text(text(frame))
+    }
 }
 
 /// Serves one upgraded connection until it ends, then cleans up after it.
@@ -77,12 +135,14 @@ pub(crate) struct Pending {
     clippy::boxed_local,
     reason = "boxed by the caller: the upgrade task holds it for the whole handshake"
 )]
-pub(crate) fn run(socket: WebSocket, pending: Box<Pending>) -> impl Future<Output = ()> {
+pub(crate) fn run(socket: Socket, pending: Box<Pending>) -> impl Future<Output = ()> {
     let Pending {
         state,
         auth,
         admission,
+        deflate,
     } = *pending;
+    let socket = Link::new(socket, deflate);
     let Some(admission) = admission else {
         return Either::Right(Box::pin(reject(
             socket,
@@ -139,31 +199,26 @@ pub(crate) fn run(socket: WebSocket, pending: Box<Pending>) -> impl Future<Outpu
 }
 
 /// Refuses a connection: an optional `error` frame, then the close `code`.
-async fn reject(
-    mut socket: WebSocket,
-    state: AppState,
-    error: Option<ServerFrame>,
-    code: CloseCode,
-) {
+async fn reject(mut socket: Link, state: AppState, error: Option<ServerFrame>, code: CloseCode) {
     if let Some(error) = error {
-        let _ = socket
-            .send(Message::Text(text(&Encoded::new(&error))))
-            .await;
+        let msg = socket.message(&Encoded::new(&error));
+        let _ = socket.ws.send(msg).await;
     }
     refuse(&mut socket, &state, code).await;
 }
 
 /// Closes with `code`: sends our close frame, then waits briefly for the peer's, so the
 /// close frame is not lost to a reset of a socket with unread data.
-async fn refuse(socket: &mut WebSocket, state: &AppState, code: CloseCode) {
+async fn refuse(socket: &mut Link, state: &AppState, code: CloseCode) {
     state.hub.metrics().close(code);
     let frame = CloseFrame {
-        code: code.0,
+        code: code.0.into(),
         reason: code.reason().into(),
     };
+    let socket = &mut socket.ws;
     let _ = timeout(CLOSE_GRACE, async {
         if socket.send(Message::Close(Some(frame))).await.is_ok() {
-            while let Some(Ok(msg)) = socket.recv().await {
+            while let Some(Ok(msg)) = socket.next().await {
                 if matches!(msg, Message::Close(_)) {
                     break;
                 }
@@ -186,7 +241,7 @@ fn text(frame: &Encoded) -> Utf8Bytes {
     clippy::manual_async_fn,
     reason = "an async fn would hold the session twice"
 )]
-fn live(mut socket: WebSocket, mut core: Core, mut queue: Inbox) -> impl Future<Output = ()> {
+fn live(mut socket: Link, mut core: Core, mut queue: Inbox) -> impl Future<Output = ()> {
     async move {
         tracing::debug!(client = %core.client().id, client_ip = %core.client_ip(), "connected");
         // Not `match serve(..).await`: a scrutinee's temporaries (the serve future) would
@@ -199,7 +254,7 @@ fn live(mut socket: WebSocket, mut core: Core, mut queue: Inbox) -> impl Future<
             }
             // Reading once more flushes the queued close reply: a clean close for the peer.
             End::PeerClosed => {
-                let _ = timeout(CLOSE_GRACE, socket.recv()).await;
+                let _ = timeout(CLOSE_GRACE, socket.ws.next()).await;
             }
             End::Gone => {}
         }
@@ -208,7 +263,7 @@ fn live(mut socket: WebSocket, mut core: Core, mut queue: Inbox) -> impl Future<
     }
 }
 
-async fn serve(socket: &mut WebSocket, core: &mut Core, queue: &mut Inbox) -> End {
+async fn serve(socket: &mut Link, core: &mut Core, queue: &mut Inbox) -> End {
     core.welcome();
     if let Err(end) = write_out(socket, core, true).await {
         return end;
@@ -233,7 +288,7 @@ async fn serve(socket: &mut WebSocket, core: &mut Core, queue: &mut Inbox) -> En
                 biased;
                 () = &mut timer => Event::Timer,
                 () = published => Event::Published,
-                msg = socket.recv() => Event::Read(msg),
+                msg = socket.ws.next() => Event::Read(msg),
                 next = queue.recv() => queued(next),
             }
         } else {
@@ -242,7 +297,7 @@ async fn serve(socket: &mut WebSocket, core: &mut Core, queue: &mut Inbox) -> En
                 () = &mut timer => Event::Timer,
                 () = published => Event::Published,
                 next = queue.recv() => queued(next),
-                msg = socket.recv() => Event::Read(msg),
+                msg = socket.ws.next() => Event::Read(msg),
             }
         };
         read_first = matches!(event, Event::Queued(_));
@@ -277,9 +332,9 @@ fn queued(next: Next) -> Event {
 }
 
 async fn on_message(
-    socket: &mut WebSocket,
+    socket: &mut Link,
     core: &mut Core,
-    msg: Option<Result<Message, axum::Error>>,
+    msg: Option<Result<Message, WsError>>,
 ) -> Result<(), End> {
     let now = Instant::now();
     match msg {
@@ -305,45 +360,48 @@ async fn on_message(
             Ok(())
         }
         Some(Ok(Message::Close(_))) => Err(End::PeerClosed),
+        // Never produced by reading.
+        Some(Ok(Message::Frame(_))) => Ok(()),
     }
 }
 
 /// Writes the core's pending replies; flushes if asked (or when the buffer fills).
-async fn write_out(socket: &mut WebSocket, core: &mut Core, flush_now: bool) -> Result<(), End> {
+async fn write_out(socket: &mut Link, core: &mut Core, flush_now: bool) -> Result<(), End> {
     let frames = core.take_out();
     let n = frames.len() as u64;
     let write_timeout = core.app().config.write_timeout;
     let batch = async {
         for frame in frames {
-            socket.feed(Message::Text(text(&frame))).await?;
+            let msg = socket.message(&frame);
+            socket.ws.feed(msg).await?;
         }
         if flush_now {
-            socket.flush().await?;
+            socket.ws.flush().await?;
         }
-        Ok::<(), axum::Error>(())
+        Ok::<(), WsError>(())
     };
     finish_write(core, timeout(write_timeout, batch).await, n)
 }
 
-async fn flush(socket: &mut WebSocket, core: &mut Core) -> Result<(), End> {
+async fn flush(socket: &mut Link, core: &mut Core) -> Result<(), End> {
     let write_timeout = core.app().config.write_timeout;
-    finish_write(core, timeout(write_timeout, socket.flush()).await, 0)
+    finish_write(core, timeout(write_timeout, socket.ws.flush()).await, 0)
 }
 
 /// Writes one message and flushes.
 async fn write(
-    socket: &mut WebSocket,
+    socket: &mut Link,
     core: &mut Core,
     msg: Message,
     flush_now: bool,
 ) -> Result<(), End> {
     let write_timeout = core.app().config.write_timeout;
     let one = async {
-        socket.feed(msg).await?;
+        socket.ws.feed(msg).await?;
         if flush_now {
-            socket.flush().await?;
+            socket.ws.flush().await?;
         }
-        Ok::<(), axum::Error>(())
+        Ok::<(), WsError>(())
     };
     finish_write(core, timeout(write_timeout, one).await, 0)
 }
@@ -352,7 +410,7 @@ async fn write(
 /// stopped reading (4108).
 fn finish_write(
     core: &Core,
-    result: Result<Result<(), axum::Error>, tokio::time::error::Elapsed>,
+    result: Result<Result<(), WsError>, tokio::time::error::Elapsed>,
     frames: u64,
 ) -> Result<(), End> {
     let metrics = core.app().hub.metrics();
@@ -373,40 +431,45 @@ fn finish_write(
 /// [`WRITE_BATCH`] frames) and flushes once: under fan-out load that is one write
 /// syscall for many frames instead of one each.
 async fn send_queued(
-    socket: &mut WebSocket,
+    socket: &mut Link,
     core: &mut Core,
     first: Encoded,
     queue: &mut Inbox,
 ) -> Result<(), End> {
     let mut written = 0u64;
     let batch = async {
-        socket.feed(Message::Text(text(&first))).await?;
+        let msg = socket.message(&first);
+        socket.ws.feed(msg).await?;
         written += 1;
         while written < WRITE_BATCH {
             match queue.try_recv() {
                 Some(frame) => {
-                    socket.feed(Message::Text(text(&frame))).await?;
+                    let msg = socket.message(&frame);
+                    socket.ws.feed(msg).await?;
                     written += 1;
                 }
                 None => break,
             }
         }
-        socket.flush().await
+        socket.ws.flush().await
     };
     let result = timeout(core.app().config.write_timeout, batch).await;
     finish_write(core, result, written)
 }
 
-/// A read error ends the connection; a too-big message says so with 1009.
-fn read_error(e: axum::Error) -> End {
-    match e.into_inner().downcast::<tungstenite::Error>() {
-        Ok(e) if matches!(*e, tungstenite::Error::Capacity(_)) => End::Close(CloseCode::TOO_BIG),
-        Ok(e) if matches!(*e, tungstenite::Error::Utf8(_)) => {
-            End::Close(CloseCode::INVALID_PAYLOAD)
-        }
-        Ok(e) if matches!(*e, tungstenite::Error::Protocol(_)) => {
-            End::Close(CloseCode::PROTOCOL_ERROR)
-        }
+/// A read error ends the connection; a too-big message says so with 1009, invalid UTF-8
+/// or compressed data with 1007, a protocol violation with 1002.
+fn read_error(e: WsError) -> End {
+    match e {
+        WsError::Capacity(_) => End::Close(CloseCode::TOO_BIG),
+        WsError::Utf8(_) => End::Close(CloseCode::INVALID_PAYLOAD),
+        WsError::Protocol(_) => End::Close(CloseCode::PROTOCOL_ERROR),
+        WsError::Io(e) => match e.get_ref().and_then(|e| e.downcast_ref::<DeflateError>()) {
+            Some(DeflateError::TooBig) => End::Close(CloseCode::TOO_BIG),
+            Some(DeflateError::Corrupt) => End::Close(CloseCode::INVALID_PAYLOAD),
+            Some(DeflateError::Protocol) => End::Close(CloseCode::PROTOCOL_ERROR),
+            None => End::Gone,
+        },
         _ => End::Gone,
     }
 }
