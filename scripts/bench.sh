@@ -20,11 +20,13 @@
 #   ONLY=fanout scripts/bench.sh       only the fan-out comparison of Switchboard (both queue
 #                                      settings) and the two bare axum servers, written to
 #                                      target/bench-fanout.md
+#   ONLY=transport scripts/bench.sh    only Switchboard with and without permessage-deflate
+#                                      (issue 13), written to target/bench-transport.md
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/setup.sh
 # The cross-node rows need Redis (Debian's redis-server, as the tests use).
-case "${ONLY:-}" in history|fanout) ;; *) install_redis ;; esac
+case "${ONLY:-}" in history|fanout|transport) ;; *) install_redis ;; esac
 
 SUBS=${SUBS:-1000}; RATES=${RATES:-250,500,1000,2000}; SECS=${SECS:-5}
 # Where the servers and the load generator run, and over how many processes the fan-out's
@@ -33,11 +35,14 @@ SERVER_CPUS=${SERVER_CPUS:-0}; LOADGEN_CPUS=${LOADGEN_CPUS:-1}; LOADGEN_PROCS=${
 IDLE=${IDLE:-10000}; RPC_CONNS=${RPC_CONNS:-100}; STORM=${STORM:-1000}; SLOW_SECS=${SLOW_SECS:-10}
 PUB_CONNS=${PUB_CONNS:-50}; PUB_WINDOW=${PUB_WINDOW:-16}; PUB_CHANNELS=${PUB_CHANNELS:-4}
 MISSED=${MISSED:-50}; ONLY=${ONLY:-}
+# Rates for the 2 KiB payloads of the transport rows (20× the bytes of the 100-byte ones).
+RATES_2K=${RATES_2K:-100,250,500}
 if [ "${QUICK:-0}" = 1 ]; then
   SUBS=200; RATES=1000,5000; SECS=2; IDLE=2000; STORM=300; SLOW_SECS=4; PUB_CONNS=20
+  RATES_2K=250,1000
 fi
 CLUSTER_RATES=${CLUSTER_RATES:-$RATES}
-case "$ONLY" in ""|history|cluster|fanout) ;; *) echo "ONLY must be empty, history, cluster or fanout" >&2; exit 2 ;; esac
+case "$ONLY" in ""|history|cluster|fanout|transport) ;; *) echo "ONLY must be empty, history, cluster, fanout or transport" >&2; exit 2 ;; esac
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 echo "==> building (release)"
@@ -184,6 +189,59 @@ for entry in "${servers[@]}"; do
     --server-pid "$pid" || failed "$name")$'\n'
   stop
 done
+
+# Transport (issue 13): Switchboard's fan-out with every client offering permessage-deflate
+# (as browsers do) and without, 100-byte and 2 KiB payloads of chat-like text; idle
+# connections with compression negotiated.
+transport_rows=""; transport_idle=""
+if [ -z "$ONLY" ] || [ "$ONLY" = transport ]; then
+  for payload in 100 2048; do
+    rates=$RATES; [ "$payload" = 100 ] || rates=$RATES_2K
+    for deflate in "" --deflate; do
+      label="switchboard, $payload B, ${deflate:+deflate}"; label=${label%, }
+      [ -n "$deflate" ] || label="$label plain"
+      echo "==> transport: $label"
+      start "${sb[@]}"
+      # shellcheck disable=SC2086
+      transport_rows+=$(lg fanout $deflate --url "$url" --dialect switchboard --label "$label" \
+        --subs "$SUBS" --rates "$rates" --secs "$SECS" --server-pid "$pid" --payload "$payload" \
+        --procs "$LOADGEN_PROCS" || failed "$label")$'\n'
+      stop
+    done
+  done
+  echo "==> transport: idle connections with deflate negotiated"
+  start "${sb[@]}"
+  transport_idle=$(lg idle --deflate --url "$url" --dialect switchboard \
+    --label "switchboard, deflate negotiated" --conns "$IDLE" --server-pid "$pid" \
+    || failed "switchboard, deflate negotiated")$'\n'
+  stop
+fi
+transport_section() {
+  echo "## Transport: permessage-deflate (issue 13)"
+  echo
+  echo "Switchboard alone, $SUBS subscribers, $SECS s per rate; every client offers"
+  echo "permessage-deflate (as browsers do) or none does. Payloads are chat-like text (words"
+  echo "from a fixed list), inside the \\`message\\` envelope. Compressed: the server's defaults,"
+  echo "no context takeover, level 6, frames of 256 bytes and more, each broadcast compressed"
+  echo "once. Wire bytes per delivery: read from the subscribers' sockets when compressed,"
+  echo "the frames' size otherwise."
+  echo
+  echo "| server | subscribers | publish rate/s | delivered/s | loss % | p50 ms | p99 ms | max ms | server CPU % | loadgen CPU % | wire bytes per delivery | server CPU s per M deliveries |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+  printf '%s' "$transport_rows"
+  echo
+  echo "Idle subscribed connections with compression negotiated (no context takeover: no"
+  echo "compression state is held between messages):"
+  echo
+  echo "| server | connections | RSS before MiB | RSS after MiB | KiB per connection |"
+  echo "|---|---|---|---|---|"
+  printf '%s' "$transport_idle"
+}
+if [ "$ONLY" = transport ]; then
+  mkdir -p target
+  transport_section | tee target/bench-transport.md
+  exit 0
+fi
 
 # Cross-node fan-out (issue 12): one publisher, $SUBS subscribers, one rate per run so that
 # Redis's own counters can be read around it. Every process on core 0.
@@ -443,6 +501,8 @@ out=docs/benchmarks.md
   echo "| server | subscribers | publish rate/s | delivered/s | loss % | p50 ms | p99 ms | max ms | server CPU % | loadgen CPU % | wire bytes per delivery | server CPU s per M deliveries |"
   echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
   printf '%s' "$fanout_rows"
+  echo
+  transport_section
   echo
   echo "## Request/response: $RPC_CONNS connections, back-to-back round trips, $SECS s"
   echo

@@ -25,17 +25,18 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use futures::{FutureExt, SinkExt, StreamExt};
 use hdrhistogram::Histogram;
+use switchboard_server::deflate::{DeflateIo, Inflate};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 
 mod history;
@@ -46,6 +47,10 @@ struct Args {
     /// Gives up (exit status 1) after this many seconds, whatever the workload is doing.
     #[arg(long, default_value_t = 600, global = true)]
     max_secs: u64,
+    /// Offer permessage-deflate on every connection (as browsers do); wire bytes are then
+    /// counted as read from the socket.
+    #[arg(long, global = true)]
+    deflate: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -253,7 +258,54 @@ impl SplitMix {
     }
 }
 
-type Ws = WebSocketStream<TcpStream>;
+type Ws = WebSocketStream<DeflateIo<Counted>>;
+
+/// `--deflate`: every connection offers permessage-deflate.
+static DEFLATE: AtomicBool = AtomicBool::new(false);
+
+/// A TCP stream that counts the bytes read from it (the wire bytes of a compressed
+/// connection).
+struct Counted {
+    tcp: TcpStream,
+    read: Arc<AtomicU64>,
+}
+
+impl tokio::io::AsyncRead for Counted {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let poll = std::pin::Pin::new(&mut this.tcp).poll_read(cx, buf);
+        let read = buf.filled().len() - before;
+        this.read.fetch_add(read as u64, Ordering::Relaxed);
+        poll
+    }
+}
+
+impl tokio::io::AsyncWrite for Counted {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+}
 
 /// Microseconds of the wall clock, which every process on the machine shares (the fan-out's
 /// worker processes stamp and time with it).
@@ -291,8 +343,53 @@ async fn connect(url: &str, i: usize) -> anyhow::Result<Ws> {
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0);
-    let (ws, _) = client_async_with_config(url, stream, Some(config)).await?;
+    let counted = Counted {
+        tcp: stream,
+        read: Arc::new(AtomicU64::new(0)),
+    };
+    if DEFLATE.load(Ordering::Relaxed) {
+        return deflate_handshake(url, counted, config).await;
+    }
+    let (ws, _) =
+        client_async_with_config(url, DeflateIo::new(counted, None), Some(config)).await?;
     Ok(ws)
+}
+
+/// The upgrade written by hand, offering permessage-deflate as Chromium does, and read
+/// byte by byte so that no frame byte passes before the inflater is in place.
+async fn deflate_handshake(
+    url: &str,
+    mut io: Counted,
+    config: WebSocketConfig,
+) -> anyhow::Result<Ws> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("ws://").context("a ws:// URL")?;
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let path = if path.is_empty() { "/" } else { path };
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
+    );
+    io.tcp.write_all(request.as_bytes()).await?;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(io.tcp.read_u8().await?);
+        if head.len() > 8192 {
+            bail!("no end to the upgrade response");
+        }
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    if !head.starts_with("http/1.1 101") {
+        bail!("upgrade refused: {head}");
+    }
+    let agreed = head
+        .lines()
+        .any(|l| l.starts_with("sec-websocket-extensions:") && l.contains("permessage-deflate"));
+    let takeover = !head.contains("server_no_context_takeover");
+    let inflate = agreed.then(|| Box::new(Inflate::new(16 << 20, 64 << 20, takeover)));
+    let io = DeflateIo::new(io, inflate);
+    Ok(WebSocketStream::from_raw_socket(io, Role::Client, Some(config)).await)
 }
 
 /// Reads until a text frame satisfies `done`, for at most 10 s in all (a server that keeps
@@ -441,6 +538,53 @@ fn latency_and_cpu(
     )
 }
 
+/// `n` bytes of chat-like text (words picked by a fixed pseudo-random sequence): it
+/// compresses about as much as people's messages do (~2.5×), unlike a run of one letter.
+fn text_pad(n: usize) -> String {
+    const WORDS: [&str; 32] = [
+        "the",
+        "quick",
+        "brown",
+        "fox",
+        "jumps",
+        "over",
+        "lazy",
+        "dog",
+        "meeting",
+        "at",
+        "noon",
+        "tomorrow",
+        "sounds",
+        "good",
+        "see",
+        "you",
+        "there",
+        "price",
+        "update",
+        "for",
+        "order",
+        "shipped",
+        "yesterday",
+        "thanks",
+        "a",
+        "lot",
+        "can",
+        "we",
+        "move",
+        "it",
+        "later",
+        "ok",
+    ];
+    let mut rng = SplitMix(7);
+    let mut out = String::with_capacity(n + 12);
+    while out.len() < n {
+        out.push_str(WORDS[(rng.next_f64() * 32.0) as usize % 32]);
+        out.push(' ');
+    }
+    out.truncate(n);
+    out
+}
+
 /// Extracts the `"t":<micros>` the publisher put in the payload.
 fn stamp(text: &str) -> Option<u64> {
     let i = text.find("\"t\":")? + 4;
@@ -463,11 +607,15 @@ fn spawn_receivers(
     phase: &watch::Receiver<u32>,
 ) -> mpsc::UnboundedReceiver<Histogram<u64>> {
     let (report_tx, report_rx) = mpsc::unbounded_channel();
+    let counted = DEFLATE.load(Ordering::Relaxed);
     for mut ws in sockets {
         let received = received.clone();
         let wire = wire.clone();
         let mut phase = phase.clone();
         let report = report_tx.clone();
+        // Compressed: the bytes read from the socket since the last message.
+        let socket_read = ws.get_ref().get_ref().read.clone();
+        let mut last_read = 0;
         tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new(3).expect("histogram");
             loop {
@@ -479,7 +627,13 @@ fn spawn_receivers(
                             } else if let Some(sent) = stamp(t.as_str()) {
                                 let _ = hist.record(now_us(base).saturating_sub(sent));
                                 received.fetch_add(1, Ordering::Relaxed);
-                                wire.fetch_add(frame_bytes(t.len()), Ordering::Relaxed);
+                                let bytes = if counted {
+                                    let now = socket_read.load(Ordering::Relaxed);
+                                    std::mem::replace(&mut last_read, now).abs_diff(now)
+                                } else {
+                                    frame_bytes(t.len())
+                                };
+                                wire.fetch_add(bytes, Ordering::Relaxed);
                             }
                         }
                         Some(Ok(_)) => {}
@@ -604,7 +758,7 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
     let (phase_tx, phase_rx) = watch::channel(0u32);
     let mut report_rx = spawn_receivers(sockets, dialect, base, (&received, &wire), &phase_rx);
     let mut publisher = publisher(url, dialect, subs).await?;
-    let pad = "x".repeat(payload.saturating_sub(30));
+    let pad = text_pad(payload.saturating_sub(30));
     for (n, &rate) in rates.iter().enumerate() {
         received.store(0, Ordering::Relaxed);
         wire.store(0, Ordering::Relaxed);
@@ -691,6 +845,7 @@ impl Workers {
                 .arg(&dialect_name)
                 .args(["--first", &first.to_string(), "--count", &count.to_string()])
                 .args(["--epoch", &epoch.to_string()])
+                .args(DEFLATE.load(Ordering::Relaxed).then_some("--deflate"))
                 .stdin(std::process::Stdio::piped())
                 .stdout(std::process::Stdio::piped())
                 .kill_on_drop(true)
@@ -873,7 +1028,7 @@ async fn slow(args: SlowArgs) -> anyhow::Result<()> {
     let wire = Arc::new(AtomicU64::new(0));
     let mut report_rx = spawn_receivers(fast_sockets, dialect, base, (&received, &wire), &phase_rx);
     let mut publisher = publisher(url, dialect, fast + slow).await?;
-    let pad = "x".repeat(payload.saturating_sub(30));
+    let pad = text_pad(payload.saturating_sub(30));
     let mut peak = rss0;
     let (t0, mut sent) = (Instant::now(), 0u64);
     let end = t0 + Duration::from_secs(secs);
@@ -1152,6 +1307,7 @@ async fn storm(args: StormArgs) -> anyhow::Result<()> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    DEFLATE.store(args.deflate, Ordering::Relaxed);
     let limit = Duration::from_secs(args.max_secs);
     tokio::time::timeout(limit, run(args.cmd))
         .await

@@ -205,8 +205,10 @@ thread_local! {
     /// level, reset before each message.
     static COMPRESSORS: RefCell<[Slot; 7]> =
         const { RefCell::new([const { None }; 7]) };
-    /// Inflaters between messages, for connections without client context takeover.
-    static INFLATERS: RefCell<Vec<Decompress>> = const { RefCell::new(Vec::new()) };
+    /// Inflaters between messages, for connections without client context takeover
+    /// (boxed: a connection holds one by pointer while it reads a compressed message).
+    #[expect(clippy::vec_box, reason = "moved in and out of connections as they are")]
+    static INFLATERS: RefCell<Vec<Box<Decompress>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A thread's compressor for one window size, with its level.
@@ -370,7 +372,7 @@ pub struct Inflate {
     message_out: u64,
     /// The deflate stream ended (BFINAL) before the message did: the rest is ignored.
     ended: bool,
-    inflater: Option<Decompress>,
+    inflater: Option<Box<Decompress>>,
     /// Inflated bytes not yet framed: the first `chunk_len` of `chunk` (allocated while a
     /// compressed message is read).
     chunk: Vec<u8>,
@@ -611,7 +613,7 @@ impl Inflate {
             Some(inflater) => inflater,
             None => INFLATERS
                 .with(|pool| pool.borrow_mut().pop())
-                .unwrap_or_else(|| Decompress::new_with_window_bits(false, 15)),
+                .unwrap_or_else(|| Box::new(Decompress::new_with_window_bits(false, 15))),
         };
         if self.chunk.len() < self.chunk_max {
             self.chunk = vec![0; self.chunk_max];
@@ -688,16 +690,49 @@ impl Inflate {
 /// through (compressed frames are made before they are written).
 pub struct DeflateIo<T> {
     inner: T,
-    inflate: Option<Box<Inflate>>,
+    inflate: Side,
+}
+
+/// The receiving side's state. Between frames, outside a compressed message and with
+/// nothing pending, an [`Inflate`] holds nothing worth keeping, so a resting connection
+/// keeps only its limits (no allocation: an idle connection with compression negotiated
+/// costs what a plain one does).
+enum Side {
+    Plain,
+    Rest {
+        max_frame: u32,
+        max_message: u32,
+        takeover: bool,
+    },
+    Busy(Box<Inflate>),
 }
 
 impl<T> DeflateIo<T> {
     /// `inner` as it is (nothing negotiated) or with inflating.
-    pub fn new(inner: T, inflate: Option<Inflate>) -> Self {
-        Self {
-            inner,
-            inflate: inflate.map(Box::new),
-        }
+    pub fn new(inner: T, inflate: Option<Box<Inflate>>) -> Self {
+        let inflate = match inflate {
+            None => Side::Plain,
+            Some(inflate) => Side::Busy(inflate),
+        };
+        Self { inner, inflate }
+    }
+
+    /// The stream beneath.
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+}
+
+impl Inflate {
+    /// Nothing in progress: between frames, outside a compressed message, nothing
+    /// pending, no inflater kept.
+    fn at_rest(&self) -> bool {
+        self.head.len == 0
+            && self.payload.is_none()
+            && !self.in_message
+            && self.pending().is_empty()
+            && self.failed.is_none()
+            && self.inflater.is_none()
     }
 }
 
@@ -708,8 +743,42 @@ impl<T: AsyncRead + Unpin> AsyncRead for DeflateIo<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let Some(inflate) = this.inflate.as_deref_mut() else {
-            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        let inflate = match &mut this.inflate {
+            Side::Plain => return Pin::new(&mut this.inner).poll_read(cx, buf),
+            Side::Busy(inflate) => inflate,
+            Side::Rest { .. } => {
+                // Nothing kept: read straight into the buffer, and set up only if the
+                // bytes need it.
+                let before = buf.filled().len();
+                ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+                if buf.filled().len() == before {
+                    return Poll::Ready(Ok(()));
+                }
+                let Side::Rest {
+                    max_frame,
+                    max_message,
+                    takeover,
+                } = this.inflate
+                else {
+                    unreachable!()
+                };
+                let mut inflate = Box::new(Inflate::new(
+                    max_frame as usize,
+                    max_message as usize,
+                    takeover,
+                ));
+                let kept = inflate.process(&buf.filled()[before..]);
+                buf.set_filled(before + kept);
+                this.inflate = Side::Busy(inflate);
+                if kept > 0 {
+                    this.rest();
+                    return Poll::Ready(Ok(()));
+                }
+                match &mut this.inflate {
+                    Side::Busy(inflate) => inflate,
+                    _ => unreachable!(),
+                }
+            }
         };
         loop {
             let pending = inflate.pending();
@@ -717,6 +786,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for DeflateIo<T> {
                 let n = pending.len().min(buf.remaining());
                 buf.put_slice(&pending[..n]);
                 inflate.take(n);
+                this.rest();
                 return Poll::Ready(Ok(()));
             }
             if let Some(e) = inflate.failed() {
@@ -731,8 +801,24 @@ impl<T: AsyncRead + Unpin> AsyncRead for DeflateIo<T> {
             let kept = inflate.process(&buf.filled()[before..]);
             buf.set_filled(before + kept);
             if kept > 0 {
+                this.rest();
                 return Poll::Ready(Ok(()));
             }
+        }
+    }
+}
+
+impl<T> DeflateIo<T> {
+    /// Frees the receiving state once it holds nothing.
+    fn rest(&mut self) {
+        if let Side::Busy(inflate) = &self.inflate
+            && inflate.at_rest()
+        {
+            self.inflate = Side::Rest {
+                max_frame: u32::try_from(inflate.max_frame).unwrap_or(u32::MAX),
+                max_message: u32::try_from(inflate.max_message).unwrap_or(u32::MAX),
+                takeover: inflate.takeover,
+            };
         }
     }
 }
@@ -1054,6 +1140,33 @@ mod tests {
             through(&input, 4096, &mut inflate).1,
             Some(DeflateError::TooBig)
         );
+    }
+
+    #[tokio::test]
+    async fn a_connection_between_messages_keeps_no_receiving_state() {
+        use tokio::io::AsyncReadExt;
+        let whole = client_stream(
+            &[(b"hello hello hello hello".to_vec(), false)],
+            2,
+            false,
+            true,
+        );
+        let mut io = DeflateIo::new(
+            &whole[..],
+            Some(Box::new(Inflate::new(1 << 20, 1 << 20, false))),
+        );
+        let mut out = Vec::new();
+        io.read_to_end(&mut out).await.unwrap();
+        assert!(!out.is_empty());
+        assert!(
+            matches!(io.inflate, Side::Rest { .. }),
+            "nothing kept after the message"
+        );
+        // Stopped inside a compressed message, the state stays.
+        let half = &whole[..whole.len() - 3];
+        let mut io = DeflateIo::new(half, Some(Box::new(Inflate::new(1 << 20, 1 << 20, false))));
+        io.read_to_end(&mut Vec::new()).await.unwrap();
+        assert!(matches!(io.inflate, Side::Busy(_)));
     }
 
     #[test]

@@ -11,18 +11,20 @@ use std::sync::{Arc, OnceLock};
 use bytes::{BufMut, Bytes, BytesMut};
 use switchboard_protocol::{Channel, Payload, Sender, ServerFrame, StreamPosition, codec};
 
-/// One server frame, encoded as JSON text, cheap to clone (shared bytes).
+/// One server frame, encoded as JSON text, cheap to clone (one pointer, shared).
 #[derive(Clone)]
-pub struct Encoded {
+pub struct Encoded(Arc<Inner>);
+
+struct Inner {
     text: Bytes,
     /// The compressed payload (no context, 15-bit window), once a connection needed it;
     /// `None` inside when compressing does not make it smaller.
-    deflated: Arc<OnceLock<Option<Bytes>>>,
+    deflated: OnceLock<Option<Bytes>>,
 }
 
 impl PartialEq for Encoded {
     fn eq(&self, other: &Self) -> bool {
-        self.text == other.text
+        self.0.text == other.0.text
     }
 }
 
@@ -30,10 +32,10 @@ impl Eq for Encoded {}
 
 impl Encoded {
     fn wrap(text: Bytes) -> Self {
-        Self {
+        Self(Arc::new(Inner {
             text,
-            deflated: Arc::default(),
-        }
+            deflated: OnceLock::new(),
+        }))
     }
 
     /// Encodes `frame`.
@@ -51,23 +53,23 @@ impl Encoded {
 
     /// The frame's bytes.
     pub fn bytes(&self) -> &Bytes {
-        &self.text
+        &self.0.text
     }
 
     /// The frame's text.
     pub fn as_str(&self) -> &str {
         // Constructed from UTF-8 only (see `new` and `from_bytes`).
-        std::str::from_utf8(&self.text).unwrap_or_default()
+        std::str::from_utf8(&self.0.text).unwrap_or_default()
     }
 
     /// Length in bytes.
     pub fn len(&self) -> usize {
-        self.text.len()
+        self.0.text.len()
     }
 
     /// True for an empty frame (never produced by [`Encoded::new`]).
     pub fn is_empty(&self) -> bool {
-        self.text.is_empty()
+        self.0.text.is_empty()
     }
 
     /// The permessage-deflate payload of this frame (no context takeover, 15-bit window,
@@ -75,8 +77,10 @@ impl Encoded {
     /// broadcast is compressed once. `None` when compressing does not make it smaller.
     /// (Every caller in one process uses the server's one level.)
     pub fn deflated(&self, level: u32) -> Option<&Bytes> {
-        self.deflated
-            .get_or_init(|| crate::deflate::compress(&self.text, 15, level))
+        let inner = &*self.0;
+        inner
+            .deflated
+            .get_or_init(|| crate::deflate::compress(&inner.text, 15, level))
             .as_ref()
     }
 }

@@ -72,7 +72,8 @@ impl Upgrade {
         let inflate = self.deflate.as_ref().map(|(agreed, _)| {
             let max_frame = config.max_frame_size.unwrap_or(usize::MAX);
             let max_message = config.max_message_size.unwrap_or(usize::MAX);
-            Inflate::new(max_frame, max_message, agreed.client_takeover)
+            // Boxed here: the task below holds it across the upgrade's await.
+            Box::new(Inflate::new(max_frame, max_message, agreed.client_takeover))
         });
         let on_upgrade = self.on_upgrade;
         tokio::spawn(async move {

@@ -105,7 +105,7 @@ async fn connect(server: &common::TestServer, offer: Option<&str>, takeover: boo
     };
     let inflate = extensions
         .as_ref()
-        .map(|_| Inflate::new(1 << 20, 1 << 20, takeover));
+        .map(|_| Box::new(Inflate::new(1 << 20, 1 << 20, takeover)));
     let ws = WebSocketStream::from_raw_socket(DeflateIo::new(counted, inflate), Role::Client, None)
         .await;
     let mut client = Client {
