@@ -37,12 +37,15 @@ use futures::future::BoxFuture;
 use futures::{SinkExt, Stream, StreamExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use switchboard_protocol::msgpack::{self, SUBPROTOCOL_MSGPACK};
 use switchboard_protocol::{
     Channel, ClientId, CloseCode, Member, Payload, PresenceAction, RequestId, Sender,
 };
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
@@ -64,6 +67,10 @@ pub struct NativeOptions {
     pub token: Option<TokenProvider>,
     /// Items a subscription stream holds for a reader that is behind. Defaults to 4,096.
     pub stream_capacity: Option<usize>,
+    /// Speak MessagePack (binary frames, `Sec-WebSocket-Protocol: switchboard.v1.msgpack`)
+    /// instead of JSON text. A server that does not answer with that subprotocol is spoken
+    /// to in JSON.
+    pub messagepack: bool,
 }
 
 /// Why a typed call failed.
@@ -231,7 +238,13 @@ impl Client {
             state,
         });
         let (stop_tx, stop_rx) = watch::channel(false);
-        tokio::spawn(drive(inner.clone(), url.into(), options.token, stop_rx));
+        tokio::spawn(drive(
+            inner.clone(),
+            url.into(),
+            options.token,
+            options.messagepack,
+            stop_rx,
+        ));
         Self {
             _guard: Arc::new(StopOnDrop(inner.clone(), stop_tx)),
             inner,
@@ -562,16 +575,23 @@ impl<T: DeserializeOwned> Stream for Directs<T> {
 }
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
-type Connecting = BoxFuture<'static, Result<Socket, String>>;
+/// A socket, and whether the server agreed to MessagePack on it.
+type Connecting = BoxFuture<'static, Result<(Socket, bool), String>>;
+
+/// The largest server message accepted as JSON after transcoding from MessagePack.
+const MAX_SERVER_MESSAGE: usize = 64 << 20;
 
 /// The driver: the one task that does IO for a client.
 async fn drive(
     inner: Arc<Inner>,
     url: String,
     token: Option<TokenProvider>,
+    messagepack: bool,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut socket: Option<Socket> = None;
+    // Whether the current socket speaks MessagePack (the server agreed to it).
+    let mut packed = false;
     let mut connecting: Option<Connecting> = None;
     let mut refreshing: Option<BoxFuture<'static, Option<String>>> = None;
     loop {
@@ -618,9 +638,24 @@ async fn drive(
                             Some(t) => format!("{url}?token={}", encode_component(&t)),
                             None => url,
                         };
-                        connect_async(url)
+                        let mut request = url.into_client_request().map_err(|e| e.to_string())?;
+                        if messagepack {
+                            request.headers_mut().insert(
+                                "Sec-WebSocket-Protocol",
+                                HeaderValue::from_static(SUBPROTOCOL_MSGPACK),
+                            );
+                        }
+                        connect_async(request)
                             .await
-                            .map(|(ws, _)| ws)
+                            .map(|(ws, response)| {
+                                let agreed = response
+                                    .headers()
+                                    .get("sec-websocket-protocol")
+                                    .is_some_and(|p| {
+                                        p.as_bytes() == SUBPROTOCOL_MSGPACK.as_bytes()
+                                    });
+                                (ws, agreed)
+                            })
                             .map_err(|e| e.to_string())
                     }));
                 }
@@ -645,7 +680,13 @@ async fn drive(
         if let Some(ws) = socket.as_mut() {
             let mut failed = false;
             for text in transmit {
-                if ws.feed(WsMessage::text(text)).await.is_err() {
+                let msg = if packed {
+                    // The core's frames are valid JSON, so this does not fail.
+                    WsMessage::binary(msgpack::from_json(text.as_bytes()).unwrap_or_default())
+                } else {
+                    WsMessage::text(text)
+                };
+                if ws.feed(msg).await.is_err() {
                     failed = true;
                     break;
                 }
@@ -677,8 +718,9 @@ async fn drive(
                 connecting = None;
                 let now = inner.now();
                 match result {
-                    Ok(ws) => {
+                    Ok((ws, agreed)) => {
                         socket = Some(ws);
+                        packed = agreed;
                         inner.lock().core.on_connected(now);
                     }
                     Err(e) => inner.lock().core.on_disconnected(None, &e, now),
@@ -693,6 +735,16 @@ async fn drive(
                 let now = inner.now();
                 match msg {
                     Some(Ok(WsMessage::Text(text))) => inner.lock().core.on_text(text.as_str(), now),
+                    Some(Ok(WsMessage::Binary(bytes))) if packed => {
+                        match msgpack::to_json(&bytes, MAX_SERVER_MESSAGE) {
+                            Ok(text) => inner.lock().core.on_text(&text, now),
+                            Err(e) => {
+                                socket = None;
+                                let reason = format!("undecodable MessagePack from the server: {e}");
+                                inner.lock().core.on_disconnected(None, &reason, now);
+                            }
+                        }
+                    }
                     Some(Ok(WsMessage::Close(frame))) => {
                         socket = None;
                         let (code, reason) = frame

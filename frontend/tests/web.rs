@@ -108,6 +108,72 @@ async fn connects_measures_rtt_and_renders_the_badge() {
 }
 
 #[wasm_bindgen_test]
+async fn a_messagepack_connection_and_a_json_one_share_a_channel() {
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
+    struct Point {
+        x: i32,
+        tag: String,
+    }
+    let owner = Owner::new();
+    let packed = UseWebSocketOptions {
+        messagepack: true,
+        ..UseWebSocketOptions::default()
+    };
+    let binary = connected(&owner, packed).await;
+    let text = connected(&owner, UseWebSocketOptions::default()).await;
+    let channel = unique("mp:");
+    let b_sub = owner.with(|| binary.subscribe::<Point>(&channel));
+    let t_sub = owner.with(|| text.subscribe::<Point>(&channel));
+    eventually(5, "subscribed", || live(&b_sub) && live(&t_sub)).await;
+    let point = Point {
+        x: -3,
+        tag: "packed".into(),
+    };
+    let offset = binary
+        .publish(&channel, &point)
+        .unwrap()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(offset, 1);
+    text.publish(
+        &channel,
+        &Point {
+            x: 4,
+            tag: "text".into(),
+        },
+    )
+    .unwrap()
+    .await
+    .unwrap();
+    for sub in [&b_sub, &t_sub] {
+        eventually(5, "both messages", || {
+            sub.messages.with_untracked(|m| m.len() == 2)
+        })
+        .await;
+        let got: Vec<Point> = sub
+            .messages
+            .with_untracked(|m| m.iter().map(|r| r.data.clone()).collect());
+        assert_eq!(
+            got,
+            [
+                point.clone(),
+                Point {
+                    x: 4,
+                    tag: "text".into()
+                }
+            ]
+        );
+    }
+    #[derive(Deserialize)]
+    struct Time {
+        now_ms: u64,
+    }
+    let t: Time = binary.request("time", &()).await.unwrap();
+    assert!(t.now_ms > 1_600_000_000_000);
+}
+
+#[wasm_bindgen_test]
 async fn typed_publish_is_acked_and_reaches_subscribers() {
     #[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
     struct Point {

@@ -355,7 +355,7 @@ pub struct Config {
 
     /// Let clients keep their compressor between messages (`client_no_context_takeover`
     /// is then not sent unless the client offers it): the server keeps an inflater per
-    /// such connection (2^--deflate-client-window-bits + ~7 KiB). Off by default.
+    /// such connection (~40 KiB). Off by default.
     #[arg(long, env = "SWITCHBOARD_DEFLATE_CLIENT_CONTEXT_TAKEOVER")]
     pub deflate_client_context_takeover: bool,
 

@@ -14,8 +14,9 @@
 //! Memory: without context takeover (the default, both directions) an idle connection
 //! holds no compression state at all: compressors are per thread, and an inflater is
 //! taken from a per-thread pool for one message and given back. With takeover a
-//! connection keeps its own: about 256 KiB for a compressor at 15 window bits, 2^bits +
-//! 7 KiB for an inflater (zlib's figures; see docs/protocol.md).
+//! connection keeps its own: about 256 KiB for a compressor at 15 window bits, ~40 KiB
+//! for an inflater (always 15 bits: it reads any window; zlib's figures, see
+//! docs/protocol.md).
 
 use std::cell::RefCell;
 use std::io;
@@ -45,10 +46,11 @@ pub struct DeflateOptions {
     /// a broadcast is compressed once per connection instead of once).
     pub server_context_takeover: bool,
     /// Let the client keep its compressor between messages (the server then keeps an
-    /// inflater per connection: 2^`client_window_bits` + ~7 KiB).
+    /// inflater per connection: ~40 KiB).
     pub client_context_takeover: bool,
     /// With client context takeover: the window the client is asked to stay within when it
-    /// offers `client_max_window_bits`.
+    /// offers `client_max_window_bits` (its own compressor's memory; the server's inflater
+    /// is 15 bits whatever it says).
     pub client_window_bits: u8,
 }
 
@@ -293,8 +295,9 @@ pub enum DeflateError {
     /// The compressed data is not valid deflate (1007).
     #[error("invalid compressed data")]
     Corrupt,
-    /// RSV1 on a continuation frame, or a new message inside a compressed one (1002).
-    #[error("RSV1 on a continuation frame, or a message inside a compressed one")]
+    /// RSV1 on a continuation frame, RSV2/RSV3 or a mask that differs from the first
+    /// frame's in a compressed message, or a new message inside one (1002).
+    #[error("a compressed message's frames break RFC 6455/7692")]
     Protocol,
 }
 
@@ -534,8 +537,19 @@ impl Inflate {
                 self.message_out = 0;
                 self.ended = false;
             }
-            self.message_in += len;
-            if len > self.max_frame || self.message_in > self.max_message {
+            // tungstenite never sees these headers: check what it would. RSV2/RSV3 mean
+            // nothing here, and every frame of a message is masked as its first one is
+            // (whose mask tungstenite checks for the socket's role on the frames we emit).
+            if head.bytes[0] & 0x30 != 0 || payload.mask.is_some() != self.masked {
+                self.failed = Some(DeflateError::Protocol);
+                return;
+            }
+            if len > self.max_frame {
+                self.failed = Some(DeflateError::TooBig);
+                return;
+            }
+            self.message_in = self.message_in.saturating_add(len);
+            if self.message_in > self.max_message {
                 self.failed = Some(DeflateError::TooBig);
                 return;
             }
@@ -615,14 +629,20 @@ impl Inflate {
                 .with(|pool| pool.borrow_mut().pop())
                 .unwrap_or_else(|| Box::new(Decompress::new_with_window_bits(false, 15))),
         };
-        if self.chunk.len() < self.chunk_max {
-            self.chunk = vec![0; self.chunk_max];
+        if self.chunk.is_empty() {
+            // Small first: most messages are short (the buffer doubles up to chunk_max).
+            self.chunk = vec![0; self.chunk_max.min(1024)];
         }
         loop {
-            if self.chunk_len == self.chunk_max {
-                self.emit(false);
+            if self.chunk_len == self.chunk.len() {
+                if self.chunk.len() < self.chunk_max {
+                    let grown = (self.chunk.len() * 2).min(self.chunk_max);
+                    self.chunk.resize(grown, 0);
+                } else {
+                    self.emit(false);
+                }
             }
-            let room = self.chunk_max - self.chunk_len;
+            let room = self.chunk.len() - self.chunk_len;
             let (in0, out0) = (inflater.total_in(), inflater.total_out());
             let status = inflater.decompress(
                 input,
@@ -714,7 +734,10 @@ impl<T> DeflateIo<T> {
             None => Side::Plain,
             Some(inflate) => Side::Busy(inflate),
         };
-        Self { inner, inflate }
+        let mut io = Self { inner, inflate };
+        // Nothing read yet: keep only the limits.
+        io.rest();
+        io
     }
 
     /// The stream beneath.
@@ -1188,6 +1211,32 @@ mod tests {
         assert_eq!(
             through(&bad, 100, &mut inflate).1,
             Some(DeflateError::Protocol)
+        );
+        // RSV2 on a compressed frame (tungstenite never sees its header).
+        let mut rsv2 = ok.clone();
+        rsv2[0] |= 0x20;
+        let mut inflate = Inflate::new(1 << 20, 1 << 20, false);
+        assert_eq!(
+            through(&rsv2, 100, &mut inflate).1,
+            Some(DeflateError::Protocol)
+        );
+        // An unmasked continuation of a masked message.
+        let mut unmasked = ok[..first_len].to_vec();
+        unmasked.extend_from_slice(&[0x80, 0x01, 0x00]);
+        let mut inflate = Inflate::new(1 << 20, 1 << 20, false);
+        assert_eq!(
+            through(&unmasked, 100, &mut inflate).1,
+            Some(DeflateError::Protocol)
+        );
+        // A continuation claiming 2^64 - 1 bytes: refused, no overflow.
+        let mut huge = ok[..first_len].to_vec();
+        huge.extend_from_slice(&[0x80, 0x80 | 127]);
+        huge.extend_from_slice(&u64::MAX.to_be_bytes());
+        huge.extend_from_slice(&[1, 2, 3, 4]);
+        let mut inflate = Inflate::new(1 << 20, 1 << 20, false);
+        assert_eq!(
+            through(&huge, 100, &mut inflate).1,
+            Some(DeflateError::TooBig)
         );
         // A new message before the compressed one ended.
         let mut interleaved = ok[..first_len].to_vec();

@@ -17,9 +17,21 @@ pub struct Encoded(Arc<Inner>);
 
 struct Inner {
     text: Bytes,
-    /// The compressed payload (no context, 15-bit window), once a connection needed it;
-    /// `None` inside when compressing does not make it smaller.
-    deflated: OnceLock<Option<Bytes>>,
+    /// The MessagePack form, once a connection that speaks it needed it.
+    msgpack: OnceLock<Bytes>,
+    /// The compressed payload per [`Encoding`] (no context, 15-bit window), once a
+    /// connection needed it; `None` inside when compressing does not make it smaller.
+    deflated: [OnceLock<Option<Bytes>>; 2],
+}
+
+/// How a connection's frames are written (`Sec-WebSocket-Protocol`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Encoding {
+    /// JSON text messages (the default).
+    #[default]
+    Json,
+    /// MessagePack binary messages (`switchboard.v1.msgpack`).
+    MsgPack,
 }
 
 impl PartialEq for Encoded {
@@ -34,7 +46,8 @@ impl Encoded {
     fn wrap(text: Bytes) -> Self {
         Self(Arc::new(Inner {
             text,
-            deflated: OnceLock::new(),
+            msgpack: OnceLock::new(),
+            deflated: [OnceLock::new(), OnceLock::new()],
         }))
     }
 
@@ -72,15 +85,28 @@ impl Encoded {
         self.0.text.is_empty()
     }
 
-    /// The permessage-deflate payload of this frame (no context takeover, 15-bit window,
-    /// zlib `level`), compressed by the first caller and shared by every clone: a
-    /// broadcast is compressed once. `None` when compressing does not make it smaller.
-    /// (Every caller in one process uses the server's one level.)
-    pub fn deflated(&self, level: u32) -> Option<&Bytes> {
+    /// The frame as a connection speaking `encoding` receives it: the JSON text, or its
+    /// MessagePack form, made by the first such connection and shared by every clone.
+    pub fn encoded(&self, encoding: Encoding) -> &Bytes {
         let inner = &*self.0;
-        inner
-            .deflated
-            .get_or_init(|| crate::deflate::compress(&inner.text, 15, level))
+        match encoding {
+            Encoding::Json => &inner.text,
+            // Server frames are valid JSON by construction, so this does not fail.
+            Encoding::MsgPack => inner.msgpack.get_or_init(|| {
+                switchboard_protocol::msgpack::from_json(&inner.text)
+                    .map(Bytes::from)
+                    .unwrap_or_default()
+            }),
+        }
+    }
+
+    /// The permessage-deflate payload of this frame in `encoding` (no context takeover,
+    /// 15-bit window, zlib `level`), compressed by the first caller and shared by every
+    /// clone: a broadcast is compressed once per encoding in use. `None` when compressing
+    /// does not make it smaller. (Every caller in one process uses the server's one level.)
+    pub fn deflated(&self, encoding: Encoding, level: u32) -> Option<&Bytes> {
+        let slot = &self.0.deflated[encoding as usize];
+        slot.get_or_init(|| crate::deflate::compress(self.encoded(encoding), 15, level))
             .as_ref()
     }
 }
@@ -183,15 +209,27 @@ mod tests {
         );
         let frame = Encoded::from_bytes(body).unwrap();
         let queued: Vec<Encoded> = (0..3).map(|_| frame.clone()).collect();
-        let first = queued[0].deflated(6).unwrap();
+        let first = queued[0].deflated(Encoding::Json, 6).unwrap();
         assert!(first.len() < frame.len() / 4);
         for other in &queued[1..] {
             // The very same bytes, not a second compression.
-            assert_eq!(other.deflated(6).unwrap().as_ptr(), first.as_ptr());
+            assert_eq!(
+                other.deflated(Encoding::Json, 6).unwrap().as_ptr(),
+                first.as_ptr()
+            );
         }
         // A frame that does not shrink keeps no copy.
         let tiny = Encoded::from_bytes(Bytes::from_static(b"{}")).unwrap();
-        assert_eq!(tiny.deflated(6), None);
+        assert_eq!(tiny.deflated(Encoding::Json, 6), None);
+        // The MessagePack form too: made once, smaller than the text, compressed apart.
+        let packed = queued[1].encoded(Encoding::MsgPack);
+        assert!(packed.len() < frame.len());
+        assert_eq!(
+            queued[2].encoded(Encoding::MsgPack).as_ptr(),
+            packed.as_ptr()
+        );
+        let packed_deflated = queued[2].deflated(Encoding::MsgPack, 6).unwrap();
+        assert_ne!(packed_deflated.as_ptr(), first.as_ptr());
     }
 
     #[test]

@@ -345,6 +345,7 @@ pub(crate) async fn ws_upgrade(
         auth,
         admission,
         deflate: ws.deflate(),
+        encoding: ws.encoding(),
     });
     let sessions = pending.state.sessions.clone();
     let config = WebSocketConfig::default()

@@ -26,6 +26,10 @@ const CLOSE_CODES: [CloseCode; 12] = [
 pub struct Metrics {
     /// Connections accepted since start.
     pub connections_total: AtomicU64,
+    /// Of them, those that negotiated permessage-deflate.
+    pub connections_deflate: AtomicU64,
+    /// Of them, those that speak MessagePack.
+    pub connections_msgpack: AtomicU64,
     /// Frames received from clients.
     pub frames_in: AtomicU64,
     /// Frames sent to clients.
@@ -94,6 +98,16 @@ impl Metrics {
             "switchboard_connections_total",
             "Connections accepted.",
             &self.connections_total,
+        );
+        counter(
+            "switchboard_connections_deflate_total",
+            "Connections accepted with permessage-deflate negotiated.",
+            &self.connections_deflate,
+        );
+        counter(
+            "switchboard_connections_msgpack_total",
+            "Connections accepted speaking MessagePack.",
+            &self.connections_msgpack,
         );
         counter(
             "switchboard_frames_in_total",

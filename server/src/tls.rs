@@ -6,14 +6,17 @@
 //!   reload never touches open connections, and a file that does not load (half-written,
 //!   wrong key) is logged and the previous pair stays in use.
 //! - [`TlsListener`] is an [`axum::serve::Listener`]: a task accepts TCP connections and
-//!   runs their handshakes beside each other (at most [`MAX_HANDSHAKES`] at once, each
-//!   within [`HANDSHAKE_TIMEOUT`]), so a client that stalls its handshake delays no one.
+//!   runs their handshakes beside each other (at most [`MAX_HANDSHAKES`] at once and
+//!   [`MAX_HANDSHAKES_PER_IP`] from one address, each sending its first byte within
+//!   [`FIRST_BYTE_TIMEOUT`] and done within [`HANDSHAKE_TIMEOUT`]), so a client that
+//!   stalls its handshakes delays no one else.
 //! - [`dev_certificate`]: a self-signed certificate for development (the
 //!   `switchboard-dev-cert` binary writes one).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -34,6 +37,14 @@ use tokio_rustls::server::TlsStream;
 /// accept backlog until one finishes. A handshake holds a task and rustls' state
 /// (about 20 KiB), so this bounds what half-open connections cost at ~10 MiB.
 pub const MAX_HANDSHAKES: usize = 512;
+
+/// Most handshakes in progress from one address (an IPv6 address counts with its /64);
+/// more are closed at once, so one client cannot take the slots of [`MAX_HANDSHAKES`].
+pub const MAX_HANDSHAKES_PER_IP: usize = 16;
+
+/// A connection that sends nothing within this is dropped (a browser's ClientHello comes
+/// at once).
+pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A handshake not finished within this is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -95,9 +106,11 @@ impl Certificates {
     /// pair stays in use and the error is returned.
     pub fn reload(&self) -> Result<(), String> {
         let stamp = stamp(&self.cert, &self.key);
+        // Recorded either way: a file that does not load is reported once, and tried
+        // again when it changes (or on SIGHUP).
+        *self.stamp.write().unwrap_or_else(|p| p.into_inner()) = stamp;
         let loaded = load(&self.cert, &self.key)?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(loaded);
-        *self.stamp.write().unwrap_or_else(|p| p.into_inner()) = stamp;
         Ok(())
     }
 
@@ -239,12 +252,15 @@ async fn accept_loop(
     ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let per_ip: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
         let (tcp, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
+            // About that one connection: go on at once (as axum does).
+            Err(e) if is_connection_error(&e) => continue,
             Err(e) => {
                 // Out of file descriptors and the like: wait instead of spinning (as axum).
                 tracing::warn!("accept failed: {e}");
@@ -252,21 +268,89 @@ async fn accept_loop(
                 continue;
             }
         };
+        let Some(ip_slot) = IpSlot::take(&per_ip, peer.ip()) else {
+            tracing::debug!(%peer, "too many TLS handshakes from this address: closed");
+            continue;
+        };
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!("TCP_NODELAY not set: {e}");
         }
         let (tls, ready) = (tls.clone(), ready.clone());
         tokio::spawn(async move {
-            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await;
-            drop(slot);
-            match handshake {
-                Ok(Ok(stream)) => {
+            let handshake = async {
+                // Nothing at all within a few seconds: not a client worth a slot.
+                tokio::time::timeout(FIRST_BYTE_TIMEOUT, tcp.peek(&mut [0u8; 1]))
+                    .await
+                    .map_err(|_| "sent nothing".to_string())?
+                    .map_err(|e| e.to_string())?;
+                tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp))
+                    .await
+                    .map_err(|_| "timed out".to_string())?
+                    .map_err(|e| e.to_string())
+            };
+            let result = handshake.await;
+            drop((slot, ip_slot));
+            match result {
+                Ok(stream) => {
                     let _ = ready.send((stream, peer)).await;
                 }
-                Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                Err(e) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
             }
         });
+    }
+}
+
+/// Errors about one incoming connection, not the listener (axum's list).
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// One handshake's place under [`MAX_HANDSHAKES_PER_IP`], given back when dropped.
+struct IpSlot {
+    map: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+    key: IpAddr,
+}
+
+impl IpSlot {
+    fn take(map: &Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr) -> Option<Self> {
+        let key = match ip {
+            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+            IpAddr::V6(v6) => IpAddr::V4(
+                v6.to_ipv4_mapped()
+                    .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+            ),
+            v4 => v4,
+        };
+        let mut counts = map.lock().unwrap_or_else(|p| p.into_inner());
+        let count = counts.entry(key).or_insert(0);
+        if *count >= MAX_HANDSHAKES_PER_IP {
+            return None;
+        }
+        *count += 1;
+        Some(Self {
+            map: map.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut counts = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.key);
+            }
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! The WebSocket upgrade of `/ws` and `/echo`: axum's request checks (and its answers to
 //! a bad request), then our own 101 response, so that permessage-deflate can be negotiated
-//! ([`crate::deflate`]); axum's `WebSocket` has no way to. The upgraded socket is a
+//! ([`crate::deflate`]); axum's `WebSocket` has no way to. The subprotocol picks the
+//! encoding (JSON, or MessagePack with `switchboard.v1.msgpack`). The upgraded socket is a
 //! tokio-tungstenite stream over [`DeflateIo`].
 
 use axum::extract::FromRequestParts;
@@ -13,7 +14,10 @@ use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
 use tungstenite::protocol::{Role, WebSocketConfig};
 
+use switchboard_protocol::msgpack::{SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK};
+
 use crate::deflate::{Agreed, DeflateIo, DeflateOptions, Inflate};
+use crate::frame::Encoding;
 
 /// The upgraded connection as the session reads and writes it.
 pub(crate) type Socket = WebSocketStream<DeflateIo<TokioIo<Upgraded>>>;
@@ -23,6 +27,22 @@ pub(crate) struct Upgrade {
     key: HeaderValue,
     on_upgrade: OnUpgrade,
     deflate: Option<(Agreed, String)>,
+    /// The subprotocol chosen from `Sec-WebSocket-Protocol`, and its encoding.
+    protocol: Option<(&'static str, Encoding)>,
+}
+
+/// The encoding for the client's `Sec-WebSocket-Protocol` offers: MessagePack when offered,
+/// else JSON (named in the answer only when the client named it). An offer of neither
+/// gets no subprotocol in the answer (a browser then fails the connection, as it should).
+fn choose_protocol<'a>(offers: impl Iterator<Item = &'a str>) -> Option<(&'static str, Encoding)> {
+    let offers: Vec<&str> = offers.flat_map(|v| v.split(',')).map(str::trim).collect();
+    if offers.contains(&SUBPROTOCOL_MSGPACK) {
+        Some((SUBPROTOCOL_MSGPACK, Encoding::MsgPack))
+    } else if offers.contains(&SUBPROTOCOL_JSON) {
+        Some((SUBPROTOCOL_JSON, Encoding::Json))
+    } else {
+        None
+    }
 }
 
 impl Upgrade {
@@ -49,16 +69,29 @@ impl Upgrade {
             .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
             .iter()
             .filter_map(|v| v.to_str().ok());
+        let protocols = parts
+            .headers
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok());
         Ok(Self {
             key: key.clone(),
             on_upgrade,
             deflate: crate::deflate::negotiate(offers, deflate),
+            protocol: choose_protocol(protocols),
         })
     }
 
     /// What was agreed about compression.
     pub(crate) fn deflate(&self) -> Option<Agreed> {
         self.deflate.as_ref().map(|(agreed, _)| *agreed)
+    }
+
+    /// The encoding chosen with `Sec-WebSocket-Protocol` (JSON unless MessagePack was
+    /// offered).
+    pub(crate) fn encoding(&self) -> Encoding {
+        self.protocol
+            .map_or(Encoding::Json, |(_, encoding)| encoding)
     }
 
     /// Answers 101 and runs `callback` on the socket once the upgrade completes (in its
@@ -96,6 +129,9 @@ impl Upgrade {
             .header(header::SEC_WEBSOCKET_ACCEPT, accept);
         if let Some((_, extension)) = self.deflate {
             response = response.header(header::SEC_WEBSOCKET_EXTENSIONS, extension);
+        }
+        if let Some((protocol, _)) = self.protocol {
+            response = response.header(header::SEC_WEBSOCKET_PROTOCOL, protocol);
         }
         response
             .body(axum::body::Body::empty())

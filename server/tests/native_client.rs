@@ -72,6 +72,68 @@ async fn typed_publish_subscribe_request_and_acks() {
 }
 
 #[tokio::test]
+async fn a_messagepack_client_and_a_json_one_talk() {
+    let server = start(config(&[])).await;
+    let packed = NativeOptions {
+        messagepack: true,
+        ..NativeOptions::default()
+    };
+    let ada = Client::connect(server.ws_url(), packed);
+    let grace = Client::connect(server.ws_url(), NativeOptions::default());
+    let mut a_room = ada.subscribe::<Chat>("room:mp");
+    let mut g_room = grace.subscribe::<Chat>("room:mp");
+    live(&mut a_room).await;
+    live(&mut g_room).await;
+    let offset = ada
+        .publish(
+            "room:mp",
+            &Chat {
+                text: "packed".into(),
+            },
+        )
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(offset, Some(1));
+    for room in [&mut a_room, &mut g_room] {
+        assert_eq!(
+            message(room).await.data,
+            Chat {
+                text: "packed".into()
+            }
+        );
+    }
+    grace
+        .publish(
+            "room:mp",
+            &Chat {
+                text: "text".into(),
+            },
+        )
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(
+        message(&mut a_room).await.data,
+        Chat {
+            text: "text".into()
+        }
+    );
+    #[derive(Deserialize)]
+    struct Time {
+        now_ms: u64,
+    }
+    let t: Time = ada.request("time", &()).await.unwrap();
+    assert!(t.now_ms > 1_600_000_000_000);
+    // The server saw one MessagePack connection (the wire itself: tests/encodings.rs).
+    let metrics = server.state.hub.metrics();
+    let packed = metrics
+        .connections_msgpack
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(packed, 1);
+}
+
+#[tokio::test]
 async fn rooms_and_directs() {
     let server = start(config(&[])).await;
     let ada = Client::connect(server.ws_url(), NativeOptions::default());

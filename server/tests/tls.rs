@@ -151,15 +151,18 @@ async fn wss_works_and_a_new_certificate_is_picked_up_without_dropping_connectio
 }
 
 #[tokio::test]
-async fn a_stalled_handshake_does_not_hold_up_the_others() {
+async fn stalled_handshakes_hold_up_no_one_and_one_address_cannot_take_every_slot() {
+    use switchboard_server::tls::{FIRST_BYTE_TIMEOUT, MAX_HANDSHAKES_PER_IP};
+    use tokio::io::AsyncReadExt;
     let dir = tempfile::tempdir().unwrap();
     let (a, cert, key) = write_cert(dir.path());
     let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
     let server = common::start(common::config(&["--tls-cert", cert, "--tls-key", key])).await;
     let port = server.addr.port();
-    // Clients that connect and never finish (or never start) their handshake.
+    // Clients that connect and never finish (or never start) their handshake, fewer than
+    // one address may have.
     let mut stalled = Vec::new();
-    for i in 0..20 {
+    for i in 0..MAX_HANDSHAKES_PER_IP - 2 {
         let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
         if i % 2 == 0 {
             // The first bytes of a ClientHello record, then nothing.
@@ -173,6 +176,38 @@ async fn a_stalled_handshake_does_not_hold_up_the_others() {
         .await
         .expect("a handshake behind stalled ones completes at once");
     answers(&mut ws, "through").await;
+    // Past the per-address cap, a new connection is closed at once.
+    let mut extra = Vec::new();
+    for _ in 0..4 {
+        extra.push(TcpStream::connect(("127.0.0.1", port)).await.unwrap());
+    }
+    let mut closed = 0;
+    for tcp in &mut extra {
+        let mut byte = [0u8; 1];
+        if let Ok(Ok(0)) =
+            tokio::time::timeout(Duration::from_millis(500), tcp.read(&mut byte)).await
+        {
+            closed += 1;
+        }
+    }
+    assert!(
+        closed >= 2,
+        "only {closed} of the connections over the cap were closed"
+    );
+    // One that says nothing is dropped after FIRST_BYTE_TIMEOUT, freeing its place.
+    let silent = &mut stalled[1];
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(
+        FIRST_BYTE_TIMEOUT + Duration::from_secs(2),
+        silent.read(&mut byte),
+    )
+    .await
+    .expect("a silent connection is dropped");
+    assert!(matches!(read, Ok(0) | Err(_)));
+    let mut again = tokio::time::timeout(Duration::from_secs(2), wss(port, &a))
+        .await
+        .expect("places are free again");
+    answers(&mut again, "again").await;
 }
 
 #[test]

@@ -15,6 +15,8 @@
 //! - [`limits`]: [`Limits`] the server announces, and the channel-name grammar.
 //! - [`codec`]: decoding text into frames (single or batch) with a precise error per frame,
 //!   and encoding frames back.
+//! - `msgpack` (feature `msgpack`): the MessagePack encoding, each frame's JSON form
+//!   transcoded value by value.
 //!
 //! # Example
 //! ```
@@ -28,6 +30,8 @@ pub mod client;
 pub mod codec;
 pub mod codes;
 pub mod limits;
+#[cfg(feature = "msgpack")]
+pub mod msgpack;
 pub mod payload;
 pub mod server;
 pub mod types;

@@ -564,3 +564,34 @@ fn no_error_echoes_an_oversized_id() {
         assert_eq!(err(&text).id, None, "{text}");
     }
 }
+
+/// The MessagePack encoding shares the pinned frames: each one's MessagePack form comes
+/// back to the very same JSON, and decodes to the same frame.
+#[cfg(feature = "msgpack")]
+#[test]
+fn every_pinned_frame_survives_messagepack() {
+    use switchboard_protocol::msgpack;
+    for (frame, wire) in client_cases() {
+        let packed = msgpack::from_json(wire.as_bytes()).unwrap();
+        let back = msgpack::to_json(&packed, 1 << 20).unwrap();
+        assert_eq!(back, wire, "{}", frame.kind());
+        assert_eq!(
+            codec::decode_client(&back, &Limits::default()),
+            vec![Ok(frame)]
+        );
+    }
+    for (frame, wire) in server_cases() {
+        let packed = msgpack::from_json(wire.as_bytes()).unwrap();
+        assert_eq!(
+            msgpack::to_json(&packed, 1 << 20).unwrap(),
+            wire,
+            "{}",
+            frame.kind()
+        );
+    }
+    // One pinned byte for byte: {"type":"ping","id":"7"}.
+    assert_eq!(
+        msgpack::from_json(br#"{"type":"ping","id":"7"}"#).unwrap(),
+        b"\x82\xa4type\xa4ping\xa2id\xa17"
+    );
+}

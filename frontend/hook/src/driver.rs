@@ -36,8 +36,15 @@ struct Socket {
 }
 
 impl Socket {
-    fn open(url: &str, tx: mpsc::UnboundedSender<Sock>) -> Result<Self, String> {
-        let ws = web_sys::WebSocket::new(url).map_err(|e| format!("{e:?}"))?;
+    /// Opens `url`; with `messagepack`, offering the MessagePack subprotocol (binary
+    /// frames are then transcoded to and from the JSON the core speaks).
+    fn open(url: &str, tx: mpsc::UnboundedSender<Sock>, messagepack: bool) -> Result<Self, String> {
+        let ws = if messagepack {
+            web_sys::WebSocket::new_with_str(url, MSGPACK).map_err(|e| format!("{e:?}"))?
+        } else {
+            web_sys::WebSocket::new(url).map_err(|e| format!("{e:?}"))?
+        };
+        ws.set_binary_type(web_sys::BinaryType::Arraybuffer);
         let on_open = {
             let tx = tx.clone();
             Closure::<dyn FnMut(web_sys::Event)>::new(move |_| {
@@ -52,6 +59,8 @@ impl Socket {
                 };
                 if let Some(text) = e.data().as_string() {
                     let _ = tx.unbounded_send(Sock::Text(text));
+                } else if let Some(text) = binary(&e.data()) {
+                    let _ = tx.unbounded_send(text);
                 }
             })
         };
@@ -71,7 +80,15 @@ impl Socket {
         })
     }
 
+    /// Sends one frame (or batch) of JSON: as it is, or as MessagePack when the server
+    /// agreed to it.
     fn send(&self, text: &str) -> bool {
+        #[cfg(feature = "msgpack")]
+        if self.ws.protocol() == MSGPACK {
+            let packed =
+                switchboard_protocol::msgpack::from_json(text.as_bytes()).unwrap_or_default();
+            return self.ws.send_with_u8_array(&packed).is_ok();
+        }
         self.ws.send_with_str(text).is_ok()
     }
 
@@ -91,8 +108,37 @@ impl Drop for Socket {
     }
 }
 
+/// The MessagePack subprotocol's name (offered only with the `msgpack` feature).
+#[cfg(feature = "msgpack")]
+const MSGPACK: &str = switchboard_protocol::msgpack::SUBPROTOCOL_MSGPACK;
+#[cfg(not(feature = "msgpack"))]
+const MSGPACK: &str = "";
+
+/// A binary message: a MessagePack frame transcoded to JSON for the core (or the end of
+/// the connection, with the reason, when it is not MessagePack).
+#[cfg(feature = "msgpack")]
+fn binary(data: &wasm_bindgen::JsValue) -> Option<Sock> {
+    let buffer = data.dyn_ref::<js_sys::ArrayBuffer>()?;
+    let bytes = js_sys::Uint8Array::new(buffer).to_vec();
+    Some(
+        match switchboard_protocol::msgpack::to_json(&bytes, 64 << 20) {
+            Ok(text) => Sock::Text(text),
+            Err(e) => Sock::Closed {
+                code: None,
+                reason: format!("undecodable MessagePack from the server: {e}"),
+            },
+        },
+    )
+}
+
+/// Without the `msgpack` feature binary messages are not part of the protocol.
+#[cfg(not(feature = "msgpack"))]
+fn binary(_data: &wasm_bindgen::JsValue) -> Option<Sock> {
+    None
+}
+
 /// Starts the connection's task (in the browser only: during SSR nothing runs).
-pub(crate) fn start(ws: WebSocket, url: String, token: Option<TokenProvider>) {
+pub(crate) fn start(ws: WebSocket, url: String, token: Option<TokenProvider>, messagepack: bool) {
     let (wake_tx, wake_rx) = mpsc::channel(1);
     ws.conn.update_value(|c| c.wake = Some(wake_tx));
     let stopped = Arc::new(AtomicBool::new(false));
@@ -111,7 +157,7 @@ pub(crate) fn start(ws: WebSocket, url: String, token: Option<TokenProvider>) {
             }
         });
     }
-    wasm_bindgen_futures::spawn_local(run(ws, url, token, wake_rx, stopped));
+    wasm_bindgen_futures::spawn_local(run(ws, url, token, messagepack, wake_rx, stopped));
 }
 
 /// Retry at once when the browser comes back online or the tab becomes visible.
@@ -130,6 +176,7 @@ async fn run(
     ws: WebSocket,
     url: String,
     token: Option<TokenProvider>,
+    messagepack: bool,
     mut wake: mpsc::Receiver<()>,
     stopped: Arc<AtomicBool>,
 ) {
@@ -170,7 +217,7 @@ async fn run(
                         ),
                         None => url.clone(),
                     };
-                    match Socket::open(&full, tx.clone()) {
+                    match Socket::open(&full, tx.clone(), messagepack) {
                         Ok(s) => socket = Some(s),
                         Err(e) => {
                             let _ = tx.unbounded_send(Sock::Closed {

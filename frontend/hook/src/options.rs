@@ -55,6 +55,11 @@ pub struct UseWebSocketOptions {
     /// They come back in [`crate::WebSocket::restored`]. Defaults to `None` (off): turn it
     /// on per app, with a key per user if several share a browser.
     pub persist_outbox: Option<String>,
+    /// Speak MessagePack (binary frames, `Sec-WebSocket-Protocol: switchboard.v1.msgpack`)
+    /// instead of JSON text; a server that does not answer with it is spoken to in JSON.
+    /// Needs the crate's `msgpack` feature. Defaults to `false`.
+    #[cfg(feature = "msgpack")]
+    pub messagepack: bool,
 }
 
 impl Default for UseWebSocketOptions {
@@ -78,6 +83,8 @@ impl Default for UseWebSocketOptions {
             immediate: core.immediate,
             position_check: core.position_check,
             persist_outbox: None,
+            #[cfg(feature = "msgpack")]
+            messagepack: false,
         }
     }
 }

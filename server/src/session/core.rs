@@ -295,17 +295,14 @@ impl Core {
         Ok(())
     }
 
-    /// A binary message: not part of the protocol; counted against the rate limit.
-    pub(crate) fn on_binary(&mut self, now: Instant) -> Result<(), CloseCode> {
+    /// A message that is not frames (binary on a JSON connection, or MessagePack that does
+    /// not transcode): answered `bad_frame` with `why`, counted against the rate limit.
+    pub(crate) fn on_undecodable(&mut self, now: Instant, why: &str) -> Result<(), CloseCode> {
         self.heard(now);
         if !self.admit(None, now)? {
             return Ok(());
         }
-        self.error(
-            None,
-            ErrorCode::BadFrame,
-            "binary messages are not supported; send JSON text",
-        );
+        self.error(None, ErrorCode::BadFrame, why);
         Ok(())
     }
 
@@ -997,19 +994,20 @@ mod tests {
             .unwrap();
         assert_eq!(codes(&got), [ErrorCode::RateLimited]);
         // Binary messages and WebSocket pings count too: the third refusal in a row closes.
-        core.on_binary(t0).unwrap();
+        core.on_undecodable(t0, "binary").unwrap();
         assert_eq!(codes(&out(&mut core)), [ErrorCode::RateLimited]);
         assert_eq!(core.on_control(t0), Err(CloseCode::RATE_LIMITED));
 
         // A second later one token is back: a binary message is answered bad_frame.
         let (mut core, _queue) = core_with(&state, t0);
         for _ in 0..3 {
-            core.on_binary(t0).unwrap();
+            core.on_undecodable(t0, "binary").unwrap();
         }
         assert_eq!(codes(&out(&mut core)), [ErrorCode::BadFrame; 3]);
-        core.on_binary(t0).unwrap();
+        core.on_undecodable(t0, "binary").unwrap();
         assert_eq!(codes(&out(&mut core)), [ErrorCode::RateLimited]);
-        core.on_binary(t0 + Duration::from_secs(1)).unwrap();
+        core.on_undecodable(t0 + Duration::from_secs(1), "binary")
+            .unwrap();
         assert_eq!(codes(&out(&mut core)), [ErrorCode::BadFrame]);
     }
 

@@ -18,7 +18,7 @@ use std::time::Duration;
 use flate2::Compress;
 use futures::future::Either;
 use futures::{SinkExt, StreamExt};
-use switchboard_protocol::{CloseCode, ErrorCode, ServerFrame, codec};
+use switchboard_protocol::{CloseCode, ErrorCode, ServerFrame, codec, msgpack};
 use tokio::time::{Instant, sleep_until, timeout};
 use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::Utf8Bytes;
@@ -30,7 +30,7 @@ use crate::AppState;
 use crate::admission::Admission;
 use crate::auth::{AuthError, Identity};
 use crate::deflate::{self, Agreed, DeflateError};
-use crate::frame::Encoded;
+use crate::frame::{Encoded, Encoding};
 use crate::queue::{Inbox, Next};
 use crate::upgrade::Socket;
 
@@ -74,12 +74,15 @@ pub(crate) struct Pending {
     pub(crate) admission: Option<Admission>,
     /// What was agreed about permessage-deflate.
     pub(crate) deflate: Option<Agreed>,
+    /// The encoding chosen with `Sec-WebSocket-Protocol`.
+    pub(crate) encoding: Encoding,
 }
 
-/// The socket, and how this connection compresses what it sends.
+/// The socket, and how this connection encodes and compresses what it sends.
 pub(crate) struct Link {
     ws: Socket,
     deflate: Option<Deflater>,
+    encoding: Encoding,
 }
 
 /// A connection's permessage-deflate sending side.
@@ -90,39 +93,50 @@ struct Deflater {
 }
 
 impl Link {
-    pub(crate) fn new(ws: Socket, deflate: Option<Agreed>) -> Self {
+    pub(crate) fn new(ws: Socket, deflate: Option<Agreed>, encoding: Encoding) -> Self {
         Self {
             ws,
             deflate: deflate.map(|agreed| Deflater {
                 agreed,
                 compressor: None,
             }),
+            encoding,
         }
     }
 
-    /// The WebSocket message for `frame`: compressed when deflate was agreed, the frame
-    /// is at least the threshold and compressing makes it smaller (without context
-    /// takeover the compressed bytes are the frame's shared copy).
+    /// The WebSocket message for `frame`: JSON text or MessagePack binary, as negotiated
+    /// (the MessagePack form is the frame's shared copy); compressed when deflate was
+    /// agreed, the message is at least the threshold and compressing makes it smaller
+    /// (without context takeover the compressed bytes are the frame's shared copy too).
     fn message(&mut self, frame: &Encoded) -> Message {
+        let encoding = self.encoding;
+        let bytes = frame.encoded(encoding);
+        let data = match encoding {
+            Encoding::Json => Data::Text,
+            Encoding::MsgPack => Data::Binary,
+        };
         if let Some(d) = &mut self.deflate
-            && frame.len() >= d.agreed.threshold
+            && bytes.len() >= d.agreed.threshold
         {
             let agreed = d.agreed;
             let compressed = if agreed.shared() {
-                frame.deflated(agreed.level).cloned()
+                frame.deflated(encoding, agreed.level).cloned()
             } else if agreed.server_takeover {
                 let compressor = d
                     .compressor
                     .get_or_insert_with(|| deflate::compressor(&agreed));
-                deflate::compress_with(compressor, frame.bytes())
+                deflate::compress_with(compressor, bytes)
             } else {
-                deflate::compress(frame.bytes(), agreed.server_window_bits, agreed.level)
+                deflate::compress(bytes, agreed.server_window_bits, agreed.level)
             };
             if let Some(payload) = compressed {
-                return deflate::message(payload, Data::Text);
+                return deflate::message(payload, data);
             }
         }
-        Message::Text(text(frame))
+        match encoding {
+            Encoding::Json => Message::Text(text(frame)),
+            Encoding::MsgPack => Message::Binary(bytes.clone()),
+        }
     }
 }
 
@@ -141,8 +155,16 @@ pub(crate) fn run(socket: Socket, pending: Box<Pending>) -> impl Future<Output =
         auth,
         admission,
         deflate,
+        encoding,
     } = *pending;
-    let socket = Link::new(socket, deflate);
+    let metrics = state.hub.metrics();
+    if deflate.is_some() {
+        metrics.connections_deflate.fetch_add(1, Ordering::Relaxed);
+    }
+    if encoding == Encoding::MsgPack {
+        metrics.connections_msgpack.fetch_add(1, Ordering::Relaxed);
+    }
+    let socket = Link::new(socket, deflate, encoding);
     let Some(admission) = admission else {
         return Either::Right(Box::pin(reject(
             socket,
@@ -340,16 +362,20 @@ async fn on_message(
     match msg {
         None => Err(End::Gone),
         Some(Err(e)) => Err(read_error(e)),
-        Some(Ok(Message::Text(text))) => {
-            let limits = core.limits();
-            for decoded in codec::decode_client_iter(text.as_str(), &limits) {
-                core.on_decoded(decoded, now).await?;
-                write_out(socket, core, false).await?;
+        Some(Ok(Message::Text(text))) => on_text(socket, core, text.as_str(), now).await,
+        // A MessagePack connection's frames: as JSON text, then as any text message.
+        Some(Ok(Message::Binary(bytes))) if socket.encoding == Encoding::MsgPack => {
+            let max = core.app().config.max_frame_bytes as usize;
+            match msgpack::to_json(&bytes, max) {
+                Ok(text) => on_text(socket, core, &text, now).await,
+                Err(e) => {
+                    core.on_undecodable(now, &e.to_string())?;
+                    write_out(socket, core, true).await
+                }
             }
-            flush(socket, core).await
         }
         Some(Ok(Message::Binary(_))) => {
-            core.on_binary(now)?;
+            core.on_undecodable(now, "binary messages are not supported; send JSON text")?;
             write_out(socket, core, true).await
         }
         // tungstenite answers pings itself; both count as signs of life, and pings count
@@ -363,6 +389,16 @@ async fn on_message(
         // Never produced by reading.
         Some(Ok(Message::Frame(_))) => Ok(()),
     }
+}
+
+/// One text message of frames: each decoded and handled in turn, its replies written.
+async fn on_text(socket: &mut Link, core: &mut Core, text: &str, now: Instant) -> Result<(), End> {
+    let limits = core.limits();
+    for decoded in codec::decode_client_iter(text, &limits) {
+        core.on_decoded(decoded, now).await?;
+        write_out(socket, core, false).await?;
+    }
+    flush(socket, core).await
 }
 
 /// Writes the core's pending replies; flushes if asked (or when the buffer fills).
