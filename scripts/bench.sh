@@ -197,13 +197,16 @@ transport_rows=""; transport_idle=""
 if [ -z "$ONLY" ] || [ "$ONLY" = transport ]; then
   for payload in 100 2048; do
     rates=$RATES; [ "$payload" = 100 ] || rates=$RATES_2K
-    for deflate in "" --deflate; do
-      label="switchboard, $payload B, ${deflate:+deflate}"; label=${label%, }
-      [ -n "$deflate" ] || label="$label plain"
+    for flags in "" "--deflate" "--msgpack" "--msgpack --deflate"; do
+      case "$flags" in
+        "") label="JSON" ;; --deflate) label="JSON + deflate" ;;
+        --msgpack) label="MessagePack" ;; *) label="MessagePack + deflate" ;;
+      esac
+      label="switchboard, $payload B, $label"
       echo "==> transport: $label"
       start "${sb[@]}"
       # shellcheck disable=SC2086
-      transport_rows+=$(lg fanout $deflate --url "$url" --dialect switchboard --label "$label" \
+      transport_rows+=$(lg fanout $flags --url "$url" --dialect switchboard --label "$label" \
         --subs "$SUBS" --rates "$rates" --secs "$SECS" --server-pid "$pid" --payload "$payload" \
         --procs "$LOADGEN_PROCS" || failed "$label")$'\n'
       stop
@@ -217,10 +220,12 @@ if [ -z "$ONLY" ] || [ "$ONLY" = transport ]; then
   stop
 fi
 transport_section() {
-  echo "## Transport: permessage-deflate (issue 13)"
+  echo "## Transport: encodings and permessage-deflate (issue 13)"
   echo
-  echo "Switchboard alone, $SUBS subscribers, $SECS s per rate; every client offers"
-  echo "permessage-deflate (as browsers do) or none does. Payloads are chat-like text (words"
+  echo "Switchboard alone, $SUBS subscribers, $SECS s per rate; every client speaks JSON or"
+  echo "MessagePack, and offers permessage-deflate (as browsers do) or not. The load"
+  echo "generator transcodes MessagePack back to JSON to read it (its CPU, not the server's)."
+  echo "Payloads are chat-like text (words"
   echo "from a fixed list), inside the \\`message\\` envelope. Compressed: the server's defaults,"
   echo "no context takeover, level 6, frames of 256 bytes and more, each broadcast compressed"
   echo "once. Wire bytes per delivery: read from the subscribers' sockets when compressed,"

@@ -36,6 +36,7 @@ use switchboard_server::deflate::{DeflateIo, Inflate};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 
@@ -51,6 +52,10 @@ struct Args {
     /// counted as read from the socket.
     #[arg(long, global = true)]
     deflate: bool,
+    /// Switchboard connections speak MessagePack (`Sec-WebSocket-Protocol:
+    /// switchboard.v1.msgpack`); what they receive is transcoded to JSON to be read.
+    #[arg(long, global = true)]
+    msgpack: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -262,6 +267,20 @@ type Ws = WebSocketStream<DeflateIo<Counted>>;
 
 /// `--deflate`: every connection offers permessage-deflate.
 static DEFLATE: AtomicBool = AtomicBool::new(false);
+/// `--msgpack`: every connection offers the MessagePack subprotocol.
+static MSGPACK: AtomicBool = AtomicBool::new(false);
+
+/// The JSON text of a received message: a text message as it is, a binary one (from a
+/// MessagePack connection) transcoded.
+fn text_of(msg: &Message) -> Option<std::borrow::Cow<'_, str>> {
+    match msg {
+        Message::Text(t) => Some(std::borrow::Cow::Borrowed(t.as_str())),
+        Message::Binary(b) => switchboard_protocol::msgpack::to_json(b, 64 << 20)
+            .ok()
+            .map(std::borrow::Cow::Owned),
+        _ => None,
+    }
+}
 
 /// A TCP stream that counts the bytes read from it (the wire bytes of a compressed
 /// connection).
@@ -350,8 +369,15 @@ async fn connect(url: &str, i: usize) -> anyhow::Result<Ws> {
     if DEFLATE.load(Ordering::Relaxed) {
         return deflate_handshake(url, counted, config).await;
     }
+    let mut request = url.into_client_request()?;
+    if MSGPACK.load(Ordering::Relaxed) {
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            switchboard_protocol::msgpack::SUBPROTOCOL_MSGPACK.parse()?,
+        );
+    }
     let (ws, _) =
-        client_async_with_config(url, DeflateIo::new(counted, None), Some(config)).await?;
+        client_async_with_config(request, DeflateIo::new(counted, None), Some(config)).await?;
     Ok(ws)
 }
 
@@ -366,10 +392,16 @@ async fn deflate_handshake(
     let rest = url.strip_prefix("ws://").context("a ws:// URL")?;
     let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let path = if path.is_empty() { "/" } else { path };
+    let protocol = if MSGPACK.load(Ordering::Relaxed) {
+        let name = switchboard_protocol::msgpack::SUBPROTOCOL_MSGPACK;
+        format!("Sec-WebSocket-Protocol: {name}\r\n")
+    } else {
+        String::new()
+    };
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
+         Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n{protocol}\r\n"
     );
     io.tcp.write_all(request.as_bytes()).await?;
     let mut head = Vec::new();
@@ -401,6 +433,9 @@ async fn read_until(ws: &mut Ws, done: impl Fn(&str) -> bool) -> anyhow::Result<
             .await
             .context("no answer within 10 s during setup")?;
         match next {
+            Some(Ok(msg @ Message::Binary(_))) if text_of(&msg).is_some_and(|t| done(&t)) => {
+                return Ok(());
+            }
             Some(Ok(Message::Text(t))) if done(t.as_str()) => return Ok(()),
             // A Socket.IO server may ping before the handshake ends (socketioxide does).
             Some(Ok(Message::Text(t))) if t.as_str() == "2" => ws.send(Message::text("3")).await?,
@@ -621,6 +656,20 @@ fn spawn_receivers(
             loop {
                 tokio::select! {
                     msg = ws.next() => match msg {
+                        Some(Ok(msg @ Message::Binary(_))) => {
+                            let len = msg.len();
+                            if let Some(sent) = text_of(&msg).and_then(|t| stamp(&t)) {
+                                let _ = hist.record(now_us(base).saturating_sub(sent));
+                                received.fetch_add(1, Ordering::Relaxed);
+                                let bytes = if counted {
+                                    let now = socket_read.load(Ordering::Relaxed);
+                                    std::mem::replace(&mut last_read, now).abs_diff(now)
+                                } else {
+                                    frame_bytes(len)
+                                };
+                                wire.fetch_add(bytes, Ordering::Relaxed);
+                            }
+                        }
                         Some(Ok(Message::Text(t))) => {
                             if is_sio_ping(dialect, t.as_str()) {
                                 let _ = ws.send(Message::text("3")).await;
@@ -846,6 +895,7 @@ impl Workers {
                 .args(["--first", &first.to_string(), "--count", &count.to_string()])
                 .args(["--epoch", &epoch.to_string()])
                 .args(DEFLATE.load(Ordering::Relaxed).then_some("--deflate"))
+                .args(MSGPACK.load(Ordering::Relaxed).then_some("--msgpack"))
                 .stdin(std::process::Stdio::piped())
                 .stdout(std::process::Stdio::piped())
                 .kill_on_drop(true)
@@ -1308,6 +1358,7 @@ async fn storm(args: StormArgs) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     DEFLATE.store(args.deflate, Ordering::Relaxed);
+    MSGPACK.store(args.msgpack, Ordering::Relaxed);
     let limit = Duration::from_secs(args.max_secs);
     tokio::time::timeout(limit, run(args.cmd))
         .await
