@@ -45,6 +45,7 @@ echo "| app | wasm | wasm gzip | wasm brotli | JS (minified) | JS gzip | wasm + 
 echo "|---|---:|---:|---:|---:|---:|---:|"
 build hello switchboard-bundle-size hello
 build "hello + hook" switchboard-bundle-size hello-hook
+build "hello + hook, msgpack feature" switchboard-bundle-size hello-hook --features msgpack
 build "demo app" switchboard-web switchboard-web
 if [ "${NIGHTLY:-}" = 1 ]; then
   export RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=target/size-nightly

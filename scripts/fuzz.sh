@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fuzzes the frame decoders (shared/fuzz: `decode_client`, what the server runs on every
-# text a client sends, and `decode_server`, what the browser runs on every server text)
+# text a client sends, `decode_server`, what the browser runs on every server text, and
+# `decode_msgpack`, what the server runs on a MessagePack connection's binary messages)
 # with cargo-fuzz and libFuzzer under AddressSanitizer. Each target must never panic and
 # must re-encode every frame it accepts into text it accepts again.
 #
@@ -17,7 +18,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 secs=${FUZZ_SECS:-30}
 cd shared
-for target in decode_client decode_server; do
+for target in decode_client decode_server decode_msgpack; do
   seeds=fuzz/seeds/${target#decode_}
   mkdir -p "fuzz/corpus/$target"
   echo "==> fuzzing $target for ${secs}s"
