@@ -124,11 +124,13 @@ pub fn use_websocket_with_options(url: &str, options: UseWebSocketOptions) -> We
     }
     // The browser drives the connection; a server-side render (native code) never does.
     #[cfg(target_arch = "wasm32")]
-    #[cfg(feature = "msgpack")]
-    let messagepack = options.messagepack;
-    #[cfg(not(feature = "msgpack"))]
-    let messagepack = false;
-    driver::start(ws, url.to_owned(), options.token.clone(), messagepack);
+    {
+        #[cfg(feature = "msgpack")]
+        let messagepack = options.messagepack;
+        #[cfg(not(feature = "msgpack"))]
+        let messagepack = false;
+        driver::start(ws, url.to_owned(), options.token.clone(), messagepack);
+    }
     #[cfg(not(target_arch = "wasm32"))]
     let _ = (url, &options);
     handle::pump(ws);
