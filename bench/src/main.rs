@@ -656,8 +656,11 @@ fn spawn_receivers(
             loop {
                 tokio::select! {
                     msg = ws.next() => match msg {
-                        Some(Ok(msg @ Message::Binary(_))) => {
-                            let len = msg.len();
+                        Some(Ok(Message::Text(t))) if is_sio_ping(dialect, t.as_str()) => {
+                            let _ = ws.send(Message::text("3")).await;
+                        }
+                        // Text, or MessagePack transcoded to it.
+                        Some(Ok(msg @ (Message::Text(_) | Message::Binary(_)))) => {
                             if let Some(sent) = text_of(&msg).and_then(|t| stamp(&t)) {
                                 let _ = hist.record(now_us(base).saturating_sub(sent));
                                 received.fetch_add(1, Ordering::Relaxed);
@@ -665,22 +668,7 @@ fn spawn_receivers(
                                     let now = socket_read.load(Ordering::Relaxed);
                                     std::mem::replace(&mut last_read, now).abs_diff(now)
                                 } else {
-                                    frame_bytes(len)
-                                };
-                                wire.fetch_add(bytes, Ordering::Relaxed);
-                            }
-                        }
-                        Some(Ok(Message::Text(t))) => {
-                            if is_sio_ping(dialect, t.as_str()) {
-                                let _ = ws.send(Message::text("3")).await;
-                            } else if let Some(sent) = stamp(t.as_str()) {
-                                let _ = hist.record(now_us(base).saturating_sub(sent));
-                                received.fetch_add(1, Ordering::Relaxed);
-                                let bytes = if counted {
-                                    let now = socket_read.load(Ordering::Relaxed);
-                                    std::mem::replace(&mut last_read, now).abs_diff(now)
-                                } else {
-                                    frame_bytes(t.len())
+                                    frame_bytes(msg.len())
                                 };
                                 wire.fetch_add(bytes, Ordering::Relaxed);
                             }
