@@ -124,11 +124,6 @@ impl Certificates {
         self.reload().map(|()| true)
     }
 
-    /// The leaf certificate new handshakes present (DER).
-    pub fn leaf(&self) -> CertificateDer<'static> {
-        self.current.read().unwrap_or_else(|p| p.into_inner()).cert[0].clone()
-    }
-
     /// A rustls configuration that takes the certificate from here at every handshake.
     /// HTTP/1.1 only: the WebSocket upgrade is an HTTP/1.1 request, and browsers open a
     /// separate connection for it anyway.
