@@ -16,7 +16,7 @@
 //! | publishes waiting to be stored: their data and numbered frames | `2 × 2 × max_frame_bytes` |
 //! | the outbound queue and its direct-message budget | `queue_bytes + direct_queue_bytes` |
 //! | subscriptions, each with its presence entry | `max_subscriptions × (SUBSCRIPTION_BYTES + channel + member)` |
-//! | permessage-deflate (when on): an inflater, its output chunk and the inflated frames while a compressed message is read; a compressed copy of each queued frame (never larger than the frame); a compressor of its own with server context takeover | `INFLATE_BYTES + 16 KiB + max_frame_bytes + queue_bytes (+ DEFLATE_BYTES)` |
+//! | permessage-deflate (when on): an inflater, its output chunk and the inflated frames while a compressed message is read (one at a time: the rest of a read is held back); a compressed copy of each queued frame (never larger than the frame); a compressor of its own with server context takeover | `INFLATE_BYTES + 16 KiB + max_frame_bytes + queue_bytes (+ DEFLATE_BYTES)` |
 //!
 //! where `member = max_presence_bytes + 2 × 256 + max_id_bytes + MEMBER_BYTES` (the
 //! info, the name a token stamps into it and the token's `sub`, each at most 256 bytes,

@@ -411,7 +411,9 @@ async fn echo_upgrade(
 }
 
 /// Echoes until the peer goes. Over a cap (no `admission`) it closes with 4113 instead;
-/// otherwise the admission is held until the echo ends.
+/// otherwise the admission is held until the echo ends. What the session refuses with a
+/// close code (too big, broken UTF-8 or compressed data, a protocol error) closes the
+/// echo with the same code.
 async fn echo(
     mut socket: upgrade::Socket,
     deflate: Option<deflate::Agreed>,
@@ -420,53 +422,63 @@ async fn echo(
 ) {
     use futures::{SinkExt, StreamExt};
     use tungstenite::Message;
-    use tungstenite::protocol::CloseFrame;
     use tungstenite::protocol::frame::coding::Data;
     let Some(_admission) = admission else {
         let code = CloseCode::SERVER_FULL;
         state.hub.metrics().close(code);
-        let frame = CloseFrame {
-            code: code.0.into(),
-            reason: code.reason().into(),
-        };
-        if socket.send(Message::Close(Some(frame))).await.is_ok() {
-            // Read until the peer's close, so ours is not lost to a reset.
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
-                while let Some(Ok(_)) = socket.next().await {}
-            })
-            .await;
-        }
-        return;
+        return close_echo(socket, code).await;
     };
-    let mut compressor = None;
-    while let Some(Ok(msg)) = socket.next().await {
+    let mut compressor = deflate.map(deflate::Compressor::new);
+    loop {
+        let msg = match socket.next().await {
+            Some(Ok(msg)) => msg,
+            // Too big, broken UTF-8 or compressed data, a protocol error: the code the
+            // session would send.
+            Some(Err(e)) => {
+                if let Some(code) = session::close_code_for(&e) {
+                    state.hub.metrics().close(code);
+                    close_echo(socket, code).await;
+                }
+                return;
+            }
+            None => return,
+        };
         let (payload, data) = match msg {
             Message::Text(text) => (bytes::Bytes::from(text), Data::Text),
             Message::Binary(bytes) => (bytes, Data::Binary),
             // Reading on flushes tungstenite's close reply: a clean handshake.
             _ => continue,
         };
-        let compressed = deflate
-            .filter(|d| payload.len() >= d.threshold)
-            .and_then(|d| {
-                if d.server_takeover {
-                    let c = compressor.get_or_insert_with(|| deflate::compressor(&d));
-                    deflate::compress_with(c, &payload)
-                } else {
-                    deflate::compress(&payload, d.server_window_bits, d.level)
-                }
-            });
+        let compressed = compressor.as_mut().and_then(|c| c.compress(&payload));
         let reply = match (compressed, data) {
             (Some(compressed), data) => deflate::message(compressed, data),
             (None, Data::Text) => match tungstenite::Utf8Bytes::try_from(payload) {
                 Ok(text) => Message::Text(text),
-                Err(_) => break,
+                Err(_) => return,
             },
             (None, _) => Message::Binary(payload),
         };
         if socket.send(reply).await.is_err() {
-            break;
+            return;
         }
+    }
+}
+
+/// Closes an echo connection with `code`, then reads until the peer's close (at most a
+/// second), so ours is not lost to a reset.
+async fn close_echo(mut socket: upgrade::Socket, code: CloseCode) {
+    use futures::{SinkExt, StreamExt};
+    use tungstenite::Message;
+    use tungstenite::protocol::CloseFrame;
+    let frame = CloseFrame {
+        code: code.0.into(),
+        reason: code.reason().into(),
+    };
+    if socket.send(Message::Close(Some(frame))).await.is_ok() {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+            while let Some(Ok(_)) = socket.next().await {}
+        })
+        .await;
     }
 }
 

@@ -78,12 +78,24 @@ struct Client {
 /// handshake written by hand so that no frame byte is read before the inflater is in
 /// place; reads the `welcome`.
 async fn connect(server: &common::TestServer, offer: Option<&str>, takeover: bool) -> Client {
+    let mut client = open(server, "/ws", offer, takeover).await;
+    assert_eq!(client.next().await["type"], "welcome");
+    client
+}
+
+/// The WebSocket handshake of [`connect`] on `path`, without reading anything after it.
+async fn open(
+    server: &common::TestServer,
+    path: &str,
+    offer: Option<&str>,
+    takeover: bool,
+) -> Client {
     let mut tcp = TcpStream::connect(server.addr).await.unwrap();
     let extension = offer
         .map(|o| format!("Sec-WebSocket-Extensions: {o}\r\n"))
         .unwrap_or_default();
     let request = format!(
-        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extension}\r\n",
         server.addr
     );
@@ -108,14 +120,12 @@ async fn connect(server: &common::TestServer, offer: Option<&str>, takeover: boo
         .map(|_| Box::new(Inflate::new(1 << 20, 1 << 20, takeover)));
     let ws = WebSocketStream::from_raw_socket(DeflateIo::new(counted, inflate), Role::Client, None)
         .await;
-    let mut client = Client {
+    Client {
         ws,
         extensions,
         read,
         compressor: None,
-    };
-    assert_eq!(client.next().await["type"], "welcome");
-    client
+    }
 }
 
 impl Client {
@@ -144,6 +154,12 @@ impl Client {
     /// Sends `frame` compressed (as one message; with `takeover`, through a compressor kept
     /// between messages).
     async fn send_compressed(&mut self, frame: &[u8], takeover: bool) {
+        let message = self.compressed(frame, takeover);
+        self.ws.send(message).await.unwrap();
+    }
+
+    /// `frame` as a compressed message (see [`Client::send_compressed`]).
+    fn compressed(&mut self, frame: &[u8], takeover: bool) -> Message {
         let compressor = self
             .compressor
             .get_or_insert_with(|| Compress::new_with_window_bits(Compression::new(6), false, 15));
@@ -156,10 +172,7 @@ impl Client {
             .unwrap();
         assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
         out.truncate(out.len() - 4);
-        self.ws
-            .send(deflate::message(Bytes::from(out), Data::Text))
-            .await
-            .unwrap();
+        deflate::message(Bytes::from(out), Data::Text)
     }
 
     async fn subscribe(&mut self, channel: &str) {
@@ -279,6 +292,42 @@ async fn a_compression_bomb_is_closed_with_1009_and_broken_data_with_1007() {
     let mut after = connect(&server, Some("permessage-deflate"), false).await;
     after.send(json!({"type": "ping", "id": "1"})).await;
     assert_eq!(after.next().await["type"], "pong");
+}
+
+#[tokio::test]
+async fn the_echo_endpoint_closes_as_the_session_does() {
+    // The same mapping as the session's (`session::close_code_for`), so broken data is
+    // answered with 1007 here too rather than a dropped connection.
+    let server = common::start(common::config(&["--echo-endpoint"])).await;
+    let mut broken = open(&server, "/echo", Some("permessage-deflate"), false).await;
+    broken
+        .ws
+        .send(deflate::message(
+            Bytes::from_static(&[0xff; 32]),
+            Data::Text,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(broken.next().await, json!({"closed": 1007}));
+}
+
+#[tokio::test]
+async fn many_compressed_messages_in_one_write_each_arrive_once_in_order() {
+    // Small ones that inflate to far more than they take: the server reads them one
+    // message at a time (the rest of a read is held back), and loses none.
+    let server = common::start(common::config(&["--echo-endpoint"])).await;
+    let mut client = open(&server, "/echo", Some("permessage-deflate"), false).await;
+    let sent: Vec<Value> = (0..200)
+        .map(|i| json!({"n": i, "pad": "z".repeat(20_000)}))
+        .collect();
+    for frame in &sent {
+        let message = client.compressed(frame.to_string().as_bytes(), false);
+        client.ws.feed(message).await.unwrap();
+    }
+    client.ws.flush().await.unwrap();
+    for frame in &sent {
+        assert_eq!(&client.next().await, frame);
+    }
 }
 
 #[tokio::test]

@@ -15,7 +15,6 @@ pub(crate) mod core;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use flate2::Compress;
 use futures::future::Either;
 use futures::{SinkExt, StreamExt};
 use switchboard_protocol::{CloseCode, ErrorCode, ServerFrame, codec, msgpack};
@@ -29,7 +28,7 @@ use self::core::{Core, Tick};
 use crate::AppState;
 use crate::admission::Admission;
 use crate::auth::{AuthError, Identity};
-use crate::deflate::{self, Agreed, DeflateError};
+use crate::deflate::{self, Agreed, Compressor, DeflateError};
 use crate::frame::{Encoded, Encoding};
 use crate::queue::{Inbox, Next};
 use crate::upgrade::Socket;
@@ -81,25 +80,15 @@ pub(crate) struct Pending {
 /// The socket, and how this connection encodes and compresses what it sends.
 pub(crate) struct Link {
     ws: Socket,
-    deflate: Option<Deflater>,
+    deflate: Option<Compressor>,
     encoding: Encoding,
-}
-
-/// A connection's permessage-deflate sending side.
-struct Deflater {
-    agreed: Agreed,
-    /// With server context takeover only: this connection's compressor.
-    compressor: Option<Box<Compress>>,
 }
 
 impl Link {
     pub(crate) fn new(ws: Socket, deflate: Option<Agreed>, encoding: Encoding) -> Self {
         Self {
             ws,
-            deflate: deflate.map(|agreed| Deflater {
-                agreed,
-                compressor: None,
-            }),
+            deflate: deflate.map(Compressor::new),
             encoding,
         }
     }
@@ -115,19 +104,14 @@ impl Link {
             Encoding::Json => Data::Text,
             Encoding::MsgPack => Data::Binary,
         };
-        if let Some(d) = &mut self.deflate
-            && bytes.len() >= d.agreed.threshold
+        if let Some(compressor) = &mut self.deflate
+            && bytes.len() >= compressor.agreed().threshold
         {
-            let agreed = d.agreed;
+            let agreed = *compressor.agreed();
             let compressed = if agreed.shared() {
                 frame.deflated(encoding, agreed.level).cloned()
-            } else if agreed.server_takeover {
-                let compressor = d
-                    .compressor
-                    .get_or_insert_with(|| deflate::compressor(&agreed));
-                deflate::compress_with(compressor, bytes)
             } else {
-                deflate::compress(bytes, agreed.server_window_bits, agreed.level)
+                compressor.compress(bytes)
             };
             if let Some(payload) = compressed {
                 return deflate::message(payload, data);
@@ -496,16 +480,22 @@ async fn send_queued(
 /// A read error ends the connection; a too-big message says so with 1009, invalid UTF-8
 /// or compressed data with 1007, a protocol violation with 1002.
 fn read_error(e: WsError) -> End {
+    close_code_for(&e).map_or(End::Gone, End::Close)
+}
+
+/// The close code a read error is answered with (the echo endpoint's too); `None` when
+/// the peer is simply gone.
+pub(crate) fn close_code_for(e: &WsError) -> Option<CloseCode> {
     match e {
-        WsError::Capacity(_) => End::Close(CloseCode::TOO_BIG),
-        WsError::Utf8(_) => End::Close(CloseCode::INVALID_PAYLOAD),
-        WsError::Protocol(_) => End::Close(CloseCode::PROTOCOL_ERROR),
+        WsError::Capacity(_) => Some(CloseCode::TOO_BIG),
+        WsError::Utf8(_) => Some(CloseCode::INVALID_PAYLOAD),
+        WsError::Protocol(_) => Some(CloseCode::PROTOCOL_ERROR),
         WsError::Io(e) => match e.get_ref().and_then(|e| e.downcast_ref::<DeflateError>()) {
-            Some(DeflateError::TooBig) => End::Close(CloseCode::TOO_BIG),
-            Some(DeflateError::Corrupt) => End::Close(CloseCode::INVALID_PAYLOAD),
-            Some(DeflateError::Protocol) => End::Close(CloseCode::PROTOCOL_ERROR),
-            None => End::Gone,
+            Some(DeflateError::TooBig) => Some(CloseCode::TOO_BIG),
+            Some(DeflateError::Corrupt) => Some(CloseCode::INVALID_PAYLOAD),
+            Some(DeflateError::Protocol) => Some(CloseCode::PROTOCOL_ERROR),
+            None => None,
         },
-        _ => End::Gone,
+        _ => None,
     }
 }
