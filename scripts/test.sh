@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Command 2: install what is missing, then run every test: formatting, clippy (native and
-# wasm), native tests, a short fuzz run of the frame decoders, wasm tests in headless
+# wasm), native tests, a short fuzz run of the frame decoders and the inflater, wasm tests in headless
 # Chromium against a real server, the end-to-end browser tests against the real server
 # serving the release bundle, and the Autobahn conformance suite. The native tests include
 # the cross-node ones: real redis-server, several server processes and nginx, all started
@@ -18,8 +18,8 @@ trap cleanup EXIT
 step "cargo fmt --check"
 cargo fmt --all --check
 
-step "clippy (native: protocol, client, server, bench, the axum example)"
-cargo clippy --locked --all-targets -p switchboard-protocol -p switchboard-client \
+step "clippy (native: protocol, client, deflate, server, bench, the axum example)"
+cargo clippy --locked --all-targets -p switchboard-protocol -p switchboard-client -p switchboard-deflate \
   -p switchboard-server -p switchboard-bench -p switchboard-example-axum \
   --features switchboard-client/native -- -D warnings
 step "clippy (native: the Leptos hook compiles for SSR)"
@@ -30,12 +30,12 @@ step "clippy (wasm32: the hook, the demo, the bundle-size apps)"
 cargo clippy --locked -p switchboard-leptos -p switchboard-web -p switchboard-bundle-size --all-targets \
   --target wasm32-unknown-unknown -- -D warnings
 
-step "native tests (protocol, client core and native client, hook outside a browser, server and cross-node on Redis, bench helpers, the axum example)"
+step "native tests (protocol, client core and native client, hook outside a browser, deflate, server and cross-node on Redis, bench helpers, the axum example)"
 # setup.sh --test installed Redis and nginx: their tests must run here, not skip.
 SWITCHBOARD_REQUIRE_REDIS=1 cargo test --locked -p switchboard-protocol -p switchboard-client -p switchboard-leptos \
-  -p switchboard-server -p switchboard-bench -p switchboard-example-axum --features switchboard-client/native
+  -p switchboard-deflate -p switchboard-server -p switchboard-bench -p switchboard-example-axum --features switchboard-client/native
 
-step "fuzzing the frame decoders (cargo-fuzz, ${FUZZ_SECS:-20} s per target)"
+step "fuzzing the frame decoders and the inflater (cargo-fuzz, ${FUZZ_SECS:-20} s per target)"
 FUZZ_SECS=${FUZZ_SECS:-20} ./scripts/fuzz.sh
 
 step "release web bundle (trunk build --release)"
