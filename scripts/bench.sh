@@ -20,8 +20,9 @@
 #   ONLY=fanout scripts/bench.sh       only the fan-out comparison of Switchboard (both queue
 #                                      settings) and the two bare axum servers, written to
 #                                      target/bench-fanout.md
-#   ONLY=transport scripts/bench.sh    only Switchboard with and without permessage-deflate
-#                                      (issue 13), written to target/bench-transport.md
+#   ONLY=transport scripts/bench.sh    only Switchboard's encodings, with and without
+#                                      permessage-deflate and TLS (issue 13), written to
+#                                      target/bench-transport.md
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/setup.sh
@@ -64,7 +65,7 @@ start() {
   else "$@" >"$log" 2>&1 & fi
   pid=$!; pids+=("$pid")
   for _ in $(seq 100); do grep -q 'listening on' "$log" && break; sleep 0.1; done
-  url="ws://$(grep -o 'http://[0-9.:]*' "$log" | head -n1 | sed 's|http://||')"
+  url="ws://$(grep -o 'https\?://[0-9.:]*' "$log" | head -n1 | sed 's|https\?://||')"
   [ "$url" != "ws://" ] || { cat "$log"; exit 1; }
 }
 stop() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }
@@ -195,16 +196,25 @@ done
 # connections with compression negotiated.
 transport_rows=""; transport_idle=""
 if [ -z "$ONLY" ] || [ "$ONLY" = transport ]; then
+  # The TLS rows: the server's own rustls with a development certificate.
+  tls_dir=$(mktemp -d); dirs+=("$tls_dir")
+  target/release/switchboard-dev-cert --out "$tls_dir" >/dev/null
   for payload in 100 2048; do
     rates=$RATES; [ "$payload" = 100 ] || rates=$RATES_2K
-    for flags in "" "--deflate" "--msgpack" "--msgpack --deflate"; do
+    for flags in "" "--deflate" "--msgpack" "--msgpack --deflate" "tls" "tls --deflate"; do
       case "$flags" in
         "") label="JSON" ;; --deflate) label="JSON + deflate" ;;
-        --msgpack) label="MessagePack" ;; *) label="MessagePack + deflate" ;;
+        --msgpack) label="MessagePack" ;; "--msgpack --deflate") label="MessagePack + deflate" ;;
+        tls) label="JSON over TLS" ;; *) label="JSON + deflate over TLS" ;;
       esac
       label="switchboard, $payload B, $label"
       echo "==> transport: $label"
-      start "${sb[@]}"
+      server=("${sb[@]}")
+      if [ "${flags%% *}" = tls ]; then
+        flags="--tls-ca $tls_dir/cert.pem${flags#tls}"
+        server+=(--tls-cert "$tls_dir/cert.pem" --tls-key "$tls_dir/key.pem")
+      fi
+      start "${server[@]}"
       # shellcheck disable=SC2086
       transport_rows+=$(lg fanout $flags --url "$url" --dialect switchboard --label "$label" \
         --subs "$SUBS" --rates "$rates" --secs "$SECS" --server-pid "$pid" --payload "$payload" \
@@ -217,6 +227,12 @@ if [ -z "$ONLY" ] || [ "$ONLY" = transport ]; then
   transport_idle=$(lg idle --deflate --url "$url" --dialect switchboard \
     --label "switchboard, deflate negotiated" --conns "$IDLE" --server-pid "$pid" \
     || failed "switchboard, deflate negotiated")$'\n'
+  stop
+  echo "==> transport: idle connections over TLS, deflate negotiated"
+  start "${sb[@]}" --tls-cert "$tls_dir/cert.pem" --tls-key "$tls_dir/key.pem"
+  transport_idle+=$(lg idle --deflate --tls-ca "$tls_dir/cert.pem" --url "$url" \
+    --dialect switchboard --label "switchboard, TLS, deflate negotiated" --conns "$IDLE" \
+    --server-pid "$pid" || failed "switchboard, TLS, deflate negotiated")$'\n'
   stop
 fi
 transport_section() {

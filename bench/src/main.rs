@@ -56,6 +56,11 @@ struct Args {
     /// switchboard.v1.msgpack`); what they receive is transcoded to JSON to be read.
     #[arg(long, global = true)]
     msgpack: bool,
+    /// Connect over TLS (`wss://`), trusting the certificate in this PEM file (the
+    /// server's, e.g. from `switchboard-dev-cert`); URLs stay `ws://IP:port/...`. Wire
+    /// bytes are then the TLS records read from the socket.
+    #[arg(long, global = true, value_name = "PEM")]
+    tls_ca: Option<std::path::PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -263,12 +268,94 @@ impl SplitMix {
     }
 }
 
-type Ws = WebSocketStream<DeflateIo<Counted>>;
+type Ws = WebSocketStream<DeflateIo<Wire>>;
 
 /// `--deflate`: every connection offers permessage-deflate.
 static DEFLATE: AtomicBool = AtomicBool::new(false);
 /// `--msgpack`: every connection offers the MessagePack subprotocol.
 static MSGPACK: AtomicBool = AtomicBool::new(false);
+/// `--tls-ca`: every connection is TLS, trusting that certificate (and the path, for the
+/// fan-out's worker processes).
+static TLS: std::sync::OnceLock<(tokio_rustls::TlsConnector, std::path::PathBuf)> =
+    std::sync::OnceLock::new();
+
+/// A client TLS configuration that trusts the certificates in the PEM file `ca` only.
+fn tls_connector(ca: &std::path::Path) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).context("reading --tls-ca")? {
+        roots.add(cert.context("a certificate in --tls-ca")?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// A connection's byte stream: TCP, or TLS over it (`--tls-ca`); either way the TCP bytes
+/// read are counted.
+enum Wire {
+    Plain(Counted),
+    Tls(Box<tokio_rustls::client::TlsStream<Counted>>),
+}
+
+impl Wire {
+    /// The bytes read from the socket so far (TLS records included).
+    fn read_counter(&self) -> &Arc<AtomicU64> {
+        match self {
+            Wire::Plain(c) => &c.read,
+            Wire::Tls(t) => &t.get_ref().0.read,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Wire {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Wire::Plain(c) => std::pin::Pin::new(c).poll_read(cx, buf),
+            Wire::Tls(t) => std::pin::Pin::new(t.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Wire {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Wire::Plain(c) => std::pin::Pin::new(c).poll_write(cx, buf),
+            Wire::Tls(t) => std::pin::Pin::new(t.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Wire::Plain(c) => std::pin::Pin::new(c).poll_flush(cx),
+            Wire::Tls(t) => std::pin::Pin::new(t.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Wire::Plain(c) => std::pin::Pin::new(c).poll_shutdown(cx),
+            Wire::Tls(t) => std::pin::Pin::new(t.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
 
 /// The JSON text of a received message: a text message as it is, a binary one (from a
 /// MessagePack connection) transcoded.
@@ -282,7 +369,7 @@ fn text_of(msg: &Message) -> Option<std::borrow::Cow<'_, str>> {
     }
 }
 
-/// A TCP stream that counts the bytes read from it (the wire bytes of a compressed
+/// A TCP stream that counts the bytes read from it (the wire bytes of a compressed or TLS
 /// connection).
 struct Counted {
     tcp: TcpStream,
@@ -366,8 +453,15 @@ async fn connect(url: &str, i: usize) -> anyhow::Result<Ws> {
         tcp: stream,
         read: Arc::new(AtomicU64::new(0)),
     };
+    let wire = match TLS.get() {
+        None => Wire::Plain(counted),
+        Some((connector, _)) => {
+            let name = rustls::pki_types::ServerName::IpAddress(remote.ip().into());
+            Wire::Tls(Box::new(connector.connect(name, counted).await?))
+        }
+    };
     if DEFLATE.load(Ordering::Relaxed) {
-        return deflate_handshake(url, counted, config).await;
+        return deflate_handshake(url, wire, config).await;
     }
     let mut request = url.into_client_request()?;
     if MSGPACK.load(Ordering::Relaxed) {
@@ -377,17 +471,13 @@ async fn connect(url: &str, i: usize) -> anyhow::Result<Ws> {
         );
     }
     let (ws, _) =
-        client_async_with_config(request, DeflateIo::new(counted, None), Some(config)).await?;
+        client_async_with_config(request, DeflateIo::new(wire, None), Some(config)).await?;
     Ok(ws)
 }
 
 /// The upgrade written by hand, offering permessage-deflate as Chromium does, and read
 /// byte by byte so that no frame byte passes before the inflater is in place.
-async fn deflate_handshake(
-    url: &str,
-    mut io: Counted,
-    config: WebSocketConfig,
-) -> anyhow::Result<Ws> {
+async fn deflate_handshake(url: &str, mut io: Wire, config: WebSocketConfig) -> anyhow::Result<Ws> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("ws://").context("a ws:// URL")?;
     let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
@@ -403,10 +493,16 @@ async fn deflate_handshake(
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
          Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n{protocol}\r\n"
     );
-    io.tcp.write_all(request.as_bytes()).await?;
+    io.write_all(request.as_bytes()).await?;
+    // Through TLS the request may still sit in the session's buffer.
+    io.flush().await?;
     let mut head = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !head.ends_with(b"\r\n\r\n") {
-        head.push(io.tcp.read_u8().await?);
+        let byte = tokio::time::timeout_at(deadline, io.read_u8())
+            .await
+            .context("no upgrade response within 10 s")?;
+        head.push(byte?);
         if head.len() > 8192 {
             bail!("no end to the upgrade response");
         }
@@ -642,14 +738,14 @@ fn spawn_receivers(
     phase: &watch::Receiver<u32>,
 ) -> mpsc::UnboundedReceiver<Histogram<u64>> {
     let (report_tx, report_rx) = mpsc::unbounded_channel();
-    let counted = DEFLATE.load(Ordering::Relaxed);
+    let counted = DEFLATE.load(Ordering::Relaxed) || TLS.get().is_some();
     for mut ws in sockets {
         let received = received.clone();
         let wire = wire.clone();
         let mut phase = phase.clone();
         let report = report_tx.clone();
-        // Compressed: the bytes read from the socket since the last message.
-        let socket_read = ws.get_ref().get_ref().read.clone();
+        // Compressed or TLS: the bytes read from the socket since the last message.
+        let socket_read = ws.get_ref().get_ref().read_counter().clone();
         let mut last_read = 0;
         tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new(3).expect("histogram");
@@ -884,6 +980,12 @@ impl Workers {
                 .args(["--epoch", &epoch.to_string()])
                 .args(DEFLATE.load(Ordering::Relaxed).then_some("--deflate"))
                 .args(MSGPACK.load(Ordering::Relaxed).then_some("--msgpack"))
+                .args(
+                    TLS.get()
+                        .map(|(_, ca)| ["--tls-ca".as_ref(), ca.as_os_str()])
+                        .into_iter()
+                        .flatten(),
+                )
                 .stdin(std::process::Stdio::piped())
                 .stdout(std::process::Stdio::piped())
                 .kill_on_drop(true)
@@ -1347,6 +1449,9 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     DEFLATE.store(args.deflate, Ordering::Relaxed);
     MSGPACK.store(args.msgpack, Ordering::Relaxed);
+    if let Some(ca) = args.tls_ca {
+        let _ = TLS.set((tls_connector(&ca)?, ca));
+    }
     let limit = Duration::from_secs(args.max_secs);
     tokio::time::timeout(limit, run(args.cmd))
         .await
