@@ -17,6 +17,7 @@
 //! | the outbound queue and its direct-message budget | `queue_bytes + direct_queue_bytes` |
 //! | subscriptions, each with its presence entry | `max_subscriptions × (SUBSCRIPTION_BYTES + channel + member)` |
 //! | permessage-deflate (when on): an inflater, its output chunk and the inflated frames while a compressed message is read (one at a time: the rest of a read is held back); a compressed copy of each queued frame (never larger than the frame); a compressor of its own with server context takeover | `INFLATE_BYTES + 16 KiB + max_frame_bytes + queue_bytes (+ DEFLATE_BYTES)` |
+//! | TLS (with `--tls-cert`): rustls's buffers and state | [`TLS_BYTES`] |
 //!
 //! where `member = max_presence_bytes + 2 × 256 + max_id_bytes + MEMBER_BYTES` (the
 //! info, the name a token stamps into it and the token's `sub`, each at most 256 bytes,
@@ -26,8 +27,9 @@
 //! `history_memory`; with the disk store, its page cache and the stream records it keeps
 //! in memory: [`crate::history::PAGE_CACHE_BYTES`] + [`crate::history::CACHED_STREAMS`] ×
 //! [`crate::history::CACHED_STREAM_BYTES`]), with permessage-deflate each worker thread's
-//! compressors and pooled inflaters ([`DEFLATE_THREAD_BYTES`]), and [`BASE_BYTES`] for
-//! the process itself.
+//! compressors and pooled inflaters ([`DEFLATE_THREAD_BYTES`]), with TLS the handshakes in
+//! progress ([`crate::tls::MAX_HANDSHAKES`] × [`TLS_HANDSHAKE_BYTES`]), and [`BASE_BYTES`]
+//! for the process itself.
 //! Requests
 //! running beside a session ([`crate::session`] allows 16 per connection) hold what their
 //! handlers hold; the built-in ones answer at once.
@@ -51,6 +53,16 @@ pub const INFLATE_BYTES: usize = 40 << 10;
 /// Per worker thread with permessage-deflate: a compressor per window size in use
 /// (9–15 bits) and the pooled inflaters ([`crate::deflate`]).
 pub const DEFLATE_THREAD_BYTES: usize = 7 * DEFLATE_BYTES + 4 * INFLATE_BYTES;
+
+/// A TLS connection's rustls buffers at worst (rustls 0.23's own limits), and its state: the
+/// record being read (16 KiB of payload + 2 KiB of expansion + its header), plaintext read
+/// but not yet taken (a 16 KiB limit that one record can pass), records not yet written
+/// (a 64 KiB limit, checked before each record is added), and the keys and session state
+/// (an idle TLS connection measures ~8 KiB more than a plain one; docs/benchmarks.md).
+pub const TLS_BYTES: usize = (18 << 10) + (32 << 10) + (82 << 10) + (8 << 10);
+/// One TLS handshake in progress: up to 64 KiB of handshake messages buffered (rustls's
+/// cap) and the handshake's state.
+pub const TLS_HANDSHAKE_BYTES: usize = 80 << 10;
 
 /// The parts of the bound.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,11 +126,23 @@ impl MemoryBudget {
                 crate::embed::PUBLISH_DECISIONS * (channel + 32),
             ),
             ("compression", compression),
+            (
+                "tls",
+                if config.tls_cert.is_some() {
+                    TLS_BYTES
+                } else {
+                    0
+                },
+            ),
         ];
         Self {
             per_connection: parts.iter().map(|(_, n)| n).sum(),
             shared: if config.deflate {
                 threads * DEFLATE_THREAD_BYTES
+            } else {
+                0
+            } + if config.tls_cert.is_some() {
+                crate::tls::MAX_HANDSHAKES * TLS_HANDSHAKE_BYTES
             } else {
                 0
             } + match config.history {
@@ -191,5 +215,15 @@ mod tests {
             MemoryBudget::from_config(&takeover).per_connection - b.per_connection,
             DEFLATE_BYTES
         );
+        // TLS: rustls's buffers per connection, and the handshakes in progress.
+        let tls = MemoryBudget::from_config(&Config::parse_from([
+            "switchboard-server",
+            "--tls-cert",
+            "cert.pem",
+            "--tls-key",
+            "key.pem",
+        ]));
+        assert_eq!(tls.per_connection - b.per_connection, TLS_BYTES);
+        assert_eq!(tls.shared - b.shared, 512 * TLS_HANDSHAKE_BYTES);
     }
 }
