@@ -34,8 +34,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 /// Most TLS handshakes in progress at once; further connections wait in the kernel's
-/// accept backlog until one finishes. A handshake holds a task and rustls' state
-/// (about 20 KiB), so this bounds what half-open connections cost at ~10 MiB.
+/// accept backlog until one finishes. A handshake holds a task and rustls' state, at
+/// most [`crate::budget::TLS_HANDSHAKE_BYTES`] (rustls buffers up to 64 KiB of handshake
+/// messages), so this bounds what half-open connections cost at 40 MiB.
 pub const MAX_HANDSHAKES: usize = 512;
 
 /// Most handshakes in progress from one address (an IPv6 address counts with its /64);
