@@ -175,6 +175,12 @@ impl Client {
         deflate::message(Bytes::from(out), Data::Text)
     }
 
+    /// Sends a message marked compressed whose bytes are not deflate data.
+    async fn send_broken(&mut self) {
+        let message = deflate::message(Bytes::from_static(&[0xff; 32]), Data::Text);
+        self.ws.send(message).await.unwrap();
+    }
+
     async fn subscribe(&mut self, channel: &str) {
         self.send(json!({"type": "subscribe", "id": "s", "channel": channel}))
             .await;
@@ -278,14 +284,7 @@ async fn a_compression_bomb_is_closed_with_1009_and_broken_data_with_1007() {
     assert_eq!(bomber.next().await, json!({"closed": 1009}));
 
     let mut broken = connect(&server, Some("permessage-deflate"), false).await;
-    broken
-        .ws
-        .send(deflate::message(
-            Bytes::from_static(&[0xff; 32]),
-            Data::Text,
-        ))
-        .await
-        .unwrap();
+    broken.send_broken().await;
     assert_eq!(broken.next().await, json!({"closed": 1007}));
 
     // The server is fine: others connect and are served.
@@ -300,14 +299,7 @@ async fn the_echo_endpoint_closes_as_the_session_does() {
     // answered with 1007 here too rather than a dropped connection.
     let server = common::start(common::config(&["--echo-endpoint"])).await;
     let mut broken = open(&server, "/echo", Some("permessage-deflate"), false).await;
-    broken
-        .ws
-        .send(deflate::message(
-            Bytes::from_static(&[0xff; 32]),
-            Data::Text,
-        ))
-        .await
-        .unwrap();
+    broken.send_broken().await;
     assert_eq!(broken.next().await, json!({"closed": 1007}));
 }
 
