@@ -746,7 +746,8 @@ fn spawn_receivers(
         let report = report_tx.clone();
         // Compressed or TLS: the bytes read from the socket since the last message.
         let socket_read = ws.get_ref().get_ref().read_counter().clone();
-        let mut last_read = 0;
+        // From now: the TLS handshake and the upgrade are not a delivery's bytes.
+        let mut last_read = socket_read.load(Ordering::Relaxed);
         tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new(3).expect("histogram");
             loop {

@@ -400,9 +400,10 @@ pub struct Inflate {
     /// Output waiting for the reader, from `pending_at` on.
     pending: Vec<u8>,
     pending_at: usize,
-    /// Input after a compressed message that ended in this call: read on the next one
-    /// (at most one call's input).
+    /// Input after a compressed message that ended in a call: read on the next ones, from
+    /// `held_at` on (at most one call's input, copied once).
     held: Vec<u8>,
+    held_at: usize,
     /// A compressed message ended in the current call.
     message_done: bool,
     failed: Option<DeflateError>,
@@ -431,6 +432,7 @@ impl Inflate {
             pending: Vec::new(),
             pending_at: 0,
             held: Vec::new(),
+            held_at: 0,
             message_done: false,
             failed: None,
         }
@@ -465,12 +467,26 @@ impl Inflate {
     /// small compression bombs one read carries. While holding, call it with no input.
     pub fn process(&mut self, input: &[u8]) -> usize {
         if self.held.is_empty() {
-            return self.run(input, false);
+            let (kept, read) = self.run(input, false);
+            if read < input.len() && self.failed.is_none() {
+                self.held = input[read..].to_vec();
+                self.held_at = 0;
+            }
+            return kept;
         }
         // The held bytes come first; new ones (if a caller passes any) queue behind them.
+        // Held bytes are read in place (a read of many small messages is copied once).
         let mut held = std::mem::take(&mut self.held);
         held.extend_from_slice(input);
-        self.run(&held, true)
+        let start = self.held_at;
+        let (_, read) = self.run(&held[start..], true);
+        if start + read < held.len() && self.failed.is_none() {
+            self.held = held;
+            self.held_at = start + read;
+        } else {
+            self.held_at = 0;
+        }
+        0
     }
 
     /// Input taken in but not read yet: a compressed message ended before it, and its
@@ -479,15 +495,13 @@ impl Inflate {
         !self.held.is_empty()
     }
 
-    fn run(&mut self, input: &[u8], mut diverted: bool) -> usize {
+    /// Reads `input` up to the end of the first compressed message that ends in it (or
+    /// all of it, or up to a failure): the bytes kept in place, and the bytes read.
+    fn run(&mut self, input: &[u8], mut diverted: bool) -> (usize, usize) {
         let mut kept = 0;
         let mut i = 0;
         self.message_done = false;
-        while i < input.len() && self.failed.is_none() {
-            if self.message_done {
-                self.held = input[i..].to_vec();
-                break;
-            }
+        while i < input.len() && self.failed.is_none() && !self.message_done {
             match self.payload {
                 None => {
                     if self.head.len == 0 {
@@ -529,7 +543,7 @@ impl Inflate {
                 }
             }
         }
-        kept
+        (kept, i)
     }
 
     /// Whether a frame starting with byte `b0` is (part of) a compressed message.

@@ -55,11 +55,13 @@ pub const INFLATE_BYTES: usize = 40 << 10;
 pub const DEFLATE_THREAD_BYTES: usize = 7 * DEFLATE_BYTES + 4 * INFLATE_BYTES;
 
 /// A TLS connection's rustls buffers at worst (rustls 0.23's own limits), and its state: the
-/// record being read (16 KiB of payload + 2 KiB of expansion + its header), plaintext read
-/// but not yet taken (a 16 KiB limit that one record can pass), records not yet written
-/// (a 64 KiB limit, checked before each record is added), and the keys and session state
-/// (an idle TLS connection measures ~8 KiB more than a plain one; docs/benchmarks.md).
-pub const TLS_BYTES: usize = (18 << 10) + (32 << 10) + (82 << 10) + (8 << 10);
+/// buffer of records being read (up to 64 KiB: rustls allows that much while a handshake
+/// message is buffered, and a client may start one after the handshake, e.g. a key
+/// update, and stall), plaintext read but not yet taken (a 16 KiB limit that one record
+/// can pass), records not yet written (a 64 KiB limit, checked before each record is
+/// added), and the keys and session state (an idle TLS connection measures ~8 KiB more
+/// than a plain one; docs/benchmarks.md).
+pub const TLS_BYTES: usize = (64 << 10) + (32 << 10) + (82 << 10) + (8 << 10);
 /// One TLS handshake in progress: up to 64 KiB of handshake messages buffered (rustls's
 /// cap) and the handshake's state.
 pub const TLS_HANDSHAKE_BYTES: usize = 80 << 10;
