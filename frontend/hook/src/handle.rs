@@ -26,7 +26,7 @@ use switchboard_client::{
 };
 use switchboard_protocol::{
     Channel, ClientFrame, ClientId, CloseCode, Member, Payload, PresenceAction, RequestId, Sender,
-    codec,
+    codec, limits::validate_channel,
 };
 
 /// A message received on a subscription, its data decoded as `T`.
@@ -917,12 +917,10 @@ fn save_outbox(ws: WebSocket) {
 /// [`crate::UseWebSocketOptions::persist_outbox`]).
 #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 pub(crate) fn restore_outbox(ws: WebSocket, saved: &str) {
-    let limits = switchboard_protocol::Limits::default();
-    let frames: Vec<ClientFrame> = serde_json::from_str::<Vec<String>>(saved)
+    let frames: Vec<ClientFrame> = serde_json::from_str::<Vec<&str>>(saved)
         .unwrap_or_default()
-        .iter()
-        .flat_map(|text| codec::decode_client(text, &limits))
-        .filter_map(Result::ok)
+        .into_iter()
+        .filter_map(saved_publish)
         .collect();
     if frames.is_empty() {
         return;
@@ -954,6 +952,33 @@ pub(crate) fn restore_outbox(ws: WebSocket, saved: &str) {
                 .collect(),
         );
     }
+}
+
+/// One saved frame, if it is a stored publish with an id and a valid channel. Read with
+/// a struct of the publish frame's fields rather than the protocol's full client-frame
+/// decoder, which the browser would otherwise carry only for this (~3 KB brotli).
+fn saved_publish(text: &str) -> Option<ClientFrame> {
+    #[derive(serde::Deserialize)]
+    struct Saved {
+        #[serde(rename = "type")]
+        kind: String,
+        id: RequestId,
+        channel: Channel,
+        data: Payload,
+        #[serde(default)]
+        ephemeral: bool,
+        #[serde(default)]
+        skip_self: bool,
+    }
+    let s: Saved = serde_json::from_str(text).ok()?;
+    let valid = s.kind == "publish" && !s.ephemeral && validate_channel(s.channel.as_str()).is_ok();
+    valid.then_some(ClientFrame::Publish {
+        id: Some(s.id),
+        channel: s.channel,
+        data: s.data,
+        ephemeral: false,
+        skip_self: s.skip_self,
+    })
 }
 
 /// A member list (sorted by user id) after a presence event: a join replaces or adds
