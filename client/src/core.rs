@@ -1004,18 +1004,16 @@ impl ClientCore {
     /// app saves to keep them across its own restart (a page reload) and gives to
     /// [`ClientCore::restore_publishes`] in the next run.
     pub fn unacked_publishes(&self) -> Vec<ClientFrame> {
-        let mut all: Vec<(u64, &ClientFrame)> = self
+        let all: Vec<(u64, ClientFrame)> = self
             .in_flight
             .values()
-            .map(|(seq, frame)| (*seq, frame))
+            .cloned()
             .chain(self.outbox.iter().filter_map(|item| match item {
-                Item::Publish { seq, frame, .. } => Some((*seq, frame)),
+                Item::Publish { seq, frame, .. } => Some((*seq, frame.clone())),
                 _ => None,
             }))
             .collect();
-        // Unstable: seqs are unique (and the stable sort costs the wasm bundle ~3 KB a type).
-        all.sort_unstable_by_key(|(seq, _)| *seq);
-        all.into_iter().map(|(_, f)| f.clone()).collect()
+        by_seq(all).into_iter().map(|(_, f)| f).collect()
     }
 
     /// Queues publishes an earlier run saved with [`ClientCore::unacked_publishes`], with
@@ -1354,13 +1352,12 @@ impl ClientCore {
     /// requests fail at once, queued ephemeral frames are dropped (they would be stale),
     /// subscriptions wait to be restored.
     fn lose_connection(&mut self) {
-        let mut unacked: Vec<(u64, ClientFrame)> = std::mem::take(&mut self.in_flight)
+        let unacked: Vec<(u64, ClientFrame)> = std::mem::take(&mut self.in_flight)
             .into_iter()
             .map(|(_, v)| v)
             .collect();
-        unacked.sort_unstable_by_key(|(seq, _)| *seq);
         self.outbox.requeue_front(
-            unacked
+            by_seq(unacked)
                 .into_iter()
                 .map(|(seq, frame)| Item::Publish {
                     seq,
@@ -1756,15 +1753,24 @@ impl ClientCore {
         let channel = match &what {
             Internal::Fill(c) | Internal::Check(c) => c.clone(),
         };
-        let params = serde_json::json!({
-            "channel": channel,
-            "since": {"offset": since.offset, "epoch": since.epoch},
-            "limit": limit,
-        });
+        // A struct, not `serde_json::json!`: a generic JSON tree would cost the browser
+        // bundle its map and serializer (~1 KB brotli).
+        #[derive(serde::Serialize)]
+        struct Params<'a> {
+            channel: &'a Channel,
+            since: &'a StreamPosition,
+            limit: u64,
+        }
+        let params = Payload::new(&Params {
+            channel: &channel,
+            since: &since,
+            limit,
+        })
+        .unwrap_or_default();
         self.control.push_back(ClientFrame::Request {
             id: id.clone(),
             method: "history".into(),
-            params: params.into(),
+            params,
         });
         self.internal
             .insert(id, (what, now + ms(self.opts.request_timeout)));
@@ -2141,6 +2147,14 @@ impl ClientCore {
             self.transmit.push_back(text);
         }
     }
+}
+
+/// Publishes in the order they were queued. Unstable: seqs are unique. One function for
+/// both callers: each sort instantiation costs the wasm bundle ~1 KB brotli, a stable
+/// one ~3 KB.
+fn by_seq(mut frames: Vec<(u64, ClientFrame)>) -> Vec<(u64, ClientFrame)> {
+    frames.sort_unstable_by_key(|(seq, _)| *seq);
+    frames
 }
 
 fn ms(d: Duration) -> Ms {
