@@ -12,7 +12,6 @@
 //! latest again). Lines typed offline wait in the outbox, which this app keeps in
 //! `localStorage`, so they are sent once even after the page is reloaded.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use leptos::html::Div;
@@ -297,7 +296,10 @@ fn Room(name: String, room: String, on_leave: impl Fn() + 'static) -> impl IntoV
     let restored_channel = channel.clone();
     let waiting =
         move || -> Vec<Pending> {
-            let shown: BTreeSet<u64> = log.with(|m| m.iter().filter_map(|m| m.offset).collect());
+            // A sorted `Vec`, not a `BTreeSet`: collecting into one sorts stably, and each
+            // stable sort costs the bundle ~1 KB brotli (docs/benchmarks.md).
+            let mut shown: Vec<u64> = log.with(|m| m.iter().filter_map(|m| m.offset).collect());
+            shown.sort_unstable();
             let restored = ws.restored.with(|r| {
                 r.iter()
                     .filter(|p| p.channel == restored_channel)
@@ -312,7 +314,7 @@ fn Room(name: String, room: String, on_leave: impl Fn() + 'static) -> impl IntoV
                 .into_iter()
                 .chain(pending.get().into_iter().filter(
                     |p| match p.outcome.and_then(|o| o.get()) {
-                        Some(Ok(Some(offset))) => !shown.contains(&offset),
+                        Some(Ok(Some(offset))) => shown.binary_search(&offset).is_err(),
                         Some(Ok(None)) => false,
                         _ => true,
                     },
@@ -332,15 +334,16 @@ fn Room(name: String, room: String, on_leave: impl Fn() + 'static) -> impl IntoV
     let typing = move || {
         clock.track();
         let now = ws.server_now();
-        // A set: one name once, however many signals it sent.
-        let names: BTreeSet<String> = sub.messages.with(|m| {
+        // One name once, however many signals it sent.
+        let mut names: Vec<String> = sub.messages.with(|m| {
             m.iter()
                 .filter(|msg| msg.ephemeral && msg.data.typing && now - (msg.ts as f64) < 3000.0)
                 .map(|msg| msg.data.name.clone())
                 .filter(|n| *n != me)
                 .collect()
         });
-        let names: Vec<String> = names.into_iter().collect();
+        names.sort_unstable();
+        names.dedup();
         match names.len() {
             0 => String::new(),
             1 => format!("{} is typing…", names[0]),
