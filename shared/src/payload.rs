@@ -33,6 +33,11 @@ impl Payload {
         serde_json::value::to_raw_value(value).map(Self)
     }
 
+    /// A copy of checked JSON text (a frame's member, as the decoder found it).
+    pub(crate) fn from_raw(raw: &RawValue) -> Self {
+        Self(raw.to_owned())
+    }
+
     /// The JSON text.
     pub fn get(&self) -> &str {
         self.0.get()

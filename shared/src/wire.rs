@@ -1,23 +1,22 @@
-//! Deserializing frames by hand: each frame is read into one flat struct of optional
-//! fields, then checked against its `type`. Serde's derive for internally tagged enums
-//! first buffers the whole object in a generic tree, which cannot hold a [`Payload`]'s raw
-//! text (and costs time and code size); a flat struct is read in one pass.
-//!
-//! One consequence, documented in docs/protocol.md: a field any frame kind defines must
-//! have that field's type in every frame that carries it.
+//! Deserializing frames by hand. Serde's derive for internally tagged enums first buffers
+//! the whole object in a generic tree, which cannot hold a [`Payload`]'s raw text (and
+//! costs time and code size). A client frame (what the server decodes, on its hot path) is
+//! read in one pass into one flat struct of optional fields, then checked against its
+//! `type`; one consequence, documented in docs/protocol.md: a field any frame kind defines
+//! must have that field's type in every frame that carries it. A server frame (what the
+//! browser decodes) is split into its members first and read per member, for bundle size
+//! (see [`Fields`]).
+
+use std::fmt;
 
 use serde::Deserialize;
-use serde::de::{self, Deserializer};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
 
 use crate::client::ClientFrame;
-use crate::codes::ErrorCode;
-use crate::limits::Limits;
 use crate::payload::Payload;
 use crate::server::ServerFrame;
-use crate::types::{
-    Channel, ClientId, ClientInfo, Member, PresenceAction, RequestId, Sender, SessionId,
-    StreamPosition, Unrecovered,
-};
+use crate::types::{Channel, ClientId, ClientInfo, RequestId, SessionId, StreamPosition};
 
 /// A payload field: absent is `None`, `null` is `Some(null)`.
 fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Payload>, D::Error> {
@@ -93,96 +92,135 @@ impl<'de> Deserialize<'de> for ClientFrame {
     }
 }
 
-#[derive(Deserialize)]
-struct ServerWire {
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    client_id: Option<ClientId>,
-    session_id: Option<SessionId>,
-    resumed: Option<bool>,
-    protocol: Option<u32>,
-    user_id: Option<String>,
-    heartbeat_ms: Option<u64>,
-    limits: Option<Limits>,
-    id: Option<RequestId>,
-    channel: Option<Channel>,
-    position: Option<StreamPosition>,
-    recovered: Option<bool>,
-    unrecovered: Option<Unrecovered>,
-    presence: Option<Vec<Member>>,
-    from: Option<Sender>,
-    #[serde(default, deserialize_with = "present")]
-    data: Option<Payload>,
-    ts: Option<u64>,
-    ephemeral: Option<bool>,
-    offset: Option<u64>,
-    epoch: Option<String>,
-    action: Option<PresenceAction>,
-    member: Option<Member>,
-    count: Option<u32>,
-    code: Option<ErrorCode>,
-    message: Option<String>,
-    #[serde(default, deserialize_with = "present")]
-    result: Option<Payload>,
+/// A server frame's members in order, each value still its JSON text. The browser decodes
+/// server frames, so their decoder is written for size: one pass that splits the object,
+/// then one small typed read per field the frame's kind uses. (A derived flat struct of
+/// every kind's fields was the bundle's largest function, with an `Option<T>` reader per
+/// field type: 16 KB of wasm, ~6 KB brotli; docs/benchmarks.md.)
+///
+/// Borrowed from the text, so a `ServerFrame` deserializes from JSON in memory
+/// (`serde_json::from_str` or `from_slice`, as [`crate::codec::decode_server`] does).
+struct Fields<'a>(Vec<(&'a str, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Fields<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> Visitor<'de> for Members {
+            type Value = Fields<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a frame (a JSON object)")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry()? {
+                    members.push(member);
+                }
+                Ok(Fields(members))
+            }
+        }
+        d.deserialize_map(Members)
+    }
+}
+
+impl<'a> Fields<'a> {
+    /// The member's text; `null` counts as absent except for payloads (see [`Self::payload`]).
+    fn raw<E: de::Error>(&self, name: &'static str) -> Result<Option<&'a RawValue>, E> {
+        let mut found = self
+            .0
+            .iter()
+            .filter(|(key, _)| *key == name)
+            .map(|(_, v)| *v);
+        match (found.next(), found.next()) {
+            (Some(_), Some(_)) => Err(E::duplicate_field(name)),
+            (one, _) => Ok(one),
+        }
+    }
+
+    fn opt<T: Deserialize<'a>, E: de::Error>(&self, name: &'static str) -> Result<Option<T>, E> {
+        match self.raw(name)? {
+            Some(raw) if raw.get() != "null" => serde_json::from_str(raw.get())
+                .map(Some)
+                .map_err(|e| E::custom(format_args!("`{name}`: {e}"))),
+            _ => Ok(None),
+        }
+    }
+
+    fn req<T: Deserialize<'a>, E: de::Error>(&self, name: &'static str) -> Result<T, E> {
+        self.opt(name)?.ok_or_else(|| E::missing_field(name))
+    }
+
+    fn flag<E: de::Error>(&self, name: &'static str) -> Result<bool, E> {
+        Ok(self.opt(name)?.unwrap_or(false))
+    }
+
+    /// A payload member: present (`null` included) or absent.
+    fn payload<E: de::Error>(&self, name: &'static str) -> Result<Payload, E> {
+        self.raw(name)?
+            .map(Payload::from_raw)
+            .ok_or_else(|| E::missing_field(name))
+    }
 }
 
 impl<'de> Deserialize<'de> for ServerFrame {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let w = ServerWire::deserialize(d)?;
-        let kind = required::<_, D::Error>(w.kind, "type")?;
-        Ok(match kind.as_str() {
+        let w = Fields::deserialize(d)?;
+        let kind: &str = w.req("type")?;
+        Ok(match kind {
             "welcome" => Self::Welcome {
-                client_id: required(w.client_id, "client_id")?,
-                session_id: required(w.session_id, "session_id")?,
-                resumed: w.resumed.unwrap_or(false),
-                protocol: required(w.protocol, "protocol")?,
-                user_id: w.user_id,
-                heartbeat_ms: required(w.heartbeat_ms, "heartbeat_ms")?,
-                limits: required(w.limits, "limits")?,
-                ts: w.ts,
+                client_id: w.req("client_id")?,
+                session_id: w.req("session_id")?,
+                resumed: w.flag("resumed")?,
+                protocol: w.req("protocol")?,
+                user_id: w.opt("user_id")?,
+                heartbeat_ms: w.req("heartbeat_ms")?,
+                limits: w.req("limits")?,
+                ts: w.opt("ts")?,
             },
-            "pong" => Self::Pong { id: w.id, ts: w.ts },
+            "pong" => Self::Pong {
+                id: w.opt("id")?,
+                ts: w.opt("ts")?,
+            },
             "subscribed" => Self::Subscribed {
-                channel: required(w.channel, "channel")?,
-                position: required(w.position, "position")?,
-                recovered: w.recovered.unwrap_or(false),
-                unrecovered: w.unrecovered,
-                presence: w.presence,
+                channel: w.req("channel")?,
+                position: w.req("position")?,
+                recovered: w.flag("recovered")?,
+                unrecovered: w.opt("unrecovered")?,
+                presence: w.opt("presence")?,
             },
             "unsubscribed" => Self::Unsubscribed {
-                channel: required(w.channel, "channel")?,
+                channel: w.req("channel")?,
             },
             "message" => Self::Message {
-                channel: required(w.channel, "channel")?,
-                from: w.from,
-                data: required(w.data, "data")?,
-                ts: required(w.ts, "ts")?,
-                ephemeral: w.ephemeral.unwrap_or(false),
-                offset: w.offset,
-                epoch: w.epoch,
+                channel: w.req("channel")?,
+                from: w.opt("from")?,
+                data: w.payload("data")?,
+                ts: w.req("ts")?,
+                ephemeral: w.flag("ephemeral")?,
+                offset: w.opt("offset")?,
+                epoch: w.opt("epoch")?,
             },
             "presence" => Self::Presence {
-                channel: required(w.channel, "channel")?,
-                action: required(w.action, "action")?,
-                member: required(w.member, "member")?,
-                count: required(w.count, "count")?,
+                channel: w.req("channel")?,
+                action: w.req("action")?,
+                member: w.req("member")?,
+                count: w.req("count")?,
             },
             "ack" => Self::Ack {
-                id: required(w.id, "id")?,
-                offset: w.offset,
+                id: w.req("id")?,
+                offset: w.opt("offset")?,
             },
             "response" => Self::Response {
-                id: required(w.id, "id")?,
-                result: required(w.result, "result")?,
+                id: w.req("id")?,
+                result: w.payload("result")?,
             },
             "error" => Self::Error {
-                id: w.id,
-                code: required(w.code, "code")?,
-                message: required(w.message, "message")?,
+                id: w.opt("id")?,
+                code: w.req("code")?,
+                message: w.req("message")?,
             },
             "direct" => Self::Direct {
-                from: required(w.from, "from")?,
-                data: required(w.data, "data")?,
+                from: w.req("from")?,
+                data: w.payload("data")?,
             },
             other => return Err(de::Error::unknown_variant(other, &Self::KINDS)),
         })

@@ -553,6 +553,52 @@ fn null_is_a_value_for_payloads_and_absent_for_options() {
     assert!(matches!(&server[0], Ok(ServerFrame::Response { result, .. }) if result.is_null()));
 }
 
+/// The server-frame decoder (written for bundle size, `wire.rs`) reads what the derived
+/// one did: `null` is absent for plain fields and a value for payloads, unknown members are
+/// skipped, and a duplicate, a missing or a mistyped member, an unknown kind or a
+/// non-object is a `bad_frame` that names the problem.
+#[test]
+fn the_server_frame_decoder_reads_members_as_the_derive_did() {
+    let one = |text: &str| codec::decode_server(text).remove(0);
+    assert_eq!(
+        one(r#"{"extra":[1,{"a":null}],"type":"pong","id":null,"ts":null}"#),
+        Ok(ServerFrame::Pong { id: None, ts: None })
+    );
+    assert_eq!(
+        one(r#"{"type":"message","channel":"c","data":null,"ts":1,"ephemeral":null}"#),
+        Ok(ServerFrame::Message {
+            channel: "c".into(),
+            from: None,
+            data: Payload::null(),
+            ts: 1,
+            ephemeral: false,
+            offset: None,
+            epoch: None,
+        })
+    );
+    for (text, says) in [
+        (
+            r#"{"type":"ack","id":"a","id":"b"}"#,
+            "duplicate field `id`",
+        ),
+        (r#"{"type":"ack"}"#, "missing field `id`"),
+        (
+            r#"{"type":"message","channel":"c","ts":1}"#,
+            "missing field `data`",
+        ),
+        (r#"{"type":"ack","id":"a","offset":"7"}"#, "`offset`"),
+        (r#"{"type":"ack","id":"a","offset":-1}"#, "`offset`"),
+        (r#"{"type":"nope"}"#, "unknown variant `nope`"),
+        (r#"{"id":"a"}"#, "missing field `type`"),
+        (r#"[1]"#, "a frame"),
+        (r#"{"type":"ack","id":"a""#, "EOF"),
+    ] {
+        let e = one(text).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadFrame, "{text}");
+        assert!(e.message.contains(says), "{text}: {}", e.message);
+    }
+}
+
 #[test]
 fn no_error_echoes_an_oversized_id() {
     let long = "i".repeat(65);
