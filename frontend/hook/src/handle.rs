@@ -917,11 +917,7 @@ fn save_outbox(ws: WebSocket) {
 /// [`crate::UseWebSocketOptions::persist_outbox`]).
 #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 pub(crate) fn restore_outbox(ws: WebSocket, saved: &str) {
-    let frames: Vec<ClientFrame> = serde_json::from_str::<Vec<&str>>(saved)
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(saved_publish)
-        .collect();
+    let frames = saved_publishes(saved);
     if frames.is_empty() {
         return;
     }
@@ -952,6 +948,17 @@ pub(crate) fn restore_outbox(ws: WebSocket, saved: &str) {
                 .collect(),
         );
     }
+}
+
+/// The stored publishes in what [`save_outbox`] wrote (a JSON array of frames' texts);
+/// anything else in it is skipped.
+fn saved_publishes(saved: &str) -> Vec<ClientFrame> {
+    // Owned strings: each is a frame's JSON inside a JSON string, so it has escapes.
+    serde_json::from_str::<Vec<String>>(saved)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|text| saved_publish(text))
+        .collect()
 }
 
 /// One saved frame, if it is a stored publish with an id and a valid channel. Read with
@@ -1026,6 +1033,32 @@ mod tests {
             action,
             member: member(user, connections),
         }
+    }
+
+    /// What `save_outbox` writes comes back as the same publishes; what is not a stored
+    /// publish with an id and a valid channel is skipped.
+    #[test]
+    fn a_saved_outbox_reads_back_as_its_publishes() {
+        let publish = |id: Option<&str>, channel: &str, ephemeral: bool| ClientFrame::Publish {
+            id: id.map(RequestId::from),
+            channel: channel.into(),
+            data: Payload::from_json(r#"{"text":"a \"quoted\" line"}"#).unwrap(),
+            ephemeral,
+            skip_self: true,
+        };
+        let kept = [
+            publish(Some("p1"), "room:a", false),
+            publish(Some("p2"), "room:b", false),
+        ];
+        let mut saved: Vec<String> = kept.iter().map(codec::encode).collect();
+        saved.push(codec::encode(&publish(None, "room:a", false)));
+        saved.push(codec::encode(&publish(Some("p3"), "room:a", true)));
+        saved.push(codec::encode(&publish(Some("p4"), "bad name", false)));
+        saved.push(codec::encode(&ClientFrame::Ping { id: None }));
+        saved.push("not json".into());
+        let text = serde_json::to_string(&saved).unwrap();
+        assert_eq!(saved_publishes(&text), kept);
+        assert!(saved_publishes("{").is_empty());
     }
 
     #[test]
