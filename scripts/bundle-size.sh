@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What the browser downloads, measured: builds the demo app and the two apps of
 # examples/bundle-size (a hello-world Leptos app without and with the hook) exactly as the
-# release bundle is built (the wasm-release profile, wasm-bindgen, wasm-opt -Oz, terser),
+# release bundle is built (the wasm-release profile, wasm-bindgen, wasm-opt -Oz and the
+# passes index.html adds, terser),
 # and prints a markdown table of raw, gzip -9 and brotli -q 11 sizes (docs/benchmarks.md,
 # "What the browser downloads"). The hook's own cost is `hello + hook` minus `hello`.
 #
@@ -17,6 +18,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/setup.sh
 out="${OUT:-target/bundle-size}"
+# The wasm-opt passes after -Oz, as index.html gives them to Trunk.
+read -r -a opt_params <<<"$(sed -n 's/.*data-wasm-opt-params="\([^"]*\)".*/\1/p' index.html)"
 mkdir -p "$out"
 
 # build <label> <package> <bin> [extra cargo args...]: one row.
@@ -30,7 +33,7 @@ build() {
   wasm-bindgen --target web --no-typescript --out-dir "$dir" \
     "$tdir/wasm32-unknown-unknown/wasm-release/$bin.wasm"
   [ "${TWIGGY:-}" = 1 ] && [ "$bin" = switchboard-web ] && cp "$dir/${bin}_bg.wasm" "$dir/names.wasm"
-  wasm-opt -Oz "$dir/${bin}_bg.wasm" -o "$dir/app.wasm"
+  wasm-opt -Oz "$dir/${bin}_bg.wasm" "${opt_params[@]}" -o "$dir/app.wasm"
   terser "$dir/$bin.js" --module --compress --mangle -o "$dir/app.js"
   local w="$dir/app.wasm" j="$dir/app.js"
   local wb jb
