@@ -2,12 +2,14 @@
 //! `online` / `visibilitychange` events. It feeds the client core what happened and does
 //! what the core asks; no protocol decision is made here.
 
+use std::cell::Cell;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
+use futures::StreamExt;
 use futures::channel::mpsc;
-use futures::{FutureExt, StreamExt};
+use gloo_timers::callback::Timeout;
 use leptos::prelude::*;
 use switchboard_client::Action;
 use switchboard_protocol::CloseCode;
@@ -38,7 +40,12 @@ struct Socket {
 impl Socket {
     /// Opens `url`; with `messagepack`, offering the MessagePack subprotocol (binary
     /// frames are then transcoded to and from the JSON the core speaks).
-    fn open(url: &str, tx: mpsc::UnboundedSender<Sock>, messagepack: bool) -> Result<Self, String> {
+    fn open(
+        url: &str,
+        tx: mpsc::UnboundedSender<Input>,
+        generation: u32,
+        messagepack: bool,
+    ) -> Result<Self, String> {
         let ws = if messagepack {
             web_sys::WebSocket::new_with_str(url, MSGPACK).map_err(|e| format!("{e:?}"))?
         } else {
@@ -48,7 +55,7 @@ impl Socket {
         let on_open = {
             let tx = tx.clone();
             Closure::<dyn FnMut(web_sys::Event)>::new(move |_| {
-                let _ = tx.unbounded_send(Sock::Open);
+                let _ = tx.unbounded_send(Input::Sock(generation, Sock::Open));
             })
         };
         let on_message = {
@@ -57,11 +64,14 @@ impl Socket {
                 let Ok(e) = e.dyn_into::<MessageEvent>() else {
                     return;
                 };
-                if let Some(text) = e.data().as_string() {
-                    let _ = tx.unbounded_send(Sock::Text(text));
-                } else if let Some(text) = binary(&e.data()) {
-                    let _ = tx.unbounded_send(text);
-                }
+                let sock = match e.data().as_string() {
+                    Some(text) => Sock::Text(text),
+                    None => match binary(&e.data()) {
+                        Some(sock) => sock,
+                        None => return,
+                    },
+                };
+                let _ = tx.unbounded_send(Input::Sock(generation, sock));
             })
         };
         let on_close = Closure::<dyn FnMut(web_sys::Event)>::new(move |e: web_sys::Event| {
@@ -69,7 +79,7 @@ impl Socket {
                 Ok(c) => (Some(CloseCode(c.code())), c.reason()),
                 Err(_) => (None, String::new()),
             };
-            let _ = tx.unbounded_send(Sock::Closed { code, reason });
+            let _ = tx.unbounded_send(Input::Sock(generation, Sock::Closed { code, reason }));
         });
         ws.set_onopen(Some(on_open.as_ref().unchecked_ref()));
         ws.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
@@ -137,27 +147,55 @@ fn binary(_data: &wasm_bindgen::JsValue) -> Option<Sock> {
     None
 }
 
+/// What the driver's loop waits for: one channel for everything, so the loop is a plain
+/// `while let` (a `select!` over a socket channel, a wake channel and a sleep future was
+/// the bundle's largest function; docs/benchmarks.md).
+enum Input {
+    /// The handles changed something (a publish, a subscription): see what the core wants.
+    Wake,
+    /// The core's deadline passed (an early or stale one is harmless: the core does what
+    /// is due at the time it is told).
+    Tick,
+    /// What the socket of this generation reported; an older socket's late events are
+    /// dropped by their generation.
+    Sock(u32, Sock),
+}
+
 /// Starts the connection's task (in the browser only: during SSR nothing runs).
 pub(crate) fn start(ws: WebSocket, url: String, token: Option<TokenProvider>, messagepack: bool) {
-    let (wake_tx, wake_rx) = mpsc::channel(1);
-    ws.conn.update_value(|c| c.wake = Some(wake_tx));
+    let (tx, rx) = mpsc::unbounded();
+    // Wakes are one until the loop takes one: a burst of publishes queues a single wake.
+    let woken = Rc::new(Cell::new(false));
+    {
+        let tx = tx.clone();
+        let woken = woken.clone();
+        let wake: Rc<dyn Fn()> = Rc::new(move || {
+            if !woken.replace(true) {
+                let _ = tx.unbounded_send(Input::Wake);
+            }
+        });
+        ws.conn.update_value(|c| c.wake = Some(wake));
+    }
     let stopped = Arc::new(AtomicBool::new(false));
     let listeners = watch_network(ws);
     {
         let stopped = stopped.clone();
         on_cleanup(move || {
             stopped.store(true, Ordering::Relaxed);
-            ws.conn.try_update_value(|c| {
-                if let Some(wake) = &mut c.wake {
-                    let _ = wake.try_send(());
-                }
-            });
+            ws.conn.try_with_value(|c| c.wake());
             for l in listeners {
                 l.remove();
             }
         });
     }
-    wasm_bindgen_futures::spawn_local(run(ws, url, token, messagepack, wake_rx, stopped));
+    let driver = Driver {
+        ws,
+        url,
+        token,
+        messagepack,
+        tx,
+    };
+    wasm_bindgen_futures::spawn_local(driver.run(rx, woken, stopped));
 }
 
 /// Retry at once when the browser comes back online or the tab becomes visible.
@@ -172,132 +210,145 @@ fn watch_network(ws: WebSocket) -> Vec<WindowListenerHandle> {
     ]
 }
 
-async fn run(
+struct Driver {
     ws: WebSocket,
     url: String,
     token: Option<TokenProvider>,
     messagepack: bool,
-    mut wake: mpsc::Receiver<()>,
-    stopped: Arc<AtomicBool>,
-) {
-    // Replaced by each new socket's own channel.
-    let mut sock_rx = mpsc::unbounded::<Sock>().1;
-    let mut socket: Option<Socket> = None;
-    loop {
-        if stopped.load(Ordering::Relaxed) {
-            if let Some(s) = socket.take() {
-                s.close(CloseCode::NORMAL, "page left");
+    tx: mpsc::UnboundedSender<Input>,
+}
+
+impl Driver {
+    async fn run(
+        self,
+        mut rx: mpsc::UnboundedReceiver<Input>,
+        woken: Rc<Cell<bool>>,
+        stopped: Arc<AtomicBool>,
+    ) {
+        let ws = self.ws;
+        let mut socket: Option<Socket> = None;
+        let mut generation = 0u32;
+        // The core's next deadline; replacing it clears the browser timer.
+        let mut _timer: Option<Timeout> = None;
+        loop {
+            if stopped.load(Ordering::Relaxed) {
+                if let Some(s) = socket.take() {
+                    s.close(CloseCode::NORMAL, "page left");
+                }
+                return;
             }
-            return;
-        }
-        pump(ws);
-        let (actions, transmit) = take_io(ws);
-        for action in actions {
-            match action {
-                Action::Connect => {
-                    if let Some(old) = socket.take() {
-                        old.close(CloseCode::NORMAL, "replaced");
+            pump(ws);
+            let (actions, transmit) = take_io(ws);
+            for action in actions {
+                match action {
+                    Action::Connect => {
+                        if let Some(old) = socket.take() {
+                            old.close(CloseCode::NORMAL, "replaced");
+                        }
+                        generation = generation.wrapping_add(1);
+                        socket = self.connect(generation).await;
                     }
-                    // A fresh channel: an old socket's late events cannot reach the core.
-                    let (tx, rx) = mpsc::unbounded();
-                    sock_rx = rx;
-                    let fresh = match &token {
-                        Some(provider) => provider().await,
-                        None => None,
-                    };
-                    let now = clock_ms();
-                    ws.conn.try_update_value(|c| {
-                        c.core
-                            .set_token(fresh.as_deref(), now, js_sys::Date::now() as u64)
-                    });
-                    let full = match fresh {
-                        Some(t) => format!(
-                            "{url}?token={}",
-                            String::from(js_sys::encode_uri_component(&t))
-                        ),
-                        None => url.clone(),
-                    };
-                    match Socket::open(&full, tx.clone(), messagepack) {
-                        Ok(s) => socket = Some(s),
-                        Err(e) => {
-                            let _ = tx.unbounded_send(Sock::Closed {
-                                code: None,
-                                reason: e,
-                            });
+                    Action::Disconnect { code, reason } => {
+                        if let Some(s) = socket.take() {
+                            s.close(code, &reason);
                         }
                     }
+                    Action::RefreshToken => self.refresh_token(),
                 }
-                Action::Disconnect { code, reason } => {
-                    if let Some(s) = socket.take() {
-                        s.close(code, &reason);
+            }
+            if !transmit.is_empty() {
+                if let Some(s) = &socket {
+                    let sent = transmit.iter().filter(|text| s.send(text)).count();
+                    if let Some(set) = ws.set.try_get_value() {
+                        set.frames_out.try_update(|n| *n += sent as u64);
                     }
                 }
-                Action::RefreshToken => {
-                    // Beside the loop: a slow provider must not hold up the socket.
-                    if let Some(provider) = &token {
-                        let fresh = provider();
-                        wasm_bindgen_futures::spawn_local(async move {
-                            let fresh = fresh.await;
-                            let now = clock_ms();
-                            ws.conn.try_update_value(|c| {
-                                c.core.refresh_token(fresh, now, js_sys::Date::now() as u64);
-                                if let Some(wake) = &mut c.wake {
-                                    let _ = wake.try_send(());
-                                }
-                            });
-                        });
+                continue;
+            }
+            _timer = ws
+                .conn
+                .try_with_value(|c| c.core.next_deadline())
+                .flatten()
+                .map(|at| {
+                    let wait = at.saturating_sub(clock_ms()).min(i32::MAX as u64) as u32;
+                    let tx = self.tx.clone();
+                    Timeout::new(wait, move || {
+                        let _ = tx.unbounded_send(Input::Tick);
+                    })
+                });
+            let Some(input) = rx.next().await else {
+                return;
+            };
+            let now = clock_ms();
+            match input {
+                Input::Wake => woken.set(false),
+                Input::Tick => {
+                    ws.conn.try_update_value(|c| c.core.on_tick(now));
+                }
+                Input::Sock(of, _) if of != generation => {}
+                Input::Sock(_, Sock::Open) => {
+                    ws.conn.try_update_value(|c| c.core.on_connected(now));
+                }
+                Input::Sock(_, Sock::Text(text)) => {
+                    if let Some(set) = ws.set.try_get_value() {
+                        set.frames_in.try_update(|n| *n += 1);
                     }
+                    ws.conn.try_update_value(|c| c.core.on_text(&text, now));
+                }
+                Input::Sock(_, Sock::Closed { code, reason }) => {
+                    socket = None;
+                    ws.conn
+                        .try_update_value(|c| c.core.on_disconnected(code, &reason, now));
                 }
             }
         }
-        if !transmit.is_empty() {
-            if let Some(s) = &socket {
-                let mut sent = 0;
-                for text in &transmit {
-                    if s.send(text) {
-                        sent += 1;
-                    }
-                }
-                if let Some(set) = ws.set.try_get_value() {
-                    set.frames_out.try_update(|n| *n += sent);
-                }
-            }
-            continue;
-        }
-        let deadline = ws.conn.try_with_value(|c| c.core.next_deadline()).flatten();
-        let sleep = match deadline {
-            Some(at) => {
-                let wait = at.saturating_sub(clock_ms());
-                gloo_timers::future::sleep(Duration::from_millis(wait)).boxed_local()
-            }
-            None => futures::future::pending().boxed_local(),
+    }
+
+    /// Opens a socket with a fresh token (if there is a provider); a failure to open is
+    /// reported as that socket's close.
+    async fn connect(&self, generation: u32) -> Option<Socket> {
+        let fresh = match &self.token {
+            Some(provider) => provider().await,
+            None => None,
         };
-        let mut sleep = sleep.fuse();
-        futures::select! {
-            () = sleep => {
-                let now = clock_ms();
-                ws.conn.try_update_value(|c| c.core.on_tick(now));
-            }
-            _ = wake.next() => {}
-            ev = sock_rx.next() => {
-                let now = clock_ms();
-                match ev {
-                    Some(Sock::Open) => {
-                        ws.conn.try_update_value(|c| c.core.on_connected(now));
-                    }
-                    Some(Sock::Text(text)) => {
-                        if let Some(set) = ws.set.try_get_value() {
-                            set.frames_in.try_update(|n| *n += 1);
-                        }
-                        ws.conn.try_update_value(|c| c.core.on_text(&text, now));
-                    }
-                    Some(Sock::Closed { code, reason }) => {
-                        socket = None;
-                        ws.conn.try_update_value(|c| c.core.on_disconnected(code, &reason, now));
-                    }
-                    None => {}
-                }
+        let now = clock_ms();
+        self.ws.conn.try_update_value(|c| {
+            c.core
+                .set_token(fresh.as_deref(), now, js_sys::Date::now() as u64)
+        });
+        let full = match fresh {
+            Some(t) => format!(
+                "{}?token={}",
+                self.url,
+                String::from(js_sys::encode_uri_component(&t))
+            ),
+            None => self.url.clone(),
+        };
+        match Socket::open(&full, self.tx.clone(), generation, self.messagepack) {
+            Ok(s) => Some(s),
+            Err(reason) => {
+                let closed = Sock::Closed { code: None, reason };
+                let _ = self.tx.unbounded_send(Input::Sock(generation, closed));
+                None
             }
         }
+    }
+
+    /// Asks the provider for a new token beside the loop: a slow provider must not hold
+    /// up the socket.
+    fn refresh_token(&self) {
+        let Some(provider) = &self.token else {
+            return;
+        };
+        let fresh = provider();
+        let ws = self.ws;
+        wasm_bindgen_futures::spawn_local(async move {
+            let fresh = fresh.await;
+            let now = clock_ms();
+            ws.conn.try_update_value(|c| {
+                c.core.refresh_token(fresh, now, js_sys::Date::now() as u64);
+                c.wake();
+            });
+        });
     }
 }

@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 
-use futures::channel::{mpsc, oneshot};
+use futures::channel::oneshot;
 use leptos::prelude::*;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -100,8 +100,9 @@ pub(crate) struct Conn {
     members: VecMap<Channel, Vec<Member>>,
     directs: Vec<(u64, DirectListener)>,
     next_listener: u64,
-    /// Wakes the driver: the core has something to send or a new deadline.
-    pub(crate) wake: Option<mpsc::Sender<()>>,
+    /// Wakes the driver: the core has something to send or a new deadline (installed by
+    /// the driver; wakes that come before it looks are one).
+    pub(crate) wake: Option<Rc<dyn Fn()>>,
     pub(crate) message_buffer: usize,
     pub(crate) render_per_frame: bool,
     /// The `localStorage` key of the unacked publishes, and whether they changed since
@@ -125,6 +126,15 @@ impl Conn {
             wake: None,
             message_buffer: message_buffer.max(1),
             render_per_frame,
+        }
+    }
+}
+
+impl Conn {
+    /// Tells the driver to look at the core again.
+    pub(crate) fn wake(&self) {
+        if let Some(wake) = &self.wake {
+            wake();
         }
     }
 }
@@ -276,9 +286,7 @@ impl WebSocket {
         let now = clock_ms();
         let r = self.conn.try_update_value(|c| {
             let r = f(c, now);
-            if let Some(wake) = &mut c.wake {
-                let _ = wake.try_send(());
-            }
+            c.wake();
             r
         })?;
         pump(*self);
