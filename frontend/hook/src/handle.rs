@@ -190,11 +190,11 @@ pub struct WebSocket {
     /// The server's clock minus this browser's (milliseconds), from `welcome` and `pong`.
     pub clock_offset_ms: ReadSignal<f64>,
     /// Frames waiting to be sent, plus publishes sent and not yet acked.
-    pub queued: ReadSignal<usize>,
+    pub queued: ReadSignal<u64>,
     /// Publishes dropped by the overflow policy.
     pub dropped: ReadSignal<u64>,
     /// Reconnections so far.
-    pub reconnects: ReadSignal<u32>,
+    pub reconnects: ReadSignal<u64>,
     /// WebSocket messages received.
     pub frames_in: ReadSignal<u64>,
     /// WebSocket messages sent.
@@ -217,9 +217,9 @@ pub(crate) struct Setters {
     pub(crate) user_id: WriteSignal<Option<String>>,
     pub(crate) rtt_ms: WriteSignal<Option<f64>>,
     pub(crate) clock_offset_ms: WriteSignal<f64>,
-    pub(crate) queued: WriteSignal<usize>,
+    pub(crate) queued: WriteSignal<u64>,
     pub(crate) dropped: WriteSignal<u64>,
-    pub(crate) reconnects: WriteSignal<u32>,
+    pub(crate) reconnects: WriteSignal<u64>,
     #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
     pub(crate) frames_in: WriteSignal<u64>,
     #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
@@ -238,9 +238,9 @@ impl WebSocket {
         let (user_id, s_user_id) = signal(None);
         let (rtt_ms, s_rtt) = signal(None);
         let (clock_offset_ms, s_offset) = signal(0.0);
-        let (queued, s_queued) = signal(0usize);
+        let (queued, s_queued) = signal(0u64);
         let (dropped, s_dropped) = signal(0u64);
-        let (reconnects, s_reconnects) = signal(0u32);
+        let (reconnects, s_reconnects) = signal(0u64);
         let (frames_in, s_frames_in) = signal(0u64);
         let (frames_out, s_frames_out) = signal(0u64);
         let (directs, s_directs) = signal(VecDeque::new());
@@ -733,7 +733,7 @@ pub(crate) fn pump(ws: WebSocket) {
             while let Some(e) = c.core.poll_event() {
                 events.push(e);
             }
-            (events, c.core.queued())
+            (events, c.core.queued() as u64)
         }) else {
             return;
         };
