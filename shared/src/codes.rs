@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// The stable, machine-readable code of an `error` frame. The connection stays open after
 /// an error frame; see [`CloseCode`] for the problems that end it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ErrorCode {
@@ -55,7 +55,6 @@ pub enum ErrorCode {
     /// connection stays usable.
     Internal,
     /// A code this version of the library does not know (sent by a newer server).
-    #[serde(other)]
     Other,
 }
 
@@ -109,6 +108,18 @@ impl ErrorCode {
         Self::Internal,
         Self::Other,
     ];
+}
+
+/// By name, through [`ErrorCode::as_str`]: a derived enum deserializer is ~1 KB of wasm
+/// in every browser bundle, this is a string and a search.
+impl<'de> Deserialize<'de> for ErrorCode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        Ok(Self::ALL
+            .into_iter()
+            .find(|code| code.as_str() == name)
+            .unwrap_or(Self::Other))
+    }
 }
 
 impl fmt::Display for ErrorCode {

@@ -107,7 +107,7 @@ pub struct Member {
 
 /// Why a `subscribe` with `since` could not recover the missed messages
 /// (`subscribed.unrecovered`): the client must reload the channel's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Unrecovered {
     /// The stream was reset since that position (its history was lost), or the position
@@ -119,8 +119,19 @@ pub enum Unrecovered {
     /// `--recovery-limit`, or the connection's queue size in bytes).
     TooMany,
     /// A reason this client does not know yet.
-    #[serde(other)]
     Unknown,
+}
+
+/// By name, by hand: a derived enum deserializer is ~1 KB of wasm in every browser bundle.
+impl<'de> Deserialize<'de> for Unrecovered {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match String::deserialize(d)?.as_str() {
+            "epoch" => Self::Epoch,
+            "trimmed" => Self::Trimmed,
+            "too_many" => Self::TooMany,
+            _ => Self::Unknown,
+        })
+    }
 }
 
 /// Whether a `presence` frame announces a member arriving or leaving.

@@ -553,6 +553,29 @@ fn null_is_a_value_for_payloads_and_absent_for_options() {
     assert!(matches!(&server[0], Ok(ServerFrame::Response { result, .. }) if result.is_null()));
 }
 
+/// `unrecovered` reads back every reason it writes, and a reason from a newer server as
+/// `unknown` (its deserializer is written by hand).
+#[test]
+fn every_unrecovered_reason_reads_back() {
+    for reason in [
+        Unrecovered::Epoch,
+        Unrecovered::Trimmed,
+        Unrecovered::TooMany,
+        Unrecovered::Unknown,
+    ] {
+        let json = serde_json::to_string(&reason).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Unrecovered>(&json).unwrap(),
+            reason,
+            "{json}"
+        );
+    }
+    assert_eq!(
+        serde_json::from_str::<Unrecovered>(r#""compacted""#).unwrap(),
+        Unrecovered::Unknown
+    );
+}
+
 /// The server-frame decoder (written for bundle size, `wire.rs`) reads what the derived
 /// one did: `null` is absent for plain fields and a value for payloads, unknown members are
 /// skipped, and a duplicate, a missing or a mistyped member, an unknown kind or a
