@@ -128,9 +128,7 @@ impl Conn {
             render_per_frame,
         }
     }
-}
 
-impl Conn {
     /// Tells the driver to look at the core again.
     pub(crate) fn wake(&self) {
         if let Some(wake) = &self.wake {
@@ -986,7 +984,13 @@ fn saved_publish(text: &str) -> Option<ClientFrame> {
         skip_self: bool,
     }
     let s: Saved = serde_json::from_str(text).ok()?;
-    let valid = s.kind == "publish" && !s.ephemeral && validate_channel(s.channel.as_str()).is_ok();
+    // What the server would refuse without echoing the id (so never ack or fail) is not
+    // restored: it would be sent again on every reconnect.
+    let max_id = switchboard_protocol::Limits::default().max_id_bytes as usize;
+    let valid = s.kind == "publish"
+        && !s.ephemeral
+        && s.id.as_str().len() <= max_id
+        && validate_channel(s.channel.as_str()).is_ok();
     valid.then_some(ClientFrame::Publish {
         id: Some(s.id),
         channel: s.channel,
@@ -1044,7 +1048,7 @@ mod tests {
     }
 
     /// What `save_outbox` writes comes back as the same publishes; what is not a stored
-    /// publish with an id and a valid channel is skipped.
+    /// publish with an id the server takes and a valid channel is skipped.
     #[test]
     fn a_saved_outbox_reads_back_as_its_publishes() {
         let publish = |id: Option<&str>, channel: &str, ephemeral: bool| ClientFrame::Publish {
@@ -1062,6 +1066,8 @@ mod tests {
         saved.push(codec::encode(&publish(None, "room:a", false)));
         saved.push(codec::encode(&publish(Some("p3"), "room:a", true)));
         saved.push(codec::encode(&publish(Some("p4"), "bad name", false)));
+        let long = "i".repeat(65);
+        saved.push(codec::encode(&publish(Some(&long), "room:a", false)));
         saved.push(codec::encode(&ClientFrame::Ping { id: None }));
         saved.push("not json".into());
         let text = serde_json::to_string(&saved).unwrap();
