@@ -147,9 +147,9 @@ fn binary(_data: &wasm_bindgen::JsValue) -> Option<Sock> {
     None
 }
 
-/// What the driver's loop waits for: one channel for everything, so the loop is a plain
-/// `while let` (a `select!` over a socket channel, a wake channel and a sleep future was
-/// the bundle's largest function; docs/benchmarks.md).
+/// What the driver's loop waits for: one channel for everything, so the loop awaits one
+/// receiver (a `select!` over a socket channel, a wake channel and a sleep future was one
+/// of the bundle's largest functions; docs/benchmarks.md).
 enum Input {
     /// The handles changed something (a publish, a subscription): see what the core wants.
     Wake,
@@ -296,7 +296,12 @@ impl Driver {
                     ws.conn.try_update_value(|c| c.core.on_text(&text, now));
                 }
                 Input::Sock(_, Sock::Closed { code, reason }) => {
-                    socket = None;
+                    // Closed by the browser (closing again does nothing then), or given up
+                    // on here (a MessagePack message that did not decode): either way the
+                    // browser's socket is closed, not left open without its handlers.
+                    if let Some(s) = socket.take() {
+                        s.close(CloseCode::INVALID_PAYLOAD, "undecodable message");
+                    }
                     ws.conn
                         .try_update_value(|c| c.core.on_disconnected(code, &reason, now));
                 }
