@@ -99,7 +99,9 @@ impl<'de> Deserialize<'de> for ClientFrame {
 /// field type: 16 KB of wasm, ~6 KB brotli; docs/benchmarks.md.)
 ///
 /// Borrowed from the text, so a `ServerFrame` deserializes from JSON in memory
-/// (`serde_json::from_str` or `from_slice`, as [`crate::codec::decode_server`] does).
+/// (`serde_json::from_str` or `from_slice`, as [`crate::codec::decode_server`] does), and
+/// its keys and `type` are written without escapes (docs/protocol.md). Members the kind
+/// does not read are not checked, as unknown ones are not.
 struct Fields<'a>(Vec<(&'a str, &'a RawValue)>);
 
 impl<'de> Deserialize<'de> for Fields<'de> {
