@@ -3,6 +3,8 @@
 //! (no loss), whichever process holds the subscriber, and the efficiency columns must be
 //! filled in.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
@@ -35,38 +37,10 @@ fn bare_peer(extra: &[&str]) -> Peer {
     Peer(child, url)
 }
 
-/// One fan-out row's columns.
+/// One fan-out row's columns, subscribers spread over `procs` processes.
 fn fanout(url: &str, procs: usize) -> Vec<String> {
-    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args([
-            "--max-secs",
-            "60",
-            "fanout",
-            "--url",
-            url,
-            "--dialect",
-            "raw",
-        ])
-        .args([
-            "--label", "t", "--subs", "30", "--rates", "200", "--secs", "1",
-        ])
-        .args(["--procs", &procs.to_string()])
-        .output()
-        .expect("loadgen");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let row = text
-        .lines()
-        .find(|l| l.starts_with("| t |"))
-        .expect("a row");
-    row.trim_matches('|')
-        .split('|')
-        .map(|c| c.trim().to_owned())
-        .collect()
+    let procs = procs.to_string();
+    common::fanout_row(&[], &["--url", url, "--dialect", "raw", "--procs", &procs])
 }
 
 #[test]

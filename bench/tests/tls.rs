@@ -3,8 +3,9 @@
 //! permessage-deflate upgrade, and a delivery's wire bytes are counted from after the
 //! handshake (checked: counted from the start, this test fails).
 
+mod common;
+
 use std::path::Path;
-use std::process::Command;
 
 use clap::Parser;
 use switchboard_server::tls::dev_certificate;
@@ -45,31 +46,9 @@ fn server(rt: &tokio::runtime::Runtime, tls: Option<(&Path, &Path)>) -> String {
     format!("ws://{addr}")
 }
 
-/// One fan-out row's columns: 30 subscribers, 200 messages/s for 1 s.
-fn fanout(url: &str, extra: &[&str]) -> Vec<String> {
-    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args(["--max-secs", "60"])
-        .args(extra)
-        .args(["fanout", "--url", url, "--dialect", "switchboard"])
-        .args([
-            "--label", "t", "--subs", "30", "--rates", "200", "--secs", "1",
-        ])
-        .output()
-        .expect("loadgen");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let row = text
-        .lines()
-        .find(|l| l.starts_with("| t |"))
-        .unwrap_or_else(|| panic!("a row in {text}"));
-    row.trim_matches('|')
-        .split('|')
-        .map(|c| c.trim().to_owned())
-        .collect()
+/// One fan-out row's columns against the Switchboard at `url`.
+fn fanout(url: &str, global: &[&str]) -> Vec<String> {
+    common::fanout_row(global, &["--url", url, "--dialect", "switchboard"])
 }
 
 #[test]
