@@ -95,8 +95,8 @@ impl<'de> Deserialize<'de> for ClientFrame {
 /// A server frame's members in order, each value still its JSON text. The browser decodes
 /// server frames, so their decoder is written for size: one pass that splits the object,
 /// then one small typed read per field the frame's kind uses. (A derived flat struct of
-/// every kind's fields was the bundle's largest function, with an `Option<T>` reader per
-/// field type: 16 KB of wasm, ~6 KB brotli; docs/benchmarks.md.)
+/// every kind's fields was the bundle's largest function, 16 KB of wasm; this is 1.7 KB
+/// brotli smaller: docs/benchmarks.md.)
 ///
 /// Borrowed from the text, so a `ServerFrame` deserializes from JSON in memory
 /// (`serde_json::from_str` or `from_slice`, as [`crate::codec::decode_server`] does), and
@@ -125,7 +125,7 @@ impl<'de> Deserialize<'de> for Fields<'de> {
 }
 
 impl<'a> Fields<'a> {
-    /// The member's text; `null` counts as absent except for payloads (see [`Self::payload`]).
+    /// The member's text, if it is there once.
     fn raw<E: de::Error>(&self, name: &'static str) -> Result<Option<&'a RawValue>, E> {
         let mut found = self
             .0
@@ -138,6 +138,8 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// A plain member, read as `T`: `null` counts as absent (payloads keep it: see
+    /// [`Self::payload`]).
     fn opt<T: Deserialize<'a>, E: de::Error>(&self, name: &'static str) -> Result<Option<T>, E> {
         match self.raw(name)? {
             Some(raw) if raw.get() != "null" => serde_json::from_str(raw.get())
