@@ -15,6 +15,7 @@ use switchboard_leptos::{
 };
 use switchboard_protocol::ErrorCode;
 use switchboard_web::app::StatusBadge;
+use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_test::*;
 
 wasm_bindgen_test_configure!(run_in_browser);
@@ -401,6 +402,109 @@ async fn a_handle_whose_owner_is_gone_errs_and_never_panics() {
     assert!(ws.request::<_, Value>("time", &()).await.is_err());
     ws.close();
     ws.open();
+}
+
+/// Counts the calls of a global of the page (`setTimeout`, `WebSocket`) until dropped: a
+/// Proxy stands in its place, and wasm-bindgen's glue looks the name up at every call.
+/// (The tests of one page run one at a time, so what is counted is the test's own.)
+struct Calls(JsValue);
+
+impl Calls {
+    fn of(name: &str) -> Self {
+        let install = js_sys::Function::new_with_args(
+            "name",
+            "const real = globalThis[name]; let n = 0;
+             globalThis[name] = new Proxy(real, {
+                 apply(f, self, args) { n++; return Reflect.apply(f, self, args); },
+                 construct(f, args) { n++; return Reflect.construct(f, args); },
+             });
+             return { count: () => n, restore: () => { globalThis[name] = real; } };",
+        );
+        Self(install.call1(&JsValue::NULL, &name.into()).unwrap())
+    }
+
+    fn call(&self, method: &str) -> JsValue {
+        js_sys::Reflect::get(&self.0, &method.into())
+            .unwrap()
+            .unchecked_into::<js_sys::Function>()
+            .call0(&JsValue::NULL)
+            .unwrap()
+    }
+
+    fn count(&self) -> u32 {
+        self.call("count").as_f64().unwrap() as u32
+    }
+}
+
+impl Drop for Calls {
+    fn drop(&mut self) {
+        self.call("restore");
+    }
+}
+
+#[wasm_bindgen_test]
+async fn the_driver_arms_a_timer_per_deadline_not_per_message() {
+    let owner = Owner::new();
+    let ws = connected(&owner, UseWebSocketOptions::default()).await;
+    let channel = unique("timers:");
+    let sub = owner.with(|| ws.subscribe::<u32>(&channel));
+    eventually(5, "subscribed", || live(&sub)).await;
+    // One at a time, each awaited (no timer of the test's own): 30 publishes, acks and
+    // messages are at least 60 inputs to the driver, none of which moves its deadline
+    // (the next ping). It used to set a new browser timer for each.
+    let timers = Calls::of("setTimeout");
+    for i in 0..30u32 {
+        ws.publish(&channel, &i).unwrap().await.unwrap();
+    }
+    let armed = timers.count();
+    drop(timers);
+    assert!(armed <= 10, "{armed} timers armed for 30 publishes");
+    eventually(5, "30 messages", || {
+        sub.messages.with_untracked(|m| m.len() == 30)
+    })
+    .await;
+}
+
+#[wasm_bindgen_test]
+async fn a_page_left_while_the_token_provider_works_opens_no_socket() {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    let (asked, go, done) = (
+        Rc::new(Cell::new(false)),
+        Rc::new(Cell::new(false)),
+        Rc::new(Cell::new(false)),
+    );
+    let provider = {
+        let (asked, go, done) = (asked.clone(), go.clone(), done.clone());
+        move || {
+            asked.set(true);
+            let (go, done) = (go.clone(), done.clone());
+            Box::pin(async move {
+                while !go.get() {
+                    sleep(Duration::from_millis(10)).await;
+                }
+                done.set(true);
+                None
+            }) as std::pin::Pin<Box<dyn std::future::Future<Output = Option<String>>>>
+        }
+    };
+    let sockets = Calls::of("WebSocket");
+    let owner = Owner::new();
+    let options = UseWebSocketOptions {
+        token: Some(Rc::new(provider)),
+        ..UseWebSocketOptions::default()
+    };
+    owner.with(|| use_websocket_with_options(&server_url(), options));
+    eventually(5, "the provider asked", || asked.get()).await;
+    drop(owner);
+    go.set(true);
+    // The driver goes on in the same turn as the provider's future ends.
+    eventually(5, "the provider done", || done.get()).await;
+    assert_eq!(
+        sockets.count(),
+        0,
+        "a socket was opened for a page that is gone"
+    );
 }
 
 #[wasm_bindgen_test]

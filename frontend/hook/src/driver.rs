@@ -228,8 +228,10 @@ impl Driver {
         let ws = self.ws;
         let mut socket: Option<Socket> = None;
         let mut generation = 0u32;
-        // The core's next deadline; replacing it clears the browser timer.
-        let mut _timer: Option<Timeout> = None;
+        // The browser timer for the core's next deadline, and that deadline: kept while the
+        // deadline stays the same (most inputs do not move it), replaced (which clears the
+        // old one) when it moves, dropped once it has fired.
+        let mut timer: Option<(u64, Timeout)> = None;
         loop {
             if stopped.load(Ordering::Relaxed) {
                 if let Some(s) = socket.take() {
@@ -246,7 +248,7 @@ impl Driver {
                             old.close(CloseCode::NORMAL, "replaced");
                         }
                         generation = generation.wrapping_add(1);
-                        socket = self.connect(generation).await;
+                        socket = self.connect(generation, &stopped).await;
                     }
                     Action::Disconnect { code, reason } => {
                         if let Some(s) = socket.take() {
@@ -265,17 +267,17 @@ impl Driver {
                 }
                 continue;
             }
-            _timer = ws
-                .conn
-                .try_with_value(|c| c.core.next_deadline())
-                .flatten()
-                .map(|at| {
+            let deadline = ws.conn.try_with_value(|c| c.core.next_deadline()).flatten();
+            if timer.as_ref().map(|(at, _)| *at) != deadline {
+                timer = deadline.map(|at| {
                     let wait = at.saturating_sub(clock_ms()).min(i32::MAX as u64) as u32;
                     let tx = self.tx.clone();
-                    Timeout::new(wait, move || {
+                    let fire = Timeout::new(wait, move || {
                         let _ = tx.unbounded_send(Input::Tick);
-                    })
+                    });
+                    (at, fire)
                 });
+            }
             let Some(input) = rx.next().await else {
                 return;
             };
@@ -283,6 +285,8 @@ impl Driver {
             match input {
                 Input::Wake => woken.set(false),
                 Input::Tick => {
+                    // Fired (or a replaced timer's late tick): arm again for what is next.
+                    timer = None;
                     ws.conn.try_update_value(|c| c.core.on_tick(now));
                 }
                 Input::Sock(of, _) if of != generation => {}
@@ -310,12 +314,16 @@ impl Driver {
     }
 
     /// Opens a socket with a fresh token (if there is a provider); a failure to open is
-    /// reported as that socket's close.
-    async fn connect(&self, generation: u32) -> Option<Socket> {
+    /// reported as that socket's close. Opens none if the page was left while the provider
+    /// was working.
+    async fn connect(&self, generation: u32, stopped: &AtomicBool) -> Option<Socket> {
         let fresh = match &self.token {
             Some(provider) => provider().await,
             None => None,
         };
+        if stopped.load(Ordering::Relaxed) {
+            return None;
+        }
         let now = clock_ms();
         self.ws.conn.try_update_value(|c| {
             c.core
