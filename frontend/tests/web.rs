@@ -406,39 +406,71 @@ async fn a_handle_whose_owner_is_gone_errs_and_never_panics() {
 
 /// Counts the calls of a global of the page (`setTimeout`, `WebSocket`) until dropped: a
 /// Proxy stands in its place, and wasm-bindgen's glue looks the name up at every call.
-/// (The tests of one page run one at a time, so what is counted is the test's own.)
+/// What it constructs (the browser's real sockets) is kept, with the code each was closed
+/// with, so a test can make a real socket report what a broken server would send. (The
+/// tests of one page run one at a time, so what is counted is the test's own.)
 struct Calls(JsValue);
 
 impl Calls {
     fn of(name: &str) -> Self {
         let install = js_sys::Function::new_with_args(
             "name",
-            "const real = globalThis[name]; let n = 0;
+            "const real = globalThis[name]; let n = 0; const made = [];
              globalThis[name] = new Proxy(real, {
                  apply(f, self, args) { n++; return Reflect.apply(f, self, args); },
-                 construct(f, args) { n++; return Reflect.construct(f, args); },
+                 construct(f, args) {
+                     n++;
+                     const it = Reflect.construct(f, args);
+                     const close = it.close;
+                     if (close) {
+                         it.closedWith = null;
+                         it.close = function (code, reason) {
+                             it.closedWith = code;
+                             return close.call(it, code, reason);
+                         };
+                     }
+                     made.push(it);
+                     return it;
+                 },
              });
-             return { count: () => n, restore: () => { globalThis[name] = real; } };",
+             return {
+                 count: () => n,
+                 closedWith: (i) => made[i].closedWith,
+                 message: (i, data) => made[i].dispatchEvent(new MessageEvent('message', { data })),
+                 restore: () => { globalThis[name] = real; },
+             };",
         );
         Self(install.call1(&JsValue::NULL, &name.into()).unwrap())
     }
 
-    fn call(&self, method: &str) -> JsValue {
-        js_sys::Reflect::get(&self.0, &method.into())
+    fn call(&self, method: &str, args: &[JsValue]) -> JsValue {
+        let f = js_sys::Reflect::get(&self.0, &method.into())
             .unwrap()
-            .unchecked_into::<js_sys::Function>()
-            .call0(&JsValue::NULL)
-            .unwrap()
+            .unchecked_into::<js_sys::Function>();
+        let args: js_sys::Array = args.iter().collect();
+        f.apply(&JsValue::NULL, &args).unwrap()
     }
 
     fn count(&self) -> u32 {
-        self.call("count").as_f64().unwrap() as u32
+        self.call("count", &[]).as_f64().unwrap() as u32
+    }
+
+    /// The code the `i`th object made was closed with, once closed by the page.
+    fn closed_with(&self, i: u32) -> Option<u16> {
+        self.call("closedWith", &[i.into()])
+            .as_f64()
+            .map(|c| c as u16)
+    }
+
+    /// Makes the `i`th socket report a message, as if the server had sent `data`.
+    fn message(&self, i: u32, data: JsValue) {
+        self.call("message", &[i.into(), data]);
     }
 }
 
 impl Drop for Calls {
     fn drop(&mut self) {
-        self.call("restore");
+        self.call("restore", &[]);
     }
 }
 
@@ -504,6 +536,69 @@ async fn a_page_left_while_the_token_provider_works_opens_no_socket() {
         sockets.count(),
         0,
         "a socket was opened for a page that is gone"
+    );
+}
+
+#[wasm_bindgen_test]
+async fn an_undecodable_messagepack_message_closes_the_socket_with_1007_and_reconnects() {
+    let sockets = Calls::of("WebSocket");
+    let owner = Owner::new();
+    let options = UseWebSocketOptions {
+        messagepack: true,
+        ..UseWebSocketOptions::default()
+    };
+    let ws = connected(&owner, options).await;
+    assert_eq!(sockets.count(), 1);
+    // What a broken server would send: 0xc1 is never used in MessagePack.
+    let bytes = js_sys::Uint8Array::from(&[0xc1u8][..]);
+    sockets.message(0, bytes.buffer().into());
+    eventually(5, "the socket closed with 1007", || {
+        sockets.closed_with(0) == Some(1007)
+    })
+    .await;
+    let (_, reason) = ws.last_close.get_untracked().unwrap();
+    assert!(reason.contains("undecodable MessagePack"), "{reason}");
+    eventually(10, "a new connection", || {
+        sockets.count() == 2 && ws.state.get_untracked() == ConnState::Open
+    })
+    .await;
+}
+
+#[wasm_bindgen_test]
+async fn what_a_replaced_socket_still_reports_is_dropped() {
+    let sockets = Calls::of("WebSocket");
+    let owner = Owner::new();
+    let ws = connected(&owner, UseWebSocketOptions::default()).await;
+    let channel = unique("stale:");
+    let sub = owner.with(|| ws.subscribe::<u32>(&channel));
+    eventually(5, "subscribed", || live(&sub)).await;
+    // In one turn, before the driver runs: the handle asks for a new connection, then the
+    // old socket (its handlers still attached) reports a message. The driver replaces the
+    // socket first, so the message it takes next is from the old socket's generation.
+    ws.close();
+    ws.open();
+    let stale =
+        format!(r#"{{"type":"message","channel":"{channel}","data":7,"ts":1,"ephemeral":true}}"#);
+    sockets.message(0, stale.into());
+    eventually(10, "a new socket, subscribed again", || {
+        sockets.count() == 2 && live(&sub)
+    })
+    .await;
+    assert_eq!(sockets.closed_with(0), Some(1000));
+    // A message through the new socket: once it is in, the old one's would be too.
+    ws.publish(&channel, &1u32).unwrap().await.unwrap();
+    eventually(5, "the new socket's message", || {
+        sub.messages
+            .with_untracked(|m| m.iter().any(|r| r.data == 1))
+    })
+    .await;
+    let got: Vec<u32> = sub
+        .messages
+        .with_untracked(|m| m.iter().map(|r| r.data).collect());
+    assert_eq!(
+        got,
+        [1],
+        "the replaced socket's message reached the subscription"
     );
 }
 
