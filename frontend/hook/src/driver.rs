@@ -249,6 +249,11 @@ impl Driver {
                         }
                         generation = generation.wrapping_add(1);
                         socket = self.connect(generation, &stopped).await;
+                        if stopped.load(Ordering::Relaxed) {
+                            // Left while the token provider worked: nothing more to do
+                            // (no socket was opened).
+                            return;
+                        }
                     }
                     Action::Disconnect { code, reason } => {
                         if let Some(s) = socket.take() {
