@@ -18,6 +18,13 @@ trap cleanup EXIT
 step "cargo fmt --check"
 cargo fmt --all --check
 
+# scripts/bench.sh writes docs/benchmarks.md as fresh tables followed by bench/ANALYSIS.md:
+# the hand-written part must be the same in both, or the next benchmark run loses edits.
+step "docs/benchmarks.md ends with bench/ANALYSIS.md"
+diff -u <(tail -n +2 bench/ANALYSIS.md) \
+  <(sed -n '/^## Reading these numbers, and the targets/,$p' docs/benchmarks.md) ||
+  { echo "edit bench/ANALYSIS.md and docs/benchmarks.md together (the diff above)" >&2; exit 1; }
+
 step "clippy (native: protocol, client, deflate, server, bench, the axum example)"
 cargo clippy --locked --all-targets -p switchboard-protocol -p switchboard-client -p switchboard-deflate \
   -p switchboard-server -p switchboard-bench -p switchboard-example-axum \
