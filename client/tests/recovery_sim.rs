@@ -333,10 +333,11 @@ impl Sim {
         }
         self.pump(faults);
         let step = 1 + self.rng.below(50);
-        self.now = self
-            .core
-            .next_deadline()
-            .map_or(self.now + step, |d| d.max(self.now).min(self.now + step));
+        // At least 1 ms on: a deadline the core failed to clear must fail a case (with its
+        // seed), not stop the clock and hang the run.
+        self.now = self.core.next_deadline().map_or(self.now + step, |d| {
+            d.max(self.now + 1).min(self.now + step)
+        });
         self.core.on_tick(self.now);
         self.pump(faults);
     }
