@@ -75,8 +75,13 @@ impl Server {
         }
     }
 
-    fn welcome(&mut self, now: u64) -> String {
+    /// A new connection: a full token bucket, as the real server gives each connection
+    /// (its `hello` takes the first token).
+    fn connected(&mut self, now: u64) {
         self.bucket = (f64::from(self.limits.rate_burst), now);
+    }
+
+    fn welcome(&mut self, now: u64) -> String {
         codec::encode(&welcome(self.limits.clone(), Some(now)))
     }
 
@@ -302,9 +307,8 @@ fn pump(
                         core.on_disconnected(None, "connection refused", now);
                     } else {
                         *open = true;
+                        server.connected(now);
                         core.on_connected(now);
-                        let welcome = server.welcome(now);
-                        core.on_text(&welcome, now);
                     }
                 }
                 Action::Disconnect { .. } => *open = false,
